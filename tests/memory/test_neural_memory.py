@@ -1,0 +1,283 @@
+"""The neural memory's contract: fast path == float64 oracle, whole == pieces, causality, gradients."""
+
+import math
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from titans.memory import MemoryConfig, MemoryState, NeuralMemory
+from titans.memory.reference import reference_memory
+
+
+def make(**kw) -> NeuralMemory:
+    base = dict(dim=16, heads=2, depth=2, expansion=2, chunk_size=4, conv_kernel=3, max_lr=0.5)
+    base.update(kw)
+    torch.manual_seed(0)
+    mem = NeuralMemory(MemoryConfig(**base))
+    # non-trivial gates so every coefficient path is exercised
+    with torch.no_grad():
+        mem.to_gates.weight.normal_(std=0.5)
+    return mem
+
+
+ORACLE_CASES = [
+    pytest.param(dict(chunk_size=1, depth=2), 9, id="chunk1-deep"),
+    pytest.param(dict(chunk_size=4, depth=2), 12, id="chunk4-deep"),
+    pytest.param(dict(chunk_size=5, depth=2), 13, id="chunk5-not-dividing"),
+    pytest.param(dict(chunk_size=4, depth=1), 11, id="chunk4-linear"),
+    pytest.param(dict(chunk_size=3, depth=2, momentum=False), 10, id="no-momentum"),
+    pytest.param(dict(chunk_size=3, depth=2, forgetting=False), 10, id="no-forgetting"),
+    pytest.param(dict(chunk_size=3, depth=3, momentum=False, forgetting=False, activation="gelu"), 10, id="plain-gelu"),
+    pytest.param(dict(chunk_size=4, depth=2, per_token_gates=False), 10, id="per-chunk-gates"),
+]
+
+
+@pytest.mark.parametrize("kw,T", ORACLE_CASES)
+def test_fast_path_matches_float64_oracle(kw, T):
+    mem = make(**kw).double()
+    x = torch.randn(2, T, 16, dtype=torch.float64)
+    _, state, aux = mem(x, return_aux=True)
+    init = mem.init_state(2)
+    for b in range(2):
+        for h in range(2):
+            reads, w, s = reference_memory(
+                mem.memory_model,
+                {n: t[b, h] for n, t in init.weights.items()},
+                aux["queries"][b, h], aux["keys"][b, h], aux["values"][b, h],
+                aux["lr"][b, h], aux["momentum_decay"][b, h], aux["forget"][b, h],
+                mem.config.chunk_size,
+            )
+            torch.testing.assert_close(aux["retrieved"][b, h], reads, atol=1e-10, rtol=1e-9)
+            for n in w:
+                torch.testing.assert_close(state.weights[n][b, h], w[n], atol=1e-10, rtol=1e-9)
+                torch.testing.assert_close(state.momentum[n][b, h], s[n], atol=1e-10, rtol=1e-9)
+
+
+def test_surprise_clip_matches_oracle_with_scaled_lr():
+    mem = make(surprise_clip=0.05, chunk_size=3).double()
+    x = torch.randn(1, 9, 16, dtype=torch.float64)
+    _, state, aux = mem(x, return_aux=True)
+    scale = (0.05 / aux["surprise"]).clamp(max=1.0)
+    assert (scale < 1).any(), "the clip must bind somewhere for this test to mean anything"
+    init = mem.init_state(1)
+    reads, w, _ = reference_memory(
+        mem.memory_model, {n: t[0, 0] for n, t in init.weights.items()},
+        aux["queries"][0, 0], aux["keys"][0, 0], aux["values"][0, 0],
+        aux["lr"][0, 0] * scale[0, 0], aux["momentum_decay"][0, 0], aux["forget"][0, 0], 3,
+    )
+    for n in w:
+        torch.testing.assert_close(state.weights[n][0, 0], w[n], atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 5], ids=lambda c: f"chunk{c}")
+def test_whole_equals_pieces_at_every_split(chunk_size):
+    mem = make(chunk_size=chunk_size).double()
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    y, state = mem(x)
+    for a in range(1, 11):
+        y1, s1 = mem(x[:, :a])
+        y2, s2 = mem(x[:, a:], s1)
+        torch.testing.assert_close(torch.cat([y1, y2], 1), y, atol=1e-10, rtol=1e-9)
+        for n in state.weights:
+            torch.testing.assert_close(s2.weights[n], state.weights[n], atol=1e-10, rtol=1e-9)
+        assert s2.offset == state.offset == 11
+
+
+def test_token_by_token_streaming_equals_whole():
+    mem = make(chunk_size=3).double()
+    x = torch.randn(1, 10, 16, dtype=torch.float64)
+    y, _ = mem(x)
+    state, outs = None, []
+    for t in range(10):
+        o, state = mem(x[:, t : t + 1], state)
+        outs.append(o)
+    torch.testing.assert_close(torch.cat(outs, 1), y, atol=1e-10, rtol=1e-9)
+
+
+def test_causality():
+    mem = make(chunk_size=4).double()
+    x = torch.randn(1, 12, 16, dtype=torch.float64)
+    y, _ = mem(x)
+    for t in (0, 3, 4, 7, 10):
+        x2 = x.clone()
+        x2[:, t + 1 :] = torch.randn_like(x2[:, t + 1 :])
+        y2, _ = mem(x2)
+        torch.testing.assert_close(y2[:, : t + 1], y[:, : t + 1], atol=1e-12, rtol=0)
+
+
+def test_reads_use_previous_chunk_weights():
+    """A chunk is read before it is written: changing tokens of chunk c cannot affect chunk c's reads
+    except through the conv's short causal window."""
+    mem = make(chunk_size=4, conv_kernel=0).double()
+    x = torch.randn(1, 8, 16, dtype=torch.float64)
+    _, _, aux = mem(x, return_aux=True)
+    x2 = x.clone()
+    x2[:, 5:] += 1.0  # later tokens of the second chunk
+    _, _, aux2 = mem(x2, return_aux=True)
+    # token 4 (first of chunk 2) reads weights after chunk 1, which tokens 5-7 cannot change
+    torch.testing.assert_close(aux2["retrieved"][:, :, 4], aux["retrieved"][:, :, 4])
+
+
+def test_batch_independence():
+    mem = make().double()
+    x = torch.randn(3, 10, 16, dtype=torch.float64)
+    y, _ = mem(x)
+    x2 = x.clone()
+    x2[1] = torch.randn_like(x2[1])
+    y2, _ = mem(x2)
+    torch.testing.assert_close(y2[0], y[0])
+    torch.testing.assert_close(y2[2], y[2])
+    y_single, _ = mem(x[2:3])
+    torch.testing.assert_close(y_single[0], y[2], atol=1e-12, rtol=1e-10)
+
+
+def test_gradient_reaches_every_parameter_from_last_chunk():
+    mem = make(chunk_size=4)
+    x = torch.randn(2, 12, 16)
+    y, _ = mem(x)
+    y[:, 8:].pow(2).sum().backward()  # last chunk only: reaches the write path only through the updates
+    for name, p in mem.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
+
+
+def test_gradient_reaches_previous_call_through_state():
+    mem = make(chunk_size=4)
+    x1 = torch.randn(1, 8, 16, requires_grad=True)
+    _, s = mem(x1)
+    y2, _ = mem(torch.randn(1, 4, 16), s)
+    y2.sum().backward()
+    assert x1.grad.abs().sum() > 0
+    x1.grad = None
+    _, s = mem(x1)
+    y2, _ = mem(torch.randn(1, 4, 16), s.detach())
+    y2.sum().backward()
+    assert x1.grad is None
+
+
+def test_zero_lr_and_no_forgetting_freeze_memory():
+    mem = make(fixed_lr=0.0, forgetting=False)
+    _, state = mem(torch.randn(2, 12, 16))
+    init = mem.init_state(2)
+    for n in state.weights:
+        torch.testing.assert_close(state.weights[n], init.weights[n])
+
+
+def test_full_forgetting_empties_memory():
+    """α = 1 keeps nothing of M_{t-1}; with θ = 0 nothing new is written either: the memory is zero."""
+    mem = make(fixed_forget=1.0, fixed_lr=0.0, chunk_size=4)
+    _, state = mem(torch.randn(2, 9, 16))
+    for n in state.weights:
+        assert state.weights[n].abs().max() == 0
+    # one incomplete chunk later nothing has been written yet: reads still see M_0
+    _, fresh = mem(torch.randn(2, 3, 16))
+    torch.testing.assert_close(fresh.weights["w0"], mem.init_state(2).weights["w0"])
+
+
+def test_learns_in_eval_and_inference_mode():
+    mem = make().eval()
+    x = torch.randn(1, 12, 16)
+    with torch.inference_mode():
+        _, state = mem(x)
+        init = mem.init_state(1)
+    assert any((state.weights[n] - init.weights[n]).abs().max() > 1e-6 for n in state.weights)
+
+
+def test_state_fp32_under_autocast():
+    mem = make()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = mem(torch.randn(1, 9, 16))
+    assert all(w.dtype == torch.float32 for w in state.weights.values())
+    assert torch.isfinite(y).all()
+
+
+def test_functional_call_evaluates_one_head():
+    mem = make()
+    x = torch.randn(2, 8, 16)
+    _, state, aux = mem(x, return_aux=True)
+    k = aux["keys"][1, 1]
+    out = functional_call(mem.memory_model, {n: w[1, 1] for n, w in state.weights.items()}, (k,))
+    assert out.shape == k.shape
+
+
+def test_safetensors_round_trip(tmp_path):
+    mem = make()
+    _, state = mem(torch.randn(2, 10, 16))
+    state.save(tmp_path / "s.safetensors")
+    loaded = MemoryState.load(tmp_path / "s.safetensors")
+    assert loaded.offset == 10
+    for n in state.weights:
+        torch.testing.assert_close(loaded.weights[n], state.weights[n])
+        torch.testing.assert_close(loaded.momentum[n], state.momentum[n])
+    torch.testing.assert_close(loaded.buffer, state.buffer)
+    y1, _ = mem(torch.ones(2, 3, 16), state)
+    y2, _ = mem(torch.ones(2, 3, 16), loaded)
+    torch.testing.assert_close(y1, y2)
+
+
+@pytest.mark.parametrize("kind", ["zeros", "huge", "repeated"])
+def test_finite_on_extreme_inputs(kind):
+    mem = make(depth=3)
+    if kind == "zeros":
+        x = torch.zeros(1, 32, 16)
+    elif kind == "huge":
+        x = torch.randn(1, 32, 16) * 1e4
+    else:
+        x = torch.randn(1, 1, 16).expand(1, 32, 16).contiguous()
+    x.requires_grad_(True)
+    y, state = mem(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(w).all() for w in state.weights.values())
+
+
+def test_select_reorders_batch():
+    mem = make()
+    _, state = mem(torch.randn(3, 6, 16))
+    sub = state.select([2, 0])
+    torch.testing.assert_close(sub.weights["w0"][0], state.weights["w0"][2])
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(dim=16, heads=3), "heads"),
+        (dict(dim=16, depth=5), "depth"),
+        (dict(dim=16, chunk_size=0), "chunk_size"),
+        (dict(dim=16, activation="tanh"), "activation"),
+        (dict(dim=16, fixed_forget=2.0), "fixed_forget"),
+        (dict(dim=0), "dim"),
+    ],
+    ids=["heads", "depth", "chunk", "activation", "forget", "dim"],
+)
+def test_config_errors_name_the_field(kw, match):
+    with pytest.raises(ValueError, match=match):
+        MemoryConfig(**kw)
+
+
+def test_input_errors():
+    mem = make()
+    with pytest.raises(ValueError, match="dim=16"):
+        mem(torch.randn(1, 4, 8))
+    with pytest.raises(ValueError, match="batch size"):
+        mem(torch.randn(2, 4, 16), mem.init_state(1))
+    with pytest.raises(TypeError, match="MemoryConfig"):
+        NeuralMemory({"dim": 16})
+
+
+def test_linear_memory_recalls_stored_pair():
+    """Test-time learning: after writing k -> v a read with q = k returns something close to v."""
+    torch.manual_seed(0)
+    cfg = MemoryConfig(dim=8, heads=1, depth=1, chunk_size=1, conv_kernel=0, fixed_lr=1.0 / 2,
+                       momentum=False, forgetting=False)
+    mem = NeuralMemory(cfg).double()
+    with torch.no_grad():
+        for p in mem.memory_model.parameters():
+            p.zero_()
+    k = torch.nn.functional.normalize(torch.randn(8, dtype=torch.float64), dim=0)
+    v = torch.randn(8, dtype=torch.float64)
+    weights = {"w0": torch.zeros(1, 1, 8, 8, dtype=torch.float64)}
+    # one inner step with θ = 1/2 on ‖kW − v‖² from W = 0 gives W = k^T v, so k W = v (‖k‖ = 1)
+    grad = 2 * torch.outer(k, -v)
+    w1 = weights["w0"][0, 0] - 0.5 * grad
+    assert math.isclose(float((k @ w1 - v).abs().max()), 0.0, abs_tol=1e-12)

@@ -1,0 +1,109 @@
+"""`MemoryConfig`: every switch of the neural memory, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+ACTIVATIONS = ("silu", "gelu", "relu")
+
+
+def _fail(key: str, value: object, allowed: str, fix: str = "") -> None:
+    msg = f"MemoryConfig.{key}={value!r} is invalid: allowed {allowed}."
+    if fix:
+        msg += f" {fix}"
+    raise ValueError(msg)
+
+
+@dataclass
+class MemoryConfig:
+    """Configuration of one `NeuralMemory`.
+
+    Shapes: the memory reads and writes `[B, T, dim]`; inside it works on `heads` heads of
+    `head_dim` features, each head with its own memory MLP `[..., head_dim] -> [..., head_dim]`.
+    """
+
+    dim: int
+    heads: int = 1
+    head_dim: int | None = None  # default: dim // heads
+    depth: int = 2  # memory MLP layers L_M; 1 = linear memory (paper §3.1)
+    expansion: int = 4  # hidden width of a deep memory = expansion * head_dim
+    activation: str = "silu"  # between memory MLP layers
+    chunk_size: int = 64  # tokens whose inner gradients share the chunk-start weights (Eq. 16-18)
+
+    # §4.4 projections
+    input_norm: bool = True  # RMSNorm on the memory's input (scale invariance; keeps deep memories finite)
+    qk_l2_norm: bool = True
+    conv_kernel: int = 4  # causal depthwise conv after the q/k/v projections; 0 = off
+
+    # data-dependent gates θ_t (lr), η_t (momentum_decay), α_t (forget)
+    per_token_gates: bool = True  # False: one value per chunk, from the chunk's mean input
+    max_lr: float = 1.0  # θ_t = max_lr * sigmoid(.)
+    lr_bias_init: float = -2.0
+    momentum: bool = True  # False: S_t = -θ_t ∇ℓ (no past surprise)
+    momentum_bias_init: float = 2.0  # η ≈ 0.88 at init
+    forgetting: bool = True  # False: α_t = 0
+    forget_bias_init: float = -4.0  # α ≈ 0.018 at init
+    # constants that replace a learned gate (ablations, tests); None = learned
+    fixed_lr: float | None = None
+    fixed_momentum_decay: float | None = None
+    fixed_forget: float | None = None
+    surprise_clip: float = 0.0  # clip each token's surprise (gradient) norm to this; 0 = off
+
+    # output
+    output_norm: bool = True
+    output_gate: bool = True
+    init_std: float = 0.02  # std of the projections; memory MLP init is scaled by fan-in
+    zero_init_output: bool = False  # zero the output projection (identity-at-init when patched)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim <= 0:
+            _fail("dim", self.dim, "a positive int")
+        if not isinstance(self.heads, int) or self.heads <= 0:
+            _fail("heads", self.heads, "a positive int")
+        if self.head_dim is None:
+            if self.dim % self.heads:
+                _fail("heads", self.heads, f"a divisor of dim={self.dim}", "Or set head_dim explicitly.")
+            self.head_dim = self.dim // self.heads
+        if not isinstance(self.head_dim, int) or self.head_dim <= 0:
+            _fail("head_dim", self.head_dim, "a positive int or None")
+        if not isinstance(self.depth, int) or not 1 <= self.depth <= 4:
+            _fail("depth", self.depth, "an int in 1..4 (1 = linear memory)")
+        if not isinstance(self.expansion, int) or self.expansion <= 0:
+            _fail("expansion", self.expansion, "a positive int")
+        if self.activation not in ACTIVATIONS:
+            _fail("activation", self.activation, f"one of {ACTIVATIONS}")
+        if not isinstance(self.chunk_size, int) or self.chunk_size <= 0:
+            _fail("chunk_size", self.chunk_size, "a positive int (1 = exact token recurrence)")
+        if not isinstance(self.conv_kernel, int) or self.conv_kernel < 0:
+            _fail("conv_kernel", self.conv_kernel, "an int >= 0 (0 = no convolution)")
+        if self.max_lr < 0:
+            _fail("max_lr", self.max_lr, "a float >= 0")
+        for key in ("fixed_lr", "fixed_momentum_decay", "fixed_forget"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= (1.0 if key != "fixed_lr" else float("inf")):
+                _fail(key, value, "None (learned) or a float in [0, 1]" if key != "fixed_lr" else "None or >= 0")
+        if self.surprise_clip < 0:
+            _fail("surprise_clip", self.surprise_clip, "a float >= 0 (0 = off)")
+        if self.init_std <= 0:
+            _fail("init_std", self.init_std, "a float > 0")
+
+    @property
+    def inner_dim(self) -> int:
+        """Width of all heads together, `heads * head_dim`."""
+        return self.heads * self.head_dim
+
+    @property
+    def hidden_dim(self) -> int:
+        """Hidden width of a deep memory MLP."""
+        return self.expansion * self.head_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MemoryConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"MemoryConfig got unknown keys {unknown}; allowed keys: {sorted(known)}.")
+        return cls(**data)

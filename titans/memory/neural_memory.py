@@ -1,0 +1,331 @@
+"""`NeuralMemory`: the Titans long-term memory (paper §3.1-3.2 and §4.4), chunk-parallel and differentiable.
+
+Equations (Titans, arXiv 2501.00663):
+    ℓ(M; x_t) = ‖M(k_t) − v_t‖²                        (12)  summed over head_dim
+    S_t = η_t S_{t−1} − θ_t ∇ℓ(M_{t'}; x_t)            (14)  t' = start of t's chunk (16-18)
+    M_t = (1 − α_t) M_{t−1} + S_t                       (13)
+    y_t = M_{c−1}(q_t)                                  (15)  tokens of chunk c read the weights after chunk c−1
+
+Within a chunk every token's gradient is taken at the chunk-start weights, so the momentum and
+forgetting recurrences unroll into fixed per-token coefficients:
+    M_end = A·M_0 + c_S·S_0 − Σ_j u_j ∇ℓ_j          S_end = E·S_0 − Σ_j s_j ∇ℓ_j
+with A = Π(1−α), E = Πη, u_j = θ_j Σ_{t≥j} β_t D_tj, s_j = θ_j D_{C,j}, D_tj = Π_{j<i≤t} η_i,
+β_t = Π_{i>t}(1−α_i), c_S = Σ_t β_t Π_{i≤t} η_i. For an MLP layer the per-token gradient is an outer
+product h_j^T δ_j, so each weighted sum is one matmul and per-token gradients are never materialised.
+`titans.memory.reference` is the token-by-token float64 oracle this is tested against.
+
+einops glossary: b = batch, h = heads, n/t = tokens, d = head_dim, g = (b h) groups, c = chunk tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from titans.memory.config import MemoryConfig
+from titans.memory.mlp import MemoryMLP
+from titans.memory.state import MemoryState
+
+_LOG_FLOOR = -60.0  # log of a gate that is (numerically) zero; e^-60 ≈ 1e-26
+
+
+class NeuralMemory(nn.Module):
+    """Neural long-term memory that learns at test time.
+
+    `y, state = mem(x, state=None)` with `x`, `y`: `[B, T, dim]`, any `T ≥ 1`. Only complete chunks
+    update the weights; the tokens of an unfinished chunk wait in `state.buffer`, so one call on a
+    sequence equals any split of it into consecutive calls. Each sample has its own memory.
+    """
+
+    def __init__(self, config: MemoryConfig) -> None:
+        super().__init__()
+        if not isinstance(config, MemoryConfig):
+            raise TypeError(f"NeuralMemory(config=...) needs a MemoryConfig, got {type(config).__name__}")
+        self.config = c = config
+        inner = c.inner_dim
+        # §4.4: q/k/v projections, then a causal depthwise conv, then SiLU; q and k ℓ2-normalised.
+        self.input_norm = nn.Parameter(torch.ones(c.dim)) if c.input_norm else None
+        self.to_qkv = nn.Linear(c.dim, 3 * inner, bias=False)
+        self.conv = nn.Conv1d(3 * inner, 3 * inner, c.conv_kernel, groups=3 * inner) if c.conv_kernel else None
+        # data-dependent θ_t (lr), η_t (momentum_decay), α_t (forget) per head
+        self.to_gates = nn.Linear(c.dim, 3 * c.heads)
+        self.memory_model = MemoryMLP(c.head_dim, c.hidden_dim, c.depth, c.activation)
+        # M_0 of head h = memory_model's (head-shared) weights + init_offsets[name][h]
+        self.init_offsets = nn.ParameterDict(
+            {name: nn.Parameter(torch.zeros(c.heads, *p.shape)) for name, p in self.memory_model.named_parameters()}
+        )
+        self.out_norm = nn.Parameter(torch.ones(c.heads, c.head_dim)) if c.output_norm else None
+        self.to_out_gate = nn.Linear(c.dim, inner) if c.output_gate else None
+        self.to_out = nn.Linear(inner, c.dim, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        c = self.config
+        for lin in (self.to_qkv, self.to_out, self.to_out_gate):
+            if lin is not None:
+                nn.init.normal_(lin.weight, std=c.init_std)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+        if c.zero_init_output:
+            nn.init.zeros_(self.to_out.weight)
+        nn.init.normal_(self.to_gates.weight, std=c.init_std)
+        with torch.no_grad():
+            bias = self.to_gates.bias.view(3, c.heads)
+            bias[0].fill_(c.lr_bias_init)
+            bias[1].fill_(c.momentum_bias_init)
+            bias[2].fill_(c.forget_bias_init)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """fp32, or fp64 after `.double()`; never lower (the state stays fp32 under autocast)."""
+        return torch.promote_types(self.to_qkv.weight.dtype, torch.float32)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> MemoryState:
+        """The memory before any token: weights M_0 per head, zero momentum, empty buffers."""
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"init_state(batch_size={batch_size!r}): allowed a positive int")
+        device = device or self.to_qkv.weight.device
+        dtype = self.state_dtype
+        weights, momentum = {}, {}
+        for name, p in self.memory_model.named_parameters():
+            w0 = (p.unsqueeze(0) + self.init_offsets[name]).to(device=device, dtype=dtype)  # (h, i, o)
+            weights[name] = w0.unsqueeze(0).expand(batch_size, *w0.shape)  # (b, h, i, o)
+            momentum[name] = torch.zeros_like(weights[name])
+        empty = torch.zeros(batch_size, 0, self.config.dim, device=device, dtype=self.to_qkv.weight.dtype)
+        return MemoryState(weights, momentum, buffer=empty, conv_context=empty.clone(), offset=0)
+
+    # ------------------------------------------------------------------ forward
+
+    def _check(self, x: Tensor, state: MemoryState | None) -> None:
+        c = self.config
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != c.dim or not x.is_floating_point():
+            got = f"shape {tuple(x.shape)} dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"NeuralMemory input x: expected a float tensor [B, T, dim={c.dim}], got {got}")
+        if x.shape[1] == 0:
+            raise ValueError("NeuralMemory input x: T must be >= 1, got an empty sequence")
+        if state is not None:
+            if not isinstance(state, MemoryState):
+                raise TypeError(f"state must be a MemoryState or None, got {type(state).__name__}")
+            if state.batch_size != x.shape[0]:
+                raise ValueError(f"state has batch size {state.batch_size} but x has batch size {x.shape[0]}")
+            if set(state.weights) != set(self.memory_model.names):
+                raise ValueError(
+                    f"state weights {sorted(state.weights)} do not match this memory's {self.memory_model.names}"
+                )
+
+    def _gates(self, xt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """θ, η, α `[B, H, n]` for tokens `xt` (`[B, n, dim]`, token 0 starts a chunk), plus log η and
+        log(1 − α) computed from the logits (log-sigmoid), so saturated gates give no inf/NaN gradients."""
+        c = self.config
+        if not c.per_token_gates:  # one value per chunk from the chunk's mean input
+            n = xt.shape[1]
+            pad = (-n) % c.chunk_size
+            xp = F.pad(xt, (0, 0, 0, pad))
+            sums = rearrange(xp, "b (k c) d -> b k c d", c=c.chunk_size).sum(2)
+            counts = torch.full((sums.shape[1],), float(c.chunk_size), device=xt.device, dtype=xt.dtype)
+            counts[-1] = c.chunk_size - pad
+            xt = (sums / counts[:, None]).repeat_interleave(c.chunk_size, dim=1)[:, :n]
+        logits = rearrange(self.to_gates(xt), "b n (g h) -> g b h n", g=3).to(self.state_dtype)
+        lr = c.max_lr * torch.sigmoid(logits[0])
+        momentum_decay, log_eta = torch.sigmoid(logits[1]), F.logsigmoid(logits[1])
+        forget, log_keep = torch.sigmoid(logits[2]), F.logsigmoid(-logits[2])
+        if c.fixed_lr is not None:
+            lr = torch.full_like(lr, c.fixed_lr)
+        if c.fixed_momentum_decay is not None:
+            momentum_decay = torch.full_like(momentum_decay, c.fixed_momentum_decay)
+            log_eta = torch.log(momentum_decay)
+        if not c.momentum:
+            momentum_decay = torch.zeros_like(momentum_decay)
+            log_eta = torch.full_like(log_eta, float("-inf"))
+        if c.fixed_forget is not None:
+            forget = torch.full_like(forget, c.fixed_forget)
+            log_keep = torch.log1p(-forget)
+        if not c.forgetting:
+            forget = torch.zeros_like(forget)
+            log_keep = torch.zeros_like(log_keep)
+        log_eta = log_eta.clamp_min(_LOG_FLOOR)
+        log_keep = log_keep.clamp_min(_LOG_FLOOR)
+        return lr, momentum_decay, forget, log_eta, log_keep
+
+    def forward(
+        self, x: Tensor, state: MemoryState | None = None, return_aux: bool = False
+    ) -> tuple[Tensor, MemoryState] | tuple[Tensor, MemoryState, dict[str, Tensor]]:
+        """Read the memory for every token of `x` and write every chunk that completes.
+
+        x: `[B, T, dim]`. Returns `y` `[B, T, dim]`, the new state, and with `return_aux` a dict of
+        `keys`, `values`, `queries`, `retrieved` (`[B, H, T, head_dim]`), `lr`, `momentum_decay`,
+        `forget` (`[B, H, T]`, the gate values used) and `surprise` (`[B, H, T]`: the norm of each
+        token's inner gradient, NaN for tokens whose chunk is still unfinished after this call).
+        """
+        self._check(x, state)
+        c = self.config
+        B, T, _ = x.shape
+        if state is None:
+            state = self.init_state(B, device=x.device)
+        n_ctx, n_buf = state.conv_context.shape[1], state.buffer.shape[1]
+        xs = torch.cat([state.conv_context.to(x.dtype), state.buffer.to(x.dtype), x], dim=1)  # (b, ctx+buf+t, d)
+        raw = xs  # what the state carries: raw inputs (normalising twice would not be exact)
+        if self.input_norm is not None:  # RMSNorm: the memory sees inputs of a fixed scale
+            rms = torch.rsqrt(xs.to(self.state_dtype).pow(2).mean(-1, keepdim=True) + 1e-6)
+            xs = xs * rms.to(xs.dtype) * self.input_norm
+
+        qkv = self.to_qkv(xs)  # (b, n_all, 3*inner)
+        if self.conv is not None:
+            k_sz = c.conv_kernel
+            # causal: pad K-1 zeros on the left; the carried context makes split calls exact
+            qkv = self.conv(F.pad(qkv.transpose(1, 2), (k_sz - 1, 0))).transpose(1, 2)
+        qkv = F.silu(qkv[:, n_ctx:])  # (b, n, 3*inner), n = buf + t; token 0 starts a chunk
+        q, k, v = rearrange(qkv, "b n (s h d) -> s b h n d", s=3, h=c.heads)
+        if c.qk_l2_norm:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        lr, eta, alpha, log_eta, log_keep = self._gates(xs[:, n_ctx:])  # (b, h, n)
+
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            dtype = self.state_dtype
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            gates = (lr.to(dtype), log_eta.to(dtype), log_keep.to(dtype))
+            retrieved, new_w, new_m, surprise = self._scan(q, k, v, *gates, state, n_buf)
+        # retrieved: (b, h, t, d) for the new tokens only
+        out = retrieved
+        if self.out_norm is not None:
+            out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6) * self.out_norm[:, None, :].to(dtype)
+        out = rearrange(out, "b h t d -> b t (h d)").to(x.dtype)
+        if self.to_out_gate is not None:
+            out = out * torch.sigmoid(self.to_out_gate(x))
+        y = self.to_out(out)
+
+        n = n_buf + T
+        n_keep = n % c.chunk_size  # tokens of the unfinished chunk
+        start = n_ctx + n - n_keep  # where the new buffer starts in xs
+        ctx_len = min(max(c.conv_kernel - 1, 0), start)
+        new_state = MemoryState(
+            weights=new_w,
+            momentum=new_m,
+            buffer=raw[:, start:],
+            conv_context=raw[:, start - ctx_len : start],
+            offset=state.offset + T,
+        )
+        if not return_aux:
+            return y, new_state
+        new = slice(n_buf, n)
+        aux = {
+            "queries": q[:, :, new],
+            "keys": k[:, :, new],
+            "values": v[:, :, new],
+            "retrieved": retrieved,
+            "lr": lr[:, :, new],
+            "momentum_decay": eta[:, :, new],
+            "forget": alpha[:, :, new],
+            "surprise": surprise[:, :, new],
+        }
+        return y, new_state, aux
+
+    # ------------------------------------------------------------------ the chunked scan
+
+    def _scan(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        lr: Tensor,
+        log_eta: Tensor,
+        log_keep: Tensor,
+        state: MemoryState,
+        n_buf: int,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor]:
+        """Chunk loop. q/k/v: `[B, H, n, d]`, θ / log η / log(1−α): `[B, H, n]`; token 0 starts a chunk; reads only for
+        tokens >= n_buf (the buffered ones were read by the previous call)."""
+        c = self.config
+        mlp = self.memory_model
+        B, H, n, _ = q.shape
+        C = c.chunk_size
+        dtype = q.dtype
+        names = mlp.names
+        weights = [rearrange(state.weights[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+        momentum = [rearrange(state.momentum[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+        q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
+        lr, log_eta, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_eta, log_keep))
+        no_momentum = not c.momentum or c.fixed_momentum_decay == 0.0
+
+        reads, surprises = [], []
+        for s in range(0, n, C):
+            e = min(s + C, n)
+            rs = max(s, n_buf)
+            if rs < e:  # Eq. 15: read with the weights after the previous chunk
+                reads.append(mlp.forward_batched(weights, q[:, rs:e])[0])
+            if e - s < C:  # unfinished chunk: waits in the buffer
+                surprises.append(torch.full((B * H, e - s), float("nan"), device=q.device, dtype=dtype))
+                break
+            weights, momentum, surprise = self._update_chunk(
+                weights, momentum, k[:, s:e], v[:, s:e], lr[:, s:e], log_eta[:, s:e], log_keep[:, s:e], no_momentum
+            )
+            surprises.append(surprise)
+
+        retrieved = rearrange(torch.cat(reads, dim=1), "(b h) t d -> b h t d", b=B)
+        surprise = rearrange(torch.cat(surprises, dim=1), "(b h) n -> b h n", b=B)
+        new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, weights)}
+        new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, momentum)}
+        return retrieved, new_w, new_m, surprise
+
+    def _update_chunk(
+        self,
+        weights: list[Tensor],
+        momentum: list[Tensor],
+        k: Tensor,
+        v: Tensor,
+        lr: Tensor,
+        log_eta: Tensor,
+        log_keep: Tensor,
+        no_momentum: bool,
+    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """One chunk of Eq. 13-14 with all gradients at the chunk-start weights (Eq. 16-18).
+
+        weights/momentum[l]: `[g, i, o]`; k, v: `[g, c, d]`; θ, log η, log(1 − α): `[g, c]`.
+        """
+        mlp = self.memory_model
+        pred, inputs, pre = mlp.forward_batched(weights, k)
+        deltas = mlp.backward_batched(weights, pre, 2.0 * (pred - v))  # dℓ/dM(k) of Eq. 12
+        # per-token surprise norm: ‖∇ℓ_t‖² = Σ_l ‖h_{l,t}‖² ‖δ_{l,t}‖² (outer products)
+        sq = sum(h.pow(2).sum(-1) * d.pow(2).sum(-1) for h, d in zip(inputs, deltas))  # (g, c)
+        surprise = sq.clamp_min(0).sqrt()
+        if self.config.surprise_clip > 0:
+            scale = (self.config.surprise_clip / surprise.clamp_min(1e-12)).clamp(max=1.0)
+            lr = lr * scale  # clipping ∇ℓ_t to norm ≤ clip == scaling its coefficient
+
+        C = k.shape[1]
+        keep_cum = torch.cumsum(log_keep, dim=1)  # Σ_{i≤t} log(1−α_i)
+        keep_all = keep_cum[:, -1:]  # (g, 1)
+        beta = torch.exp(keep_all - keep_cum)  # β_t = Π_{i>t} (1−α_i)
+        decay = torch.exp(keep_all).squeeze(1)  # A = Π (1−α)
+        if no_momentum:
+            # S_t = −θ_t ∇ℓ_t: D = I, E = 0
+            u = lr * beta  # (g, c)
+            s_coef = torch.zeros_like(lr)
+            s_coef[:, -1] = lr[:, -1]
+            carry_m = carry_s = None
+        else:
+            L = torch.cumsum(log_eta, dim=1)  # (g, c): log Π_{i≤t} η_i
+            diff = L[:, :, None] - L[:, None, :]  # (g, t, j): log D_tj for t ≥ j
+            causal = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
+            D = torch.exp(torch.where(causal, diff, torch.full_like(diff, float("-inf"))))  # (g, t, j)
+            u = lr * torch.bmm(beta.unsqueeze(1), D).squeeze(1)  # θ_j Σ_t β_t D_tj
+            s_coef = lr * D[:, -1, :]  # θ_j D_{C,j}
+            carry_m = (beta * torch.exp(L)).sum(1)  # c_S = Σ_t β_t Π_{i≤t} η_i
+            carry_s = torch.exp(L[:, -1])  # E = Π η
+
+        new_w, new_m = [], []
+        for w, m, h, d in zip(weights, momentum, inputs, deltas):
+            grad_u = torch.bmm(h.transpose(1, 2), u.unsqueeze(-1) * d)  # Σ_j u_j h_j^T δ_j  (g, i, o)
+            grad_s = torch.bmm(h.transpose(1, 2), s_coef.unsqueeze(-1) * d)
+            w_next = decay[:, None, None] * w - grad_u
+            m_next = -grad_s
+            if carry_m is not None:
+                w_next = w_next + carry_m[:, None, None] * m
+                m_next = m_next + carry_s[:, None, None] * m
+            new_w.append(w_next)
+            new_m.append(m_next)
+        return new_w, new_m, surprise
