@@ -39,7 +39,8 @@ class Counter:
 
         self.tokenizer = tokenizer
         self.is_bytes = tokenizer is None or is_byte_tokenizer(tokenizer)
-        self.name = "byte" if tokenizer is None else str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        self.name = "byte" if tokenizer is None else str(name)
         self._cache: dict[str, int] = {}
 
     def _safe_bytes(self, text: str) -> bool:
@@ -83,33 +84,38 @@ class Piece:
     text: str
     kind: str = "needle"  # needle | distractor | link | fact | definition
     info: dict[str, Any] = field(default_factory=dict)
+    sep: str | None = None  # glue on both sides of this piece instead of the haystack's separator
 
 
 def interleave(units: Sequence[str], pieces: Sequence[Piece], slots: Sequence[int], sep: str) -> tuple[str, list[int]]:
     """Join `units` with `sep`, putting piece i before unit `slots[i]` (slots sorted, ties keep order).
 
-    Returns the text and each piece's character start.
+    A piece with its own `sep` uses it on both sides. Returns the text and each piece's character start.
     """
     order = sorted(range(len(pieces)), key=lambda i: (slots[i], i))
-    parts: list[str] = []
-    starts = [0] * len(pieces)
-    offset = 0
+    items: list[tuple[str, str | None, int]] = []  # (text, own sep, piece index or -1)
     j = 0
     for u in range(len(units) + 1):
         while j < len(order) and slots[order[j]] <= u:
-            i = order[j]
-            if parts:
-                offset += len(sep)
-            starts[i] = offset
-            parts.append(pieces[i].text)
-            offset += len(pieces[i].text)
+            items.append((pieces[order[j]].text, pieces[order[j]].sep, order[j]))
             j += 1
         if u < len(units):
-            if parts:
-                offset += len(sep)
-            parts.append(units[u])
-            offset += len(units[u])
-    return sep.join(parts), starts
+            items.append((units[u], None, -1))
+    parts: list[str] = []
+    starts = [0] * len(pieces)
+    offset = 0
+    prev_sep: str | None = None
+    for n, (text, own, idx) in enumerate(items):
+        if n:
+            glue = own if own is not None else (prev_sep if prev_sep is not None else sep)
+            parts.append(glue)
+            offset += len(glue)
+        if idx >= 0:
+            starts[idx] = offset
+        parts.append(text)
+        offset += len(text)
+        prev_sep = own
+    return "".join(parts), starts
 
 
 def fit_units(unit_counts: Sequence[int], sep_tokens: int, budget: int) -> int:

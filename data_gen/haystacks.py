@@ -89,14 +89,13 @@ def unit_counts(counter, haystack: str) -> list[int]:
     return cache[haystack]
 
 
-def place_in_haystack(rng, counter, haystack: str, prefix: str, suffix: str, pieces, depths, budget: int, what: str):
-    """Fill a text haystack between `prefix` and `suffix` to `budget` tokens, with piece i at relative
-    depth `depths[i]` of the haystack (0 = first, 1 = last). Returns (text, starts, n_tokens, k)."""
+def place_in_units(counter, units, counts, sep: str, start: int, prefix: str, suffix: str, pieces, depths,
+                   budget: int, what: str):
+    """Fill `units` (cycled from `start`) between `prefix` and `suffix` to `budget` tokens with piece i
+    at relative depth `depths[i]` (0 = before the first unit, 1 = after the last).
+    Returns (text, piece starts, n_tokens, units used, fill slack for validation)."""
     from data_gen.common import build_fitted, cycle_slice, interleave
 
-    units, sep = haystack_units(haystack)
-    counts = unit_counts(counter, haystack)
-    start = 0 if haystack == "noise" else rng.randrange(len(units))
     rotated = cycle_slice(counts, start, len(counts))
     sep_tokens = counter.count(sep)
     fixed = counter.count(prefix) + counter.count(suffix) + sum(counter.count(p.text) + sep_tokens for p in pieces)
@@ -108,4 +107,19 @@ def place_in_haystack(rng, counter, haystack: str, prefix: str, suffix: str, pie
         return prefix + body + suffix, [s + len(prefix) for s in starts]
 
     text, starts, k, n = build_fitted(build, rotated, sep_tokens, fixed, budget, counter, what)
-    return text, starts, n, k
+    return text, starts, n, k, fill_slack(counter, rotated, k, budget)
+
+
+def fill_slack(counter, counts, k: int, budget: int) -> int:
+    """How far below the budget a correct fit may end: one unit (the next one did not fit), plus BPE
+    merge effects at the joins for non-byte tokenizers."""
+    nxt = max(counts[k % len(counts)], max(counts[: k + 1] or [0])) if counts else 0
+    return nxt + 2 + (0 if counter.is_bytes else 8 + budget // 50)
+
+
+def place_in_haystack(rng, counter, haystack: str, prefix: str, suffix: str, pieces, depths, budget: int, what: str):
+    """`place_in_units` over a text haystack (noise from its start, essays from a random sentence)."""
+    units, sep = haystack_units(haystack)
+    start = 0 if haystack == "noise" else rng.randrange(len(units))
+    return place_in_units(counter, units, unit_counts(counter, haystack), sep, start, prefix, suffix, pieces,
+                          depths, budget, what)
