@@ -1,0 +1,203 @@
+"""Builders: config mappings -> finished parts (model + tokenizer), so library classes never see a DictConfig.
+
+`build_model(model_cfg, memory_cfg)` is shared by training and evaluation:
+
+    model_cfg  (conf/model/*.yaml)   name, pretrained (hub name / local dir / null), tokenizer, dtype,
+                                     seed, arch (Qwen3Config fields for a locally built random model)
+    memory_cfg (conf/memory/*.yaml)  variant (null | mac | mag | mal), window, and the other keyword
+                                     options of `titans.patch_qwen3` (memory=MemoryConfig fields, layers,
+                                     segment_len, num_longterm, num_persistent, ...); null values are
+                                     left to patch_qwen3's defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("mac", "mag", "mal")
+FREEZE_MODES = ("memory", "lora", "none")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+MODEL_KEYS = {"name", "pretrained", "tokenizer", "dtype", "seed", "arch"}
+MEMORY_KEYS_RESERVED = {"name", "variant"}
+
+
+def to_plain(cfg: Any) -> Any:
+    """A DictConfig/ListConfig (resolved) or mapping -> plain python containers; None stays None."""
+    if cfg is None:
+        return None
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        pass
+    if isinstance(cfg, Mapping):
+        return {k: to_plain(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_plain(v) for v in cfg]
+    return cfg
+
+
+def _check_keys(group: str, cfg: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"{group} has unknown key(s) {unknown}; allowed: {sorted(allowed)}. "
+                         f"Remove them or fix the spelling in conf/{group}/*.yaml or the override.")
+
+
+def resolve_dtype(value: str | torch.dtype | None, key: str = "model.dtype") -> torch.dtype | None:
+    """'float32' | 'bfloat16' | 'float16' (or short forms) -> torch dtype; None / 'auto' -> None."""
+    if value is None or value == "auto" or isinstance(value, torch.dtype):
+        return None if value in (None, "auto") else value
+    if value not in DTYPES:
+        raise ValueError(f"{key}={value!r} is not allowed; allowed: {sorted(DTYPES)} or 'auto'/null.")
+    return DTYPES[value]
+
+
+def build_tokenizer(model_cfg: Mapping):
+    """The model's tokenizer: `model.tokenizer` (builtin 'byte'/'qwen3', local dir or hub name),
+    defaulting to `model.pretrained`."""
+    from titans.tokenizers import load_tokenizer
+
+    cfg = to_plain(model_cfg)
+    name = cfg.get("tokenizer") or cfg.get("pretrained")
+    if not name:
+        raise ValueError("model.tokenizer is null and model.pretrained is null; set model.tokenizer "
+                         "(e.g. 'byte' for the tiny model, or a hub name / local directory).")
+    return load_tokenizer(name)
+
+
+def build_base_model(model_cfg: Mapping, tokenizer=None) -> nn.Module:
+    """An unpatched Qwen3ForCausalLM.
+
+    `model.pretrained` set: `from_pretrained` (hub name or local directory). Otherwise a random model
+    from `model.arch` (Qwen3Config fields; `vocab_size` defaults to the tokenizer's length) seeded with
+    `model.seed`, saved and re-loaded through `save_pretrained`/`from_pretrained` in a temporary
+    directory so the real loading path runs.
+    """
+    from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    cfg = to_plain(model_cfg)
+    _check_keys("model", cfg, MODEL_KEYS)
+    dtype = resolve_dtype(cfg.get("dtype"))
+    pretrained = cfg.get("pretrained")
+    if pretrained:
+        kwargs = {"dtype": dtype} if dtype is not None else {"dtype": "auto"}
+        return AutoModelForCausalLM.from_pretrained(pretrained, **kwargs)
+    arch = dict(cfg.get("arch") or {})
+    if not arch:
+        raise ValueError("model.pretrained is null and model.arch is empty; give a hub name / local directory "
+                         "in model.pretrained or Qwen3Config fields in model.arch (see conf/model/qwen3_tiny.yaml).")
+    if arch.get("vocab_size") is None:
+        if tokenizer is None:
+            raise ValueError("model.arch.vocab_size is null and no tokenizer was given to size it; set "
+                             "model.arch.vocab_size or pass the tokenizer.")
+        arch["vocab_size"] = len(tokenizer)
+    if tokenizer is not None:
+        arch.setdefault("eos_token_id", tokenizer.eos_token_id)
+        arch.setdefault("pad_token_id", tokenizer.pad_token_id)
+    try:
+        config = Qwen3Config(**arch)
+    except Exception as e:  # noqa: BLE001 - TypeError/ValueError/huggingface_hub StrictDataclassError
+        raise ValueError(f"model.arch={arch} is not a valid Qwen3Config: {e}. Fix the field in "
+                         f"conf/model/*.yaml or the override.") from e
+    fork_devices: list = []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(int(cfg.get("seed") or 0))
+        model = Qwen3ForCausalLM(config)
+    with tempfile.TemporaryDirectory(prefix="titans-tiny-") as tmp:
+        model.save_pretrained(tmp)
+        model = Qwen3ForCausalLM.from_pretrained(tmp, dtype=dtype or torch.float32)
+    return model
+
+
+def memory_options(memory_cfg: Mapping | None) -> tuple[str | None, dict]:
+    """(variant for patch_qwen3 or None, its keyword options) from a memory config.
+
+    `variant: null` with `window: null` -> (None, {}) (plain model); `variant: null` with an int
+    window -> ("swa", {"window": w}), the sliding-window-only baseline.
+    """
+    cfg = to_plain(memory_cfg) or {}
+    variant = cfg.get("variant")
+    options = {k: v for k, v in cfg.items() if k not in MEMORY_KEYS_RESERVED and v is not None}
+    if variant is None:
+        extra = sorted(set(options) - {"window"})
+        if extra:
+            raise ValueError(f"memory.variant=null (no memory) but memory has {extra}; those options need a "
+                             f"variant: set memory.variant to one of {VARIANTS} or remove them.")
+        window = options.get("window")
+        if window is None:
+            return None, {}
+        if not isinstance(window, int) or window <= 0:
+            raise ValueError(f"memory.window={window!r} is not allowed; allowed: null (full attention) or an int > 0.")
+        return "swa", {"window": window}
+    if variant not in VARIANTS:
+        raise ValueError(f"memory.variant={variant!r} is not allowed; allowed: null (no memory) or one of "
+                         f"{VARIANTS}. Pick a conf/memory option: none, mac, mag, mal.")
+    return variant, options
+
+
+def apply_freeze(model: nn.Module, freeze: str, variant: str | None, lora: Mapping | None = None) -> nn.Module:
+    """What trains on a model without memory (patched models are frozen by `patch_qwen3(freeze=...)`).
+
+    'none': every parameter; 'lora': LoRA adapters on the attention/MLP projections (peft);
+    'memory': not allowed without memory.
+    """
+    if freeze not in FREEZE_MODES:
+        raise ValueError(f"freeze={freeze!r} is not allowed; allowed: {FREEZE_MODES}.")
+    if freeze == "none":
+        model.requires_grad_(True)
+        return model
+    if freeze == "memory":
+        raise ValueError(f"freeze='memory' trains only the memory, but memory.variant={variant!r} has none; use "
+                         f"memory=mac|mag|mal, or train the backbone with freeze='none' or 'lora'.")
+    from peft import LoraConfig, get_peft_model
+
+    lora = dict(lora or {})
+    lora.setdefault("r", 8)
+    lora.setdefault("lora_alpha", 16)
+    lora.setdefault("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])
+    return get_peft_model(model, LoraConfig(**lora))
+
+
+def build_model(model_cfg: Mapping, memory_cfg: Mapping | None = None, freeze: str | None = None):
+    """(model, tokenizer): the base Qwen3 (loaded or built), patched with the memory variant.
+
+    Args:
+        model_cfg: a `conf/model` mapping (DictConfig or dict).
+        memory_cfg: a `conf/memory` mapping; None or `variant: null` -> no memory (optionally a
+            sliding-window-only model when `window` is set).
+        freeze: what trains ('memory' | 'lora' | 'none'); None leaves patch_qwen3's default for a
+            patched model and everything trainable for a plain one.
+    Returns:
+        model: a `Qwen3ForCausalLM` (`model(input_ids [B, T], past_key_values=cache)` -> logits
+            `[B, T, vocab]`), tokenizer: a HF tokenizer.
+    """
+    tokenizer = build_tokenizer(model_cfg)
+    model = build_base_model(model_cfg, tokenizer)
+    variant, options = memory_options(memory_cfg)
+    if variant is None:
+        if freeze is not None:
+            model = apply_freeze(model, freeze, variant)
+        return model, tokenizer
+    if freeze is not None:
+        if freeze not in FREEZE_MODES:
+            raise ValueError(f"freeze={freeze!r} is not allowed; allowed: {FREEZE_MODES}.")
+        options["freeze"] = freeze
+    try:
+        from titans.patch import patch_qwen3
+    except ImportError as e:  # the patching module lands separately
+        raise ValueError(f"memory.variant={variant!r} needs titans.patch.patch_qwen3, which is not importable "
+                         f"({e}); use memory=none until it is installed.") from e
+    model = patch_qwen3(model, variant, **options)
+    return model, tokenizer
