@@ -1,0 +1,1 @@
+"""Long-context benchmarks: suites, scoring, the streaming runner, reports. See docs/evaluation.md."""
