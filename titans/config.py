@@ -1,0 +1,177 @@
+"""`TitansConfig`: every switch of a patched Qwen3 (variant, where the memory sits, attention, gate, training).
+
+Validated at construction; `to_dict()` is JSON-ready and is stored as `model.config.titans`, so it
+round-trips through `save_pretrained` / `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from titans.memory import MemoryConfig
+
+VARIANTS = ("mac", "mag", "mal", "swa")
+GATES = ("sigmoid", "scalar", "none")
+FREEZE = ("memory", "lora", "none")
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _fail(key: str, value: object, allowed: str, fix: str = "") -> None:
+    msg = f"TitansConfig.{key}={value!r} is invalid: allowed {allowed}."
+    if fix:
+        msg += f" {fix}"
+    raise ValueError(msg)
+
+
+@dataclass
+class TitansConfig:
+    """How `patch_qwen3` turns a Qwen3 into a Titans model.
+
+    variant:  "mag" (Eq. 26-28), "mal" (Eq. 29-31), "mac" (Eq. 21-25), or "swa" (no memory: the
+              sliding-window(+persistent tokens) baseline with the same attention as MAG/MAL).
+    memory:   a `MemoryConfig`, or a dict of its fields; `dim` is always the model's hidden size.
+    layers:   "all", an int k (every k-th layer: 0, k, 2k, ...), or a list of layer indices.
+    window:   sliding-window width in tokens (a query sees itself and the window-1 tokens before it;
+              persistent tokens are always visible). None = full causal attention (MAG/MAL) or the
+              whole segment (MAC). Required for "swa".
+    segment_len, num_longterm: MAC only. Attention runs inside segments of `segment_len` tokens
+              aligned to absolute positions; token j of a segment also sees the long-term tokens
+              (memory reads) of the `num_longterm` most recent segment tokens up to and including j
+              (None = all of them, the paper's setting).
+    num_persistent: learned input-independent tokens (Eq. 19) visible to every query.
+    gate:     "sigmoid" (g = σ(W_g x̃ + b), per token and channel, MemoryMAG), "scalar" (g = σ(b) per
+              channel) or "none" (g = 1). The memory contributes `scale ⊙ g ⊙ memory(x̃)`.
+    gate_bias_init: b at init (-3 -> g ≈ 0.047: nearly closed, as MemoryMAG).
+    identity_init: `scale` starts at 0, so the patched model equals the base model at step 0; the
+              first backward then reaches only `scale` (everything upstream gets its first non-zero
+              gradient after one optimizer step). False: `scale` starts at 1 and every memory
+              parameter gets a gradient on the first backward, at the cost of not being the identity.
+    cross_layer_query: the memory input of a patched layer also gets a (zero-initialised) projection of
+              the previous patched layer's memory read (MemoryMAG's cross-layer query refinement).
+    freeze:   "memory" (only new parameters train), "lora" (LoRA on the base via peft + the memory),
+              "none" (everything trains).
+    lora_r, lora_alpha, lora_dropout, lora_targets: LoRA settings for freeze="lora".
+    diagnostics: keep detached per-layer scalars of the last forward (gate, surprise, θ/η/α, weight norm).
+    """
+
+    variant: str = "mag"
+    memory: MemoryConfig | dict | None = None
+    layers: str | int | list[int] = "all"
+    window: int | None = None
+    segment_len: int = 64
+    num_longterm: int | None = None
+    num_persistent: int = 0
+    gate: str = "sigmoid"
+    gate_bias_init: float = -3.0
+    identity_init: bool = True
+    cross_layer_query: bool = False
+    freeze: str = "memory"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    diagnostics: bool = True
+    hidden_size: int | None = None  # filled by patch_qwen3 from the model (the memory's dim)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            _fail("variant", self.variant, f"one of {VARIANTS}", "('swa' = sliding window only, no memory)")
+        if isinstance(self.layers, bool) or not (
+            self.layers == "all"
+            or (isinstance(self.layers, int) and self.layers > 0)
+            or (isinstance(self.layers, (list, tuple)) and all(isinstance(i, int) for i in self.layers))
+        ):
+            _fail("layers", self.layers, '"all", an int k > 0 (every k-th layer) or a list of layer indices')
+        if isinstance(self.layers, tuple):
+            self.layers = list(self.layers)
+        if isinstance(self.layers, list) and not self.layers:
+            _fail("layers", self.layers, "a non-empty list", "To run without memory use the unpatched model.")
+        if self.window is not None and (not isinstance(self.window, int) or self.window <= 0):
+            _fail("window", self.window, "None (full attention) or an int > 0")
+        if self.variant == "swa" and self.window is None:
+            _fail("window", self.window, "an int > 0 for variant 'swa'", "The sliding-window baseline needs a window.")
+        if not isinstance(self.segment_len, int) or self.segment_len <= 0:
+            _fail("segment_len", self.segment_len, "an int > 0")
+        if self.num_longterm is not None and (not isinstance(self.num_longterm, int) or self.num_longterm < 0):
+            _fail("num_longterm", self.num_longterm, "None (= segment_len) or an int >= 0")
+        if not isinstance(self.num_persistent, int) or self.num_persistent < 0:
+            _fail("num_persistent", self.num_persistent, "an int >= 0")
+        if self.gate not in GATES:
+            _fail("gate", self.gate, f"one of {GATES}")
+        if self.freeze not in FREEZE:
+            _fail("freeze", self.freeze, f"one of {FREEZE}")
+        if not isinstance(self.lora_r, int) or self.lora_r <= 0:
+            _fail("lora_r", self.lora_r, "an int > 0")
+        if isinstance(self.lora_targets, str):
+            self.lora_targets = [self.lora_targets]
+        self.lora_targets = list(self.lora_targets)
+        if self.memory is None:
+            self.memory = {}
+        if isinstance(self.memory, MemoryConfig):
+            self.memory = self.memory.to_dict()
+        if not isinstance(self.memory, dict):
+            raise TypeError(
+                f"TitansConfig.memory must be a MemoryConfig or a dict of its fields, got {type(self.memory).__name__}"
+            )
+        self.memory = dict(self.memory)
+        if self.hidden_size is not None:
+            self.memory_config()  # validate now
+
+    def memory_config(self) -> MemoryConfig:
+        """The `MemoryConfig` with `dim` = the model's hidden size (needs `hidden_size`)."""
+        if self.hidden_size is None:
+            raise ValueError("TitansConfig.hidden_size is not set; patch_qwen3 fills it from the model.")
+        mem = dict(self.memory)
+        dim = mem.get("dim")
+        if dim is not None and dim != self.hidden_size:
+            _fail("memory.dim", dim, f"the model's hidden size {self.hidden_size}", "Leave memory.dim unset.")
+        mem["dim"] = self.hidden_size
+        cfg = MemoryConfig.from_dict(mem)
+        if self.variant == "mac" and self.segment_len % cfg.chunk_size:
+            _fail(
+                "segment_len",
+                self.segment_len,
+                f"a multiple of memory.chunk_size={cfg.chunk_size}",
+                "MAC writes whole chunks at segment boundaries; change segment_len or memory.chunk_size.",
+            )
+        if self.variant in ("mag", "mal") and self.window is not None and self.window < cfg.chunk_size:
+            _fail(
+                "window",
+                self.window,
+                f"an int >= memory.chunk_size={cfg.chunk_size} (or None)",
+                "Tokens of an unfinished chunk are not yet in memory, so a window smaller than a chunk "
+                "would hide them from both attention and memory; raise window or lower memory.chunk_size.",
+            )
+        return cfg
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """The decoder layers that get patched, for a model with `num_layers` layers."""
+        if self.layers == "all":
+            return list(range(num_layers))
+        if isinstance(self.layers, int):
+            return list(range(0, num_layers, self.layers))
+        bad = [i for i in self.layers if not -num_layers <= i < num_layers]
+        if bad:
+            _fail("layers", self.layers, f"indices in [0, {num_layers}) (the model has {num_layers} decoder layers)")
+        out = sorted({i % num_layers for i in self.layers})
+        return out
+
+    @property
+    def has_memory(self) -> bool:
+        return self.variant != "swa"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (stored as `model.config.titans`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TitansConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"TitansConfig got unknown options {unknown}; allowed: {sorted(known - {'hidden_size'})}. "
+                "Memory fields go inside memory=dict(...)."
+            )
+        return cls(**data)
