@@ -23,6 +23,7 @@ from data_gen import (  # noqa: F401 - importing registers the tasks
     mqar,
     passkey,
     ruler,
+    ruler_niah,
 )
 from data_gen.common import SPLITS, Counter
 from data_gen.registry import TASKS, generate_one, get_task, resolve_params

@@ -96,7 +96,7 @@ def interleave(units: Sequence[str], pieces: Sequence[Piece], slots: Sequence[in
     items: list[tuple[str, str | None, int]] = []  # (text, own sep, piece index or -1)
     j = 0
     for u in range(len(units) + 1):
-        while j < len(order) and slots[order[j]] <= u:
+        while j < len(order) and (slots[order[j]] <= u or u == len(units)):
             items.append((pieces[order[j]].text, pieces[order[j]].sep, order[j]))
             j += 1
         if u < len(units):

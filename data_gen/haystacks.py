@@ -50,6 +50,8 @@ def haystack_units(haystack: str) -> tuple[tuple[str, ...], str]:
         return NOISE_SENTENCES, " "
     if haystack == "essay":
         return essay_sentences(), " "
+    if haystack == "noise_line":  # RULER niah/vt: the whole noise string per line
+        return (NOISE,), "\n"
     raise ValueError(f"haystack={haystack!r} is not allowed; allowed: {list(HAYSTACKS)}")
 
 
@@ -62,10 +64,17 @@ def _wonderwords() -> dict[str, list[str]]:
 
 
 @functools.lru_cache(maxsize=1)
-def ruler_words() -> tuple[str, ...]:
-    """RULER's key/value words: every adjective-noun pair of wonderwords, sorted, deduplicated."""
+def _adjs_nouns() -> tuple[tuple[str, ...], tuple[str, ...]]:
     w = _wonderwords()
-    return tuple(sorted({f"{a}-{n}" for a in w["adjectives"] for n in w["nouns"]}))
+    return tuple(sorted(set(w["adjectives"]))), tuple(sorted(set(w["nouns"])))
+
+
+def ruler_word(rng) -> str:
+    """A uniform draw from RULER's key/value words: an adjective-noun pair of wonderwords (RULER
+    materialises all ~6M pairs; indexing the product gives the same distribution without that)."""
+    adjs, nouns = _adjs_nouns()
+    i = rng.randrange(len(adjs) * len(nouns))
+    return f"{adjs[i // len(nouns)]}-{nouns[i % len(nouns)]}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,9 +99,10 @@ def unit_counts(counter, haystack: str) -> list[int]:
 
 
 def place_in_units(counter, units, counts, sep: str, start: int, prefix: str, suffix: str, pieces, depths,
-                   budget: int, what: str):
+                   budget: int, what: str, slot_fn=None):
     """Fill `units` (cycled from `start`) between `prefix` and `suffix` to `budget` tokens with piece i
-    at relative depth `depths[i]` (0 = before the first unit, 1 = after the last).
+    at relative depth `depths[i]` (0 = before the first unit, 1 = after the last; slot = int(depth * k)
+    as RULER), or before unit `slot_fn(k)[i]` when given.
     Returns (text, piece starts, n_tokens, units used, fill slack for validation)."""
     from data_gen.common import build_fitted, cycle_slice, interleave
 
@@ -102,7 +112,7 @@ def place_in_units(counter, units, counts, sep: str, start: int, prefix: str, su
 
     def build(k):
         hay = cycle_slice(units, start, k)
-        slots = [min(k, max(0, round(d * k))) for d in depths]
+        slots = slot_fn(k) if slot_fn is not None else [min(k, max(0, int(d * k))) for d in depths]
         body, starts = interleave(hay, pieces, slots, sep)
         return prefix + body + suffix, [s + len(prefix) for s in starts]
 
