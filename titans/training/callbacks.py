@@ -1,0 +1,90 @@
+"""Callbacks: tokens/s (progress bar + loggers) and per-layer memory diagnostics with stuck-gate warnings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class ThroughputCallback(pl.Callback):
+    """Logs `train/tokens_per_s` (shown in the progress bar) and `train/tokens` (cumulative, this rank)."""
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+        self.tokens = 0
+        self.history: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._t0 is None:
+            return
+        dt = max(time.perf_counter() - self._t0, 1e-9)
+        n = int(batch["input_ids"].numel())
+        self.tokens += n
+        self.history.append(n / dt)
+        pl_module.log("train/tokens_per_s", n / dt, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        pl_module.log("train/tokens", float(self.tokens), batch_size=batch["input_ids"].shape[0])
+
+
+def default_collector() -> Callable | None:
+    try:
+        from titans.patch import collect_diagnostics
+    except ImportError:
+        return None
+    return collect_diagnostics
+
+
+class DiagnosticsCallback(pl.Callback):
+    """Every `every_n_steps` optimizer steps, logs `diag/<name>` for each float of
+    `collect_diagnostics(model)` (per-layer gate, surprise, θ/η/α, memory norm); warns once per name when a
+    gate's mean is below `gate_low` or above `gate_high` (stuck closed / open) and logs `diag/stuck_gates`.
+
+    collector: model -> {name: float}; default `titans.patch.collect_diagnostics` (no-op without it).
+    """
+
+    def __init__(self, every_n_steps: int = 10, gate_low: float = 0.01, gate_high: float = 0.99,
+                 collector: Callable | None = None) -> None:
+        if every_n_steps <= 0 or not 0.0 <= gate_low < gate_high <= 1.0:
+            raise ValueError(f"DiagnosticsCallback: every_n_steps={every_n_steps!r} must be > 0 and 0 <= "
+                             f"gate_low={gate_low!r} < gate_high={gate_high!r} <= 1.")
+        self.every_n_steps, self.gate_low, self.gate_high = every_n_steps, gate_low, gate_high
+        self.collector = collector
+        self.warned: set[str] = set()
+        self.last: dict[str, float] = {}
+
+    def collect(self, model: torch.nn.Module) -> dict[str, float]:
+        fn = self.collector or default_collector()
+        if fn is None:
+            return {}
+        return {str(k): float(v) for k, v in fn(model).items()}
+
+    def stuck_gates(self, diag: dict[str, float]) -> list[str]:
+        """Names of gate diagnostics (a name containing 'gate' and not 'std') outside [gate_low, gate_high]."""
+        return [k for k, v in diag.items() if "gate" in k and "std" not in k
+                and (v < self.gate_low or v > self.gate_high)]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        diag = self.collect(pl_module.model)
+        if not diag:
+            return
+        self.last = diag
+        stuck = self.stuck_gates(diag)
+        for name in stuck:
+            if name not in self.warned:
+                self.warned.add(name)
+                log.warning("memory gate %s = %.4f is stuck %s (outside [%g, %g]) at step %d", name, diag[name],
+                            "closed" if diag[name] < self.gate_low else "open", self.gate_low, self.gate_high,
+                            trainer.global_step)
+        metrics = {f"diag/{k}": v for k, v in diag.items()}
+        metrics["diag/stuck_gates"] = float(len(stuck))
+        pl_module.log_dict(metrics, batch_size=batch["input_ids"].shape[0])

@@ -1,0 +1,219 @@
+"""`TitansLitModule`: chunked BPTT-through-TTT around a finished (patched or plain) Qwen3.
+
+training_step, per batch `input_ids [B, T]`:
+    cache = None
+    for each segment (segment_len tokens, the last may be shorter):
+        logits, cache = model(segment, past_key_values=cache)      # memory state + KV carried
+        loss += CE(logits, targets) / (loss targets in the sequence) (+ regularisers)
+        every bptt_window segments: backward(loss), detach(cache)   # gradient stops here
+    clip, skip the step if the loss or gradient norm is not finite, optimizer step, scheduler step
+One optimizer step per batch: gradients of all bptt windows of the batch accumulate. Logits are only
+computed at positions that are loss targets (`logits_to_keep`), which matters for a 151k vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from titans.training.bptt import detach_cache, needed_positions, segment_bounds, segment_loss_sum, shift_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BPTTConfig:
+    """How a sequence is trained (conf/train.yaml `bptt`).
+
+    segment_len: tokens per forward call; bptt_window: segments the gradient flows back through before
+    the cache is detached (1 = only within a segment); grad_clip: max gradient norm (None/0 = off);
+    strict_segments: require seq_len % segment_len == 0; gate_reg: weight of the gate regulariser
+    (mean squared distance of memory gates to `gate_target`, MemoryMAG spec), 0 = off.
+    """
+
+    segment_len: int = 128
+    bptt_window: int = 1
+    grad_clip: float | None = 1.0
+    strict_segments: bool = False
+    gate_reg: float = 0.0
+    gate_target: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.segment_len, int) or self.segment_len <= 0:
+            raise ValueError(f"bptt.segment_len={self.segment_len!r} is not allowed; it must be an int > 0.")
+        if not isinstance(self.bptt_window, int) or self.bptt_window <= 0:
+            raise ValueError(f"bptt.bptt_window={self.bptt_window!r} is not allowed; it must be an int >= 1 "
+                             f"(segments the gradient flows back through).")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"bptt.grad_clip={self.grad_clip!r} is not allowed; allowed: null/0 (off) or > 0.")
+        if self.gate_reg < 0 or not 0.0 <= self.gate_target <= 1.0:
+            raise ValueError(f"bptt.gate_reg={self.gate_reg!r} / bptt.gate_target={self.gate_target!r}: gate_reg "
+                             f"must be >= 0 and gate_target in [0, 1].")
+
+
+def memory_gates(model: nn.Module) -> list[Tensor]:
+    """Differentiable gate activations the patched layers exposed on their last forward (attribute
+    `last_gate` of any submodule), for the gate regulariser; empty for models without gates."""
+    return [m.last_gate for m in model.modules() if isinstance(getattr(m, "last_gate", None), Tensor)]
+
+
+class TitansLitModule(pl.LightningModule):
+    """Lightning wrapper; receives a finished model (see `titans.training.builders.build_model`).
+
+    Args:
+        model: a causal LM taking `input_ids [B, S]`, `past_key_values`, `use_cache`, `logits_to_keep`
+            and returning `.logits [B, S', V]` and `.past_key_values`.
+        bptt: BPTTConfig.
+        optimizer: params -> Optimizer (a Hydra `_partial_`); default AdamW(lr=3e-4).
+        scheduler: optimizer -> LR scheduler stepped every optimizer step (a `_partial_`), or None.
+    """
+
+    def __init__(self, model: nn.Module, bptt: BPTTConfig | None = None,
+                 optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+                 scheduler: Callable[[torch.optim.Optimizer], object] | None = None):
+        super().__init__()
+        self.model = model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
+        self.bptt = bptt or BPTTConfig()
+        self.optimizer_fn = optimizer
+        self.scheduler_fn = scheduler
+        self.automatic_optimization = False
+        self.batches_seen = 0  # batches consumed, including skipped ones (the data stream resumes here)
+        self.skipped_steps = 0
+        self.last_losses: list[float] = []  # per-batch training loss of this process (tests, curriculum logs)
+
+    # ------------------------------------------------------------------ forward over segments
+
+    def run_segments(self, input_ids: Tensor, targets: Tensor, extra_mask: Tensor | None = None,
+                     backward: bool = False, on_logits: Callable[[int, Tensor, Tensor], None] | None = None
+                     ) -> tuple[Tensor, bool]:
+        """Run all segments of `input_ids [B, T]`, carrying the cache.
+
+        targets `[B, T]`: next-token targets (-100 = no loss). extra_mask `[B, T]`: more positions whose
+        logits `on_logits(start, positions, logits [B, P, V])` wants (answer accuracy). With `backward`,
+        backpropagate every `bptt_window` segments and detach the cache. Returns (loss, finite): the
+        mean token loss of the sequence (detached) and whether every window's loss was finite.
+        """
+        B, T = input_ids.shape
+        n_targets = (targets != -100).sum().clamp_min(1)
+        bounds = segment_bounds(T, self.bptt.segment_len, self.bptt.strict_segments)
+        cache = None
+        window_loss: Tensor | None = None
+        total = torch.zeros((), device=input_ids.device)
+        for k, (s, e) in enumerate(bounds):
+            seg_targets = targets[:, s:e]
+            masks = [seg_targets != -100] + ([extra_mask[:, s:e]] if extra_mask is not None else [])
+            positions = needed_positions(*masks)
+            keep = positions if positions is not None else 1  # 1: cheapest (last position only)
+            out = self.model(input_ids=input_ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=keep)
+            cache = out.past_key_values
+            if positions is not None:
+                loss_k = segment_loss_sum(out.logits, seg_targets[:, positions]) / n_targets
+                if on_logits is not None:
+                    on_logits(s, positions, out.logits.detach())
+            elif self._uniform_backward():
+                loss_k = out.logits.sum() * 0.0  # no targets: every rank still runs the same backward calls (DDP)
+            else:
+                loss_k = torch.zeros((), device=input_ids.device)  # no targets: nothing to backpropagate
+            if self.bptt.gate_reg > 0:
+                gates = memory_gates(self.model)
+                if gates:
+                    reg = torch.stack([(g.float() - self.bptt.gate_target).pow(2).mean() for g in gates]).mean()
+                    loss_k = loss_k + self.bptt.gate_reg * reg * (e - s) / T
+            window_loss = loss_k if window_loss is None else window_loss + loss_k
+            if (k + 1) % self.bptt.bptt_window == 0 or k == len(bounds) - 1:
+                if not torch.isfinite(window_loss):
+                    return total + window_loss.detach(), False
+                if backward and window_loss.requires_grad:
+                    self.manual_backward(window_loss)
+                total = total + window_loss.detach()
+                window_loss = None
+                cache = detach_cache(cache)
+        return total, True
+
+    def _uniform_backward(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and trainer.world_size > 1
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        opt.zero_grad(set_to_none=True)
+        input_ids = batch["input_ids"]
+        targets = shift_targets(batch["labels"])
+        loss, finite = self.run_segments(input_ids, targets, backward=True)
+        grad_norm = self._clip(opt) if finite else torch.tensor(float("nan"))
+        finite = finite and bool(torch.isfinite(grad_norm))
+        self.batches_seen += 1
+        if finite:
+            opt.step()
+            if sched is not None:
+                sched.step()
+        else:
+            opt.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            log.warning("non-finite loss or gradient at batch %d (loss=%s, grad_norm=%s): step skipped",
+                        self.batches_seen, float(loss), float(grad_norm))
+        self.last_losses.append(float(loss))
+        bs = input_ids.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/grad_norm", grad_norm, batch_size=bs)
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=bs)
+        self.log("train/lr", opt.param_groups[0]["lr"], batch_size=bs)
+        return loss
+
+    def _clip(self, opt) -> Tensor:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return torch.zeros(())
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:  # fp16: unscale before measuring / clipping
+            scaler.unscale_(opt.optimizer if hasattr(opt, "optimizer") else opt)
+        max_norm = self.bptt.grad_clip or math.inf
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        input_ids, answer_mask = batch["input_ids"], batch["answer_mask"]
+        targets = shift_targets(batch["labels"])
+        answer_next = torch.cat([answer_mask[:, 1:], torch.zeros_like(answer_mask[:, :1])], dim=1)
+        next_ids = torch.cat([input_ids[:, 1:], torch.zeros_like(input_ids[:, :1])], dim=1)
+        wrong = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        def score(start: int, positions: Tensor, logits: Tensor) -> None:
+            pos = positions + start
+            miss = (logits.argmax(-1) != next_ids[:, pos]) & answer_next[:, pos]
+            wrong.logical_or_(miss.any(1))
+
+        loss, _ = self.run_segments(input_ids, targets, extra_mask=answer_next, on_logits=score)
+        # Teacher-forced argmax on every answer token == greedy decoding reproduces the answer exactly.
+        has_answer = answer_mask.any(1)
+        acc = (~wrong & has_answer).float().sum() / has_answer.float().sum().clamp_min(1)
+        bs = input_ids.shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log("val/answer_acc", acc, prog_bar=True, batch_size=bs, sync_dist=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: the freeze setting (curriculum stage `freeze`) froze the whole "
+                             "model; use freeze=memory with a memory variant, or freeze=lora / none.")
+        opt = self.optimizer_fn(params) if self.optimizer_fn is not None else torch.optim.AdamW(params, lr=3e-4)
+        if self.scheduler_fn is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_fn(opt), "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["titans"] = {"batches_seen": self.batches_seen, "skipped_steps": self.skipped_steps,
+                                "bptt": asdict(self.bptt)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("titans", {})
+        self.batches_seen = int(state.get("batches_seen", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))

@@ -1,0 +1,163 @@
+"""`train(cfg)`: compose the parts from a Hydra config and fit; `evaluate(cfg)` (re-exported).
+
+Hydra stays here: the builders turn config groups into finished parts (model, data, module, trainer)
+and the library classes never see a DictConfig.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from titans.training.builders import memory_options, to_plain
+from titans.training.checkpoint import AtomicCheckpointIO, check_checkpoint, load_model_weights
+from titans.training.data import DataConfig, TitansDataModule
+from titans.training.module import BPTTConfig, TitansLitModule
+
+log = logging.getLogger(__name__)
+
+TOP_KEYS = {"model", "memory", "data", "trainer", "logger", "callbacks", "paths", "bptt", "optimizer", "scheduler",
+            "curriculum", "stage", "seed", "freeze", "init_from", "ckpt_path", "final_validation", "task_name",
+            "experiment", "debug", "hydra", "lora"}
+
+
+class LitData(pl.LightningDataModule):
+    """Lightning face of `TitansDataModule`: the train stream starts at the batch the module has reached
+    (`batches_seen`, restored from a checkpoint before the dataloaders are built), on this rank."""
+
+    def __init__(self, data: TitansDataModule) -> None:
+        super().__init__()
+        self.data = data
+
+    def train_dataloader(self):
+        module = self.trainer.lightning_module
+        return self.data.train_loader(start_batch=getattr(module, "batches_seen", 0),
+                                      rank=self.trainer.global_rank, world_size=self.trainer.world_size)
+
+    def val_dataloader(self):
+        loader = self.data.val_loader()
+        return loader if loader is not None else []
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Cross-group consistency checks that no single group can make; ValueError naming keys and fixes."""
+    unknown = sorted(set(cfg.keys()) - TOP_KEYS)
+    if unknown:
+        raise ValueError(f"unknown top-level key(s) {unknown}; allowed: {sorted(TOP_KEYS)}.")
+    variant, options = memory_options(cfg.memory)
+    seg = cfg.bptt.segment_len
+    if variant == "mac":
+        mac_seg = options.get("segment_len")
+        window = options.get("window")
+        if mac_seg is not None and window is not None and window > mac_seg:
+            raise ValueError(f"memory.window={window} is larger than memory.segment_len={mac_seg}; MAC attends "
+                             f"within a segment, so set memory.window <= memory.segment_len (or null).")
+        if mac_seg is not None and seg % mac_seg:
+            raise ValueError(f"bptt.segment_len={seg} is not a multiple of memory.segment_len={mac_seg} (MAC); "
+                             f"set bptt.segment_len to a multiple of it, e.g. {max(1, seg // mac_seg) * mac_seg}.")
+    if cfg.trainer.get("max_steps") is None or cfg.trainer.max_steps <= 0:
+        raise ValueError(f"trainer.max_steps={cfg.trainer.get('max_steps')!r}: training draws from an endless stream, "
+                         f"so set trainer.max_steps to a positive int.")
+    seq_len = cfg.data.get("seq_len")
+    if cfg.bptt.get("strict_segments") and seq_len is not None and seq_len % seg:
+        raise ValueError(f"bptt.strict_segments=true but data.seq_len={seq_len} is not a multiple of "
+                         f"bptt.segment_len={seg}; set data.seq_len to {-(-seq_len // seg) * seg} or "
+                         f"bptt.strict_segments=false.")
+    if cfg.get("freeze") not in (None, "memory", "lora", "none"):
+        raise ValueError(f"freeze={cfg.freeze!r} is not allowed; allowed: null, memory, lora, none.")
+
+
+def _instantiate_all(group: Any) -> list:
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    return [instantiate(v) for v in group.values() if v is not None and "_target_" in v]
+
+
+def build_module(cfg: DictConfig, model) -> TitansLitModule:
+    from hydra.utils import instantiate
+
+    optimizer = instantiate(cfg.optimizer) if cfg.get("optimizer") else None
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    return TitansLitModule(model, BPTTConfig(**to_plain(cfg.bptt)), optimizer=optimizer, scheduler=scheduler)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None) -> pl.Trainer:
+    from hydra.utils import instantiate
+
+    callbacks = _instantiate_all(cfg.get("callbacks")) if callbacks is None else callbacks
+    loggers = _instantiate_all(cfg.get("logger")) if loggers is None else loggers
+    plugins = [AtomicCheckpointIO()] if "deepspeed" not in str(cfg.trainer.get("strategy", "")) else None
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+
+
+def write_json(obj: dict, path: str | os.PathLike) -> None:
+    """Write `obj` as JSON atomically (tmp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train per `cfg` (conf/train.yaml composed) and return metrics.
+
+    Returns a dict: the trainer's last logged metrics (`train/loss`, `val/loss`, `val/answer_acc`, ...
+    as floats), `train/losses` (per-batch training loss of this process), `global_step`, `last_ckpt`
+    and `output_dir`. Also written to `<paths.output_dir>/metrics.json`.
+    """
+    from titans.training.builders import build_model
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    check_config(cfg)
+    ckpt_path = check_checkpoint(cfg.get("ckpt_path"), "ckpt_path")
+    init_from = check_checkpoint(cfg.get("init_from"), "init_from")
+    pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    model, tokenizer = build_model(cfg.model, cfg.memory, freeze=cfg.get("freeze"))
+    if init_from is not None and ckpt_path is None:
+        load_model_weights(model, init_from, "init_from")
+        log.info("initialised model weights from %s", init_from)
+    data = TitansDataModule(DataConfig.from_mapping(to_plain(cfg.data)), tokenizer)
+    module = build_module(cfg, model)
+    trainer = build_trainer(cfg)
+    resolved = to_plain(cfg)
+    resolved.pop("hydra", None)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(resolved)
+
+    trainer.fit(module, datamodule=LitData(data), ckpt_path=str(ckpt_path) if ckpt_path else None)
+    last = Path(cfg.paths.ckpt_dir) / "last.ckpt"
+    trainer.save_checkpoint(last, weights_only=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    if cfg.get("final_validation", True) and data.val_loader() is not None:
+        for k, v in trainer.validate(module, datamodule=LitData(data), verbose=False)[0].items():
+            metrics[k] = float(v)
+    metrics.update({"train/losses": list(module.last_losses), "global_step": int(trainer.global_step),
+                    "skipped_steps": module.skipped_steps, "last_ckpt": str(last), "output_dir": str(out_dir)})
+    if trainer.is_global_zero:
+        write_json(metrics, out_dir / "metrics.json")
+        for lg in trainer.loggers:
+            lg.finalize("success")
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the benchmarks per `cfg` (conf/eval.yaml); implemented in `titans.training.evaluate`."""
+    try:
+        from titans.training.evaluate import evaluate as _evaluate
+    except ImportError as e:
+        raise ValueError(f"titans.training.evaluate is not available ({e}); the evaluation entry point has not "
+                         f"been installed in this checkout.") from e
+    return _evaluate(cfg)

@@ -1,0 +1,15 @@
+"""Train: `python train.py model=qwen3_tiny memory=mag trainer.max_steps=3 paths.output_dir=DIR`."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from titans.training.run import train
+
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
