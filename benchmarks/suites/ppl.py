@@ -44,7 +44,12 @@ def load_token_stream(tokenizer, source: str, needed: int, text_field: str = "te
     """At least `needed` tokens of documents from `source` ("essays" or a HF dataset name), concatenated
     with eos between documents when the tokenizer has one."""
     if source == "essays":
-        ids = tokenizer(essay_text(), add_special_tokens=False)["input_ids"]
+        text, chars = essay_text(), max(1024, 8 * needed)  # tokenize a prefix, growing it only if too short
+        while True:
+            ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
+            if len(ids) >= needed or chars >= len(text):
+                break
+            chars *= 2
     else:
         import datasets
 

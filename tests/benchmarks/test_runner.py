@@ -1,0 +1,149 @@
+import json
+import re
+
+import pytest
+
+import benchmarks.runner as runner
+from benchmarks.inference import Generation
+from benchmarks.runner import run_suite
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def oracle(right_every: int = 1):
+    """A stand-in for greedy decoding that reads the gold answer from the prompt (the pass key, or
+    RULER's value after "is: "); wrong on every sample whose call number is not a multiple of right_every."""
+    calls = {"n": 0, "ids": []}
+
+    def fake(model, tokenizer, ids, *, segment_len, max_new_tokens, stop):
+        calls["n"] += 1
+        calls["ids"].append(list(ids))
+        text = tokenizer.decode(ids)
+        m = re.search(r"The pass key is (\d+)\.", text) or re.search(r"is: ([\w-]+)\.", text)
+        answer = m.group(1) if m and calls["n"] % right_every == 0 else "zzz"
+        return Generation(" " + answer, [0], "stop")
+
+    return fake, calls
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_passkey_end_to_end_on_the_tiny_model(model, tok, tmp_path):
+    s = run_suite(model, tok, "passkey", lengths=[300, 400], samples=2, output_dir=tmp_path, segment_len=64,
+                  progress=False)
+    recs = lines(tmp_path / "samples.jsonl")
+    assert len(recs) == 4 and {r["length"] for r in recs} == {300, 400}
+    for r in recs:
+        assert r["input_tokens"] <= r["length"] and r["score"] in (0.0, 1.0) and r["answer"].isdigit()
+        assert r["stopped_by"] in ("stop", "eos", "max_new_tokens") and 1 <= r["new_tokens"] <= 6
+    assert set(s["table"]["passkey"]) == {300, 400}
+    for name in ("summary.json", "summary.csv", "results.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "passkey.png").read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((tmp_path / "summary.json").read_text())["table"]["passkey"]["300"] == s["table"]["passkey"][300]
+
+
+def test_scores_aggregate_per_cell(model, tok, tmp_path, monkeypatch):
+    fake, calls = oracle(right_every=2)
+    monkeypatch.setattr(runner, "greedy_answer", fake)
+    s = run_suite(model, tok, "passkey", lengths=[300], samples=4, output_dir=tmp_path, progress=False)
+    assert calls["n"] == 4
+    assert s["table"]["passkey"][300] == 50.0
+    assert s["cells"][0]["n"] == 4 and s["cells"][0]["empty"] == 0
+
+
+def test_resume_skips_finished_samples_and_survives_a_torn_line(model, tok, tmp_path, monkeypatch):
+    fake, calls = oracle()
+    monkeypatch.setattr(runner, "greedy_answer", fake)
+    run_suite(model, tok, "passkey", lengths=[300, 400], samples=2, output_dir=tmp_path, progress=False)
+    assert calls["n"] == 4
+    s = run_suite(model, tok, "passkey", lengths=[300, 400], samples=2, output_dir=tmp_path, progress=False)
+    assert calls["n"] == 4, "a finished cell was recomputed"
+    assert s["table"]["passkey"] == {300: 100.0, 400: 100.0}
+    path = tmp_path / "samples.jsonl"
+    keep = path.read_text().splitlines()[:3]
+    path.write_text("\n".join(keep) + '\n{"suite": "passkey", "cel')  # killed mid-write
+    run_suite(model, tok, "passkey", lengths=[300, 400], samples=3, output_dir=tmp_path, progress=False)
+    assert calls["n"] == 4 + 1 + 2, "only the lost sample and the new third samples should run"
+    # other settings (another model name) do not reuse the records
+    run_suite(model, tok, "passkey", lengths=[300], samples=1, output_dir=tmp_path, progress=False, model_name="other")
+    assert calls["n"] == 8
+
+
+def test_niah_grid_heatmap(model, tok, tmp_path, monkeypatch):
+    fake, _ = oracle()
+    monkeypatch.setattr(runner, "greedy_answer", fake)
+    s = run_suite(model, tok, "niah", lengths=[600, 1000], samples=1, depths=[0, 50, 100], output_dir=tmp_path,
+                  progress=False)
+    assert list(s["table"]) == ["0", "50", "100"]
+    assert all(v == 100.0 for row in s["table"].values() for v in row.values())
+    recs = lines(tmp_path / "samples.jsonl")
+    by_depth = {r["depth"]: r["depths"][0] for r in recs if r["length"] == 1000}
+    assert by_depth[0] < 0.2 < by_depth[50] < 0.8 < by_depth[100]  # the needle sits where the grid says
+    png = (tmp_path / "niah.png").read_bytes()
+    assert png[:8] == PNG_MAGIC and len(png) > 2000
+    assert "| depth (%) |" in (tmp_path / "results.md").read_text()
+
+
+RULER_S1_PREFIX = ("A special magic number is hidden within the following text. Make sure to memorize it. "
+                   "I will quiz you about the number afterwards.\n")
+RULER_S1_SUFFIX = ("\nWhat is the special magic number for {key} mentioned in the provided text? "
+                   "The special magic number for {key} mentioned in the provided text is")
+RULER_NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+
+
+def test_sniah_pk_prompt_is_rulers_niah_single_1(model, tok, tmp_path, monkeypatch):
+    fake, calls = oracle()
+    monkeypatch.setattr(runner, "greedy_answer", fake)
+    s = run_suite(model, tok, "sniah", lengths=[600], samples=1, columns=["PK"], output_dir=tmp_path, progress=False)
+    prompt = tok.decode(calls["ids"][0])
+    key, value = re.search(r"One of the special magic numbers for (\S+) is: (\d{7})\.", prompt).groups()
+    assert prompt.startswith(RULER_S1_PREFIX)
+    assert prompt.endswith(RULER_S1_SUFFIX.format(key=key))
+    body = prompt[len(RULER_S1_PREFIX):-len(RULER_S1_SUFFIX.format(key=key))].split("\n")
+    needle = f"One of the special magic numbers for {key} is: {value}."
+    assert body.count(needle) == 1 and set(body) == {RULER_NOISE, needle}
+    assert len(calls["ids"][0]) + 128 <= 600  # RULER: input + tokens_to_generate fits the length
+    rec = lines(tmp_path / "samples.jsonl")[0]
+    assert rec["answer"] == [value] and s["table"]["PK"][600] == 100.0
+
+
+def test_ruler_average_and_effective_length(model, tok, tmp_path, monkeypatch):
+    fake, _ = oracle()
+    monkeypatch.setattr(runner, "greedy_answer", fake)
+    s = run_suite(model, tok, "ruler", lengths=[600, 700], samples=1, tasks=["niah_single_1", "niah_single_3"],
+                  output_dir=tmp_path, progress=False)
+    assert s["table"]["niah_single_1"] == {600: 100.0, 700: 100.0}
+    assert s["average"] == {600: 100.0, 700: 100.0}
+    assert s["effective_length"] == 700
+    assert "Effective length" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("suite, kwargs, match", [
+    ("nope", {}, "unknown benchmark 'nope'.*allowed"),
+    ("passkey", {"lengths": [8]}, "length too small"),
+    ("passkey", {"depths": [1]}, "no option.*depths.*allowed"),
+    ("passkey", {"lengths": []}, "benchmark.lengths"),
+    ("ruler", {"tasks": ["qa_1"]}, "tasks.*qa_1.*allowed"),
+    ("niah", {"depths": [150]}, "depths"),
+], ids=["unknown-suite", "length-below-template", "unknown-option", "no-lengths", "unknown-task", "bad-depth"])
+def test_bad_input_is_a_clear_error(model, tok, tmp_path, suite, kwargs, match):
+    kwargs.setdefault("samples", 1)
+    with pytest.raises(ValueError, match=match):
+        run_suite(model, tok, suite, output_dir=tmp_path, progress=False, **kwargs)
+    assert not (tmp_path / "samples.jsonl").exists() or not (tmp_path / "samples.jsonl").read_text()
+
+
+def test_ppl_buckets_and_resume(model, tok, tmp_path):
+    s = run_suite(model, tok, "ppl", lengths=[128, 256], samples=2, output_dir=tmp_path, segment_len=64,
+                  progress=False, first_bucket=32)
+    assert list(s["table"]) == ["0-32", "32-64", "64-128", "128-256"]
+    assert s["table"]["128-256"][128] is None and s["table"]["128-256"][256] > 1
+    assert 50 < s["by_length"][256] < 2 * len(tok)  # a random model: near-uniform perplexity
+    assert (tmp_path / "ppl.png").read_bytes()[:8] == PNG_MAGIC
+    before = (tmp_path / "samples.jsonl").read_text()
+    s2 = run_suite(model, tok, "ppl", lengths=[128, 256], samples=2, output_dir=tmp_path, segment_len=64,
+                   progress=False, first_bucket=32)
+    assert (tmp_path / "samples.jsonl").read_text() == before and s2["table"] == s["table"]
