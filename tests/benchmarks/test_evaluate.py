@@ -1,0 +1,76 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from titans.training.evaluate import evaluate, load_checkpoint_into
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+SMALL = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "model.arch.num_attention_heads=2",
+         "model.arch.num_key_value_heads=1", "model.arch.head_dim=16", "progress=false", "segment_len=64"]
+
+
+def eval_cfg(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"paths.output_dir={tmp_path}", *SMALL, *overrides])
+    return cfg
+
+
+@pytest.mark.parametrize("name", ["niah", "ruler", "sniah", "babilong", "passkey", "hashhop", "dependency", "ppl"])
+def test_every_benchmark_config_composes(tmp_path, name):
+    cfg = eval_cfg(tmp_path, f"benchmark={name}")
+    assert cfg.benchmark.name == name and len(cfg.benchmark.lengths) >= 1 and cfg.benchmark.samples >= 1
+
+
+def test_evaluate_with_a_baseline_writes_everything(tmp_path):
+    cfg = eval_cfg(tmp_path, "benchmark=passkey", "benchmark.lengths=[300]", "benchmark.samples=2",
+                   "baselines=[swa]", "baseline_window=16")
+    try:
+        import titans.patch  # noqa: F401
+    except ImportError:
+        cfg.baselines = []  # the swa baseline needs titans.patch_qwen3
+    results = evaluate(cfg)
+    assert "base" in results and results["base"]["table"]["passkey"][300] is not None
+    assert (tmp_path / "config.yaml").exists() and OmegaConf.load(tmp_path / "config.yaml").benchmark.name == "passkey"
+    assert set(json.loads((tmp_path / "summary.json").read_text())) == set(results)
+    assert len((tmp_path / "base" / "samples.jsonl").read_text().splitlines()) == 2
+    if len(results) > 1:
+        assert "swa16" in results and (tmp_path / "comparison.md").exists()
+
+
+@pytest.mark.parametrize("override, match", [
+    ("benchmark.name=nope", "benchmark.name='nope'.*allowed"),
+    ("baselines=[nope]", "baselines.*'nope'.*allowed"),
+    ("checkpoint=/nonexistent.ckpt", "checkpoint=.*not a file"),
+    ("model_dir=/nonexistent", "model_dir=.*config.json"),
+], ids=["unknown-benchmark", "unknown-baseline", "missing-checkpoint", "missing-model-dir"])
+def test_bad_config_is_a_clear_error(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate(eval_cfg(tmp_path, "benchmark.lengths=[300]", "benchmark.samples=1", override))
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path, model):
+    state = {f"model.{k}": v.clone() for k, v in model.state_dict().items()}
+    state["model.model.norm.weight"] += 1.0
+    torch.save({"state_dict": state, "epoch": 0}, tmp_path / "ok.ckpt")
+    fresh = type(model)(model.config)
+    load_checkpoint_into(fresh, tmp_path / "ok.ckpt")
+    torch.testing.assert_close(fresh.model.norm.weight, model.model.norm.weight + 1.0)
+    bad = dict(state)
+    bad["model.model.norm.weight"] = torch.zeros(7)
+    bad["model.extra.memory.weight"] = torch.zeros(1)
+    torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match=r"does not match.*unexpected 1.*shape mismatch: model.norm.weight \(7,\)"):
+        load_checkpoint_into(fresh, tmp_path / "bad.ckpt")
+
+
+def test_evaluate_a_saved_model_dir(tmp_path, model, tok):
+    model.save_pretrained(tmp_path / "saved")
+    tok.save_pretrained(tmp_path / "saved")
+    results = evaluate(eval_cfg(tmp_path / "out", f"model_dir={tmp_path / 'saved'}", "benchmark.lengths=[300]",
+                                "benchmark.samples=1"))
+    assert list(results) == ["saved"]
+    assert (tmp_path / "out" / "saved" / "passkey.png").stat().st_size > 0
