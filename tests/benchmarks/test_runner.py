@@ -147,3 +147,22 @@ def test_ppl_buckets_and_resume(model, tok, tmp_path):
     s2 = run_suite(model, tok, "ppl", lengths=[128, 256], samples=2, output_dir=tmp_path, segment_len=64,
                    progress=False, first_bucket=32)
     assert (tmp_path / "samples.jsonl").read_text() == before and s2["table"] == s["table"]
+
+
+def test_babilong_uses_the_label_set_rule(model, tok, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "greedy_answer", lambda *a, **k: Generation(" Kitchen. Then the garden", [0], "stop"))
+    s = run_suite(model, tok, "babilong", lengths=[1200], samples=4, tasks=["qa1", "qa5"], output_dir=tmp_path,
+                  progress=False)
+    assert list(s["table"]) == ["qa1", "qa5"]
+    for r in lines(tmp_path / "samples.jsonl"):
+        assert r["score"] == float(r["answer"] == "kitchen"), r  # first sentence only; qa5 never a room
+    assert s["table"]["qa5"][1200] == 0.0
+
+
+def test_dependency_scores_yes_no_on_the_first_word(model, tok, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "greedy_answer", lambda *a, **k: Generation(" no, yes", [0], "stop"))
+    s = run_suite(model, tok, "dependency", lengths=[1500], samples=4, hops=[2], output_dir=tmp_path, progress=False)
+    recs = lines(tmp_path / "samples.jsonl")
+    assert {r["hops"] for r in recs} == {2} and list(s["table"]) == ["2-hop"]
+    for r in recs:
+        assert r["score"] == float(r["answer"] == "no"), r
