@@ -1,0 +1,191 @@
+"""Behaviour of every patched variant: identity at init, causality, batch independence, split
+equivalence, generate with/without cache, gradients, activation checkpointing."""
+
+import pytest
+import torch
+from conftest import MEMORY, VOCAB
+
+from titans.cache import TitansCache, TitansCacheLayer
+from titans.patch import collect_diagnostics, patch_qwen3, titans_layers
+
+VARIANTS = ["mag", "mal", "mac", "swa"]
+
+
+def make(base, variant, **kw):
+    """A patched model where the memory matters (identity_init=False) and the window/segment is short."""
+    opts = dict(window=8, memory=dict(MEMORY), identity_init=False, num_persistent=2)
+    if variant == "mac":
+        opts.update(window=None, segment_len=8, num_longterm=4)
+    opts.update(kw)
+    return patch_qwen3(base, variant, **opts).eval()
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal", "swa"])
+def test_identity_at_init(base, ids, variant):
+    ref = base(ids).logits
+    kw = {} if variant == "swa" else dict(memory=dict(MEMORY))
+    model = patch_qwen3(base, variant, window=ids.shape[1], **kw).eval()
+    out = model(ids).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_patched_differs_when_memory_is_on(base, ids, variant):
+    ref = base(ids).logits
+    out = make(base, variant)(ids).logits
+    assert (out - ref).abs().max() > 1e-3  # the test below would pass trivially on an unpatched model
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causality(base, ids, variant):
+    model = make(base, variant)
+    out = model(ids).logits
+    p = 13
+    changed = ids.clone()
+    changed[:, p] = (changed[:, p] + 1) % VOCAB
+    out2 = model(changed).logits
+    torch.testing.assert_close(out2[:, :p], out[:, :p], atol=1e-6, rtol=0)
+    assert (out2[:, p:] - out[:, p:]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_batch_independence(base, ids, variant):
+    model = make(base, variant)
+    both = model(ids).logits
+    alone = model(ids[1:]).logits
+    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_split_equals_whole(base, ids, variant):
+    model = make(base, variant)
+    with torch.no_grad():
+        whole = model(ids).logits
+        for a in (1, 5, 8, 13, 22):
+            first = model(ids[:, :a], use_cache=True)
+            assert isinstance(first.past_key_values, TitansCache)
+            second = model(ids[:, a:], past_key_values=first.past_key_values, use_cache=True)
+            torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5, rtol=0)
+        # three pieces, one of a single token
+        cache, pieces = None, []
+        for s, e in ((0, 3), (3, 4), (4, 23)):
+            out = model(ids[:, s:e], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            pieces.append(out.logits)
+        torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal", "swa"])
+def test_kv_bounded_by_window(base, ids, variant):
+    model = make(base, variant, window=6)
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+    for layer in out.past_key_values.layers:
+        assert isinstance(layer, TitansCacheLayer)
+        assert layer.keys.shape[2] == 5 and layer.get_seq_length() == ids.shape[1]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generate_cache_equals_recompute(base, ids, variant):
+    model = make(base, variant)
+    prompt = ids[:, :9]
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=10, do_sample=False, pad_token_id=0)
+        recomputed = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=False, pad_token_id=0)
+    assert cached.shape == (2, 19)
+    assert torch.equal(cached, recomputed)
+
+
+def test_mixed_layers_split(base, ids):
+    """Only layer 1 patched: layer 0 keeps Hugging Face's own attention and cache."""
+    model = make(base, "mag", layers=[1])
+    assert set(titans_layers(model)) == {1}
+    with torch.no_grad():
+        whole = model(ids).logits
+        first = model(ids[:, :10], use_cache=True)
+        second = model(ids[:, 10:], past_key_values=first.past_key_values)
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal", "mac"])
+def test_freeze_memory_gradients(base, ids, variant):
+    model = make(base, variant, freeze="memory").train()
+    model(ids, labels=ids).loss.backward()
+    new = {id(p) for layer in titans_layers(model).values() for _, p in layer.titans_named_parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in new:
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+        else:
+            assert not p.requires_grad and p.grad is None, f"base parameter {name} got a gradient"
+
+
+def test_identity_init_gradients_after_one_step(base, ids):
+    """identity_init: the first backward reaches only `scale`; after one step every memory parameter learns."""
+    model = patch_qwen3(base, "mag", window=8, memory=dict(MEMORY)).train()
+    layers = titans_layers(model).values()
+    model(ids, labels=ids).loss.backward()
+    for layer in layers:
+        for name, p in layer.titans_named_parameters():
+            if name == "memory_gate.scale":
+                assert p.grad.abs().sum() > 0
+            else:
+                assert p.grad is None or p.grad.abs().sum() == 0, name
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    opt.step()
+    opt.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    for layer in layers:
+        for name, p in layer.titans_named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} still without gradient after a step"
+
+
+@pytest.mark.parametrize("variant", ["mag", "mac"])
+def test_gradient_checkpointing_same_gradients(base, ids, variant):
+    """Same gradients with activation checkpointing, with a cache carried across two segments."""
+
+    def grads(model):
+        model.zero_grad()
+        first = model(ids[:, :10], labels=ids[:, :10], use_cache=True)
+        second = model(ids[:, 10:], labels=ids[:, 10:], past_key_values=first.past_key_values, use_cache=True)
+        (first.loss + second.loss).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model = make(base, variant, freeze="none").train()
+    plain = grads(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert all(layer._titans_checkpointing for layer in titans_layers(model).values())
+    ckpt = grads(model)
+    assert plain.keys() == ckpt.keys() and len(plain) == len(list(model.parameters()))
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_lora_trains_only_lora_and_memory(base, ids):
+    model = make(base, "mag", freeze="lora", lora_r=4).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(("lora_" in n) or (".memory" in n) or ("memory_gate" in n) or ("persistent" in n)
+                             for n in trainable)
+    assert any("lora_" in n for n in trainable) and any(".memory." in n for n in trainable)
+    model(ids, labels=ids).loss.backward()
+    for n, p in model.named_parameters():
+        if n in trainable:
+            assert p.grad is not None, n
+        else:
+            assert p.grad is None, n
+
+
+def test_diagnostics(base, ids):
+    model = make(base, "mag")
+    model(ids)
+    diag = collect_diagnostics(model)
+    keys = {"gate_mean", "gate_std", "scale_abs_mean", "surprise_norm", "lr_mean", "momentum_decay_mean",
+            "forget_mean", "memory_weight_norm"}
+    assert {k.split("/")[1] for k in diag} == keys and {k.split("/")[0] for k in diag} == {"layer0", "layer1"}
+    assert all(isinstance(v, float) and v == v and abs(v) < float("inf") for v in diag.values())
+    assert 0 < diag["layer0/gate_mean"] < 1 and diag["layer0/scale_abs_mean"] == 1.0
+
+
+def test_hidden_states_output(base, ids):
+    model = make(base, "mal")
+    out = model(ids, output_hidden_states=True)
+    assert len(out.hidden_states) == 3 and out.hidden_states[-1].shape == (2, ids.shape[1], 64)

@@ -1,0 +1,399 @@
+"""Give a pretrained Qwen3 a Titans memory: `patch_qwen3`, `from_pretrained`, `save_memory`, `load_memory`.
+
+    model = patch_qwen3(Qwen3ForCausalLM.from_pretrained(path), "mag", window=512, memory=dict(chunk_size=64))
+    out = model(ids, use_cache=True)            # logits [B, T, vocab]; out.past_key_values is a TitansCache
+    out = model(more_ids, past_key_values=out.past_key_values)   # continue the same sequences
+    model.generate(ids, max_new_tokens=32)
+
+Patching swaps `model.model.layers[i]` for a `TitansDecoderLayer` subclass (base parameter names
+unchanged, new ones under `memory.`, `memory_gate.`, `persistent`, `cross_query.`, `longterm_`), stores
+the options in `model.config.titans` (so they round-trip through `save_pretrained`) and makes the
+inner `Qwen3Model` create a `TitansCache` when it needs a cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Qwen3ForCausalLM
+from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
+
+from titans.cache import TitansCache
+from titans.config import TitansConfig
+from titans.variants import LAYER_CLASSES, TitansDecoderLayer
+from titans.variants.common import CrossLayerContext
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "TitansQwen3Model",
+    "collect_diagnostics",
+    "from_pretrained",
+    "load_memory",
+    "patch_qwen3",
+    "save_memory",
+    "titans_layers",
+    "unwrap",
+]
+
+SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM",)
+MEMORY_FILE = "titans_memory.safetensors"
+_FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "intermediate_size", "vocab_size")
+
+
+class TitansQwen3Model(Qwen3Model):
+    """diff with Qwen3Model: creates a `TitansCache` (instead of a `DynamicCache`) when a cache is needed,
+    upgrades a plain `DynamicCache` passed in (e.g. by `generate`), rejects left padding (the memory would
+    learn from pad tokens) and resets the cross-layer context per call."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, **kwargs):
+        use = use_cache if use_cache is not None else self.config.use_cache
+        if past_key_values is None and use:
+            past_key_values = TitansCache(config=self.config)
+        elif past_key_values is not None:
+            TitansCache.upgrade(past_key_values)
+        if isinstance(attention_mask, Tensor) and attention_mask.dim() == 2 and attention_mask.shape[1] > 1:
+            if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+                raise ValueError(
+                    "attention_mask has left padding or holes; a Titans model writes every token into its memory, "
+                    "so batch sequences of equal length or pad on the right (tokenizer.padding_side='right')."
+                )
+        for layer in self.layers:
+            if isinstance(layer, TitansDecoderLayer) and layer.context is not None:
+                layer.context.prev_read = None
+                break
+        # HF turns the cache off under gradient checkpointing (its layers would write it twice); patched layers
+        # checkpoint functionally and keep it, so when every layer is patched the cache stays on.
+        keep_cache = self.gradient_checkpointing and all(isinstance(la, TitansDecoderLayer) for la in self.layers)
+        if keep_cache:
+            self.gradient_checkpointing = False
+        try:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                   **kwargs)
+        finally:
+            if keep_cache:
+                self.gradient_checkpointing = True
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The `Qwen3ForCausalLM` inside a peft wrapper (or the model itself)."""
+    if hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def titans_layers(model: nn.Module) -> dict[int, TitansDecoderLayer]:
+    """Layer index -> patched layer."""
+    return {i: layer for i, layer in enumerate(unwrap(model).model.layers) if isinstance(layer, TitansDecoderLayer)}
+
+
+def _is_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - very old hub client
+        return False
+
+
+def _load_base(model: Any, **hf_kwargs) -> nn.Module:
+    """A `Qwen3ForCausalLM` from a model, a local directory or a hub name (fails fast offline)."""
+    if isinstance(model, nn.Module):
+        return model
+    if not isinstance(model, (str, Path)):
+        raise TypeError(
+            "patch_qwen3(model=...) takes a Qwen3ForCausalLM, a local directory or a hub name; "
+            f"got {type(model).__name__}"
+        )
+    path = Path(model)
+    if path.exists():
+        return Qwen3ForCausalLM.from_pretrained(str(path), **hf_kwargs)
+    try:  # the local hub cache first: no network
+        return Qwen3ForCausalLM.from_pretrained(str(model), local_files_only=True, **hf_kwargs)
+    except OSError:
+        pass
+    if _is_offline():
+        raise ValueError(
+            f"model={str(model)!r} is not a local directory and not in the Hugging Face cache, and the hub is offline "
+            "(HF_HUB_OFFLINE). Download it on a machine with internet (huggingface-cli download), pass a local path, "
+            "or build a small Qwen3ForCausalLM(Qwen3Config(...))."
+        )
+    import socket
+
+    try:  # never hang on a machine without internet
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError as e:
+        raise ValueError(
+            f"model={str(model)!r} is not a local directory or cached, and huggingface.co is unreachable ({e}). "
+            "Pass a local path or set HF_HUB_OFFLINE=1 and use a cached model."
+        ) from e
+    return Qwen3ForCausalLM.from_pretrained(str(model), **hf_kwargs)
+
+
+def _check_supported(model: nn.Module) -> None:
+    base = unwrap(model)
+    if type(base).__name__ not in SUPPORTED_ARCHITECTURES or not isinstance(getattr(base, "model", None), Qwen3Model):
+        raise TypeError(
+            f"patch_qwen3 supports {SUPPORTED_ARCHITECTURES}, got {type(base).__name__}. To add an architecture, write "
+            "decoder-layer subclasses like titans/variants/*.py for its layer class (same attention projections "
+            "and RoPE) and register them in titans.patch."
+        )
+
+
+def _make_config(variant: str, options: dict, hidden_size: int) -> TitansConfig:
+    known = set(TitansConfig.__dataclass_fields__) - {"variant", "hidden_size"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"patch_qwen3 got unknown options {unknown}; allowed: {sorted(known)}. "
+            "Memory fields (heads, depth, chunk_size, ...) go inside memory=dict(...)."
+        )
+    cfg = TitansConfig(variant=variant, **options)
+    cfg.hidden_size = hidden_size
+    cfg.memory_config()  # validates memory fields and window/segment against the chunk size
+    return cfg
+
+
+def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> nn.Module:
+    """Patch a Qwen3 with a Titans variant and return it.
+
+    Args:
+        model: a `Qwen3ForCausalLM`, a local directory, or a hub name (offline: a clear error, no hang).
+        variant: "mag", "mal", "mac", or "swa" (sliding window only, the no-memory baseline).
+        **options: `TitansConfig` fields: memory (MemoryConfig or dict), layers, window, segment_len,
+            num_longterm, num_persistent, gate, gate_bias_init, identity_init, cross_layer_query, freeze,
+            lora_r, lora_alpha, lora_dropout, lora_targets, diagnostics.
+    Returns:
+        The same model, patched in place (a peft `PeftModel` around it when freeze="lora"). Inputs
+        `input_ids [B, T]` -> logits `[B, T, vocab]` as before.
+    """
+    base = _load_base(model)
+    _check_supported(base)
+    base = unwrap(base)
+    if getattr(base.config, "titans", None):
+        raise ValueError(
+            "this model is already patched (model.config.titans is set); load a patched checkpoint with "
+            "titans.from_pretrained(path), or patch a plain Qwen3ForCausalLM."
+        )
+    if variant not in LAYER_CLASSES:
+        raise ValueError(f"patch_qwen3(variant={variant!r}): allowed {tuple(LAYER_CLASSES)}")
+    cfg = _make_config(variant, options, base.config.hidden_size)
+    layers = base.model.layers
+    indices = cfg.layer_indices(len(layers))
+    cls = LAYER_CLASSES[variant]
+    context = CrossLayerContext()
+    for i in indices:
+        old = layers[i]
+        ref = next(old.parameters())
+        with torch.device(ref.device):
+            new = cls(base.config, i, cfg)
+        missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+        new_names = {n for n, _ in new.titans_named_parameters()}
+        if unexpected or set(missing) - new_names:
+            raise TypeError(
+                f"layer {i} ({type(old).__name__}) does not match Qwen3DecoderLayer: unexpected {unexpected}, "
+                f"missing {sorted(set(missing) - new_names)}"
+            )
+        new.to(dtype=ref.dtype)
+        new.context = context
+        new.gradient_checkpointing = bool(getattr(old, "gradient_checkpointing", False))
+        new.train(old.training)
+        layers[i] = new
+    base.config.titans = cfg.to_dict()
+    base.model.__class__ = TitansQwen3Model
+    _register_output_capture(base.model)
+    return _apply_freeze(base, cfg)
+
+
+def _register_output_capture(model: nn.Module) -> None:
+    """`output_hidden_states` hooks are looked up by the model's class name; register the swapped class."""
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # pragma: no cover - other transformers versions
+        return
+    _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
+
+
+def _apply_freeze(model: nn.Module, cfg: TitansConfig) -> nn.Module:
+    new_params = [p for layer in titans_layers(model).values() for _, p in layer.titans_named_parameters()]
+    if cfg.freeze == "none":
+        model.requires_grad_(True)
+        return model
+    model.requires_grad_(False)
+    if cfg.freeze == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_targets))
+        model = get_peft_model(model, lora)  # freezes everything but the adapters
+    for p in new_params:
+        p.requires_grad_(True)
+    return model
+
+
+def collect_diagnostics(model: nn.Module) -> dict[str, float]:
+    """`{"layer3/gate_mean": ..., "layer3/surprise_norm": ...}` from every patched layer's last forward.
+
+    Keys per layer: gate_mean, gate_std, scale_abs_mean, surprise_norm, lr_mean (θ), momentum_decay_mean (η),
+    forget_mean (α), memory_weight_norm. One host sync in all.
+    """
+    names, values = [], []
+    for i, layer in titans_layers(model).items():
+        for k, v in layer.diagnostics.items():
+            names.append(f"layer{i}/{k}")
+            values.append(v.float().to("cpu"))
+    if not values:
+        return {}
+    return dict(zip(names, torch.stack(values).tolist()))
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+
+
+def _titans_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    return {
+        f"model.layers.{i}.{name}": p
+        for i, layer in titans_layers(model).items()
+        for name, p in layer.titans_named_parameters()
+    }
+
+
+def _fingerprint(config) -> dict[str, Any]:
+    return {k: getattr(config, k, None) for k in _FINGERPRINT}
+
+
+def _options(titans: dict) -> tuple[str, dict]:
+    opts = dict(titans)
+    variant = opts.pop("variant")
+    opts.pop("hidden_size", None)
+    return variant, opts
+
+
+def _read_tensors(path: Path, keys: set[str]) -> dict[str, Tensor]:
+    """Tensors `keys` from a saved model directory (single or sharded safetensors)."""
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({weight_map[k] for k in keys if k in weight_map})
+    else:
+        files = ["model.safetensors"]
+    out = {}
+    for name in files:
+        with safe_open(str(path / name), framework="pt") as f:
+            for k in f.keys():
+                if k in keys:
+                    out[k] = f.get_tensor(k)
+    return out
+
+
+def _load_titans_tensors(model: nn.Module, tensors: dict[str, Tensor], source: str) -> None:
+    own = _titans_state_dict(model)
+    missing = sorted(set(own) - set(tensors))
+    if missing:
+        raise ValueError(f"{source} lacks memory parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    with torch.no_grad():
+        for k, p in own.items():
+            t = tensors[k]
+            if t.shape != p.shape:
+                raise ValueError(
+                    f"{source}: {k} has shape {tuple(t.shape)} but the patched model needs {tuple(p.shape)}"
+                )
+            p.copy_(t.to(dtype=p.dtype, device=p.device))
+
+
+def from_pretrained(path: str | Path, freeze: str | None = None, **hf_kwargs: Any) -> nn.Module:
+    """Load a patched checkpoint written by `model.save_pretrained(path)` (base + memory, Titans config).
+
+    `freeze` overrides the saved freeze mode; `hf_kwargs` go to `Qwen3ForCausalLM.from_pretrained`
+    (e.g. dtype). Returns the patched model with identical logits.
+    """
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ValueError(f"from_pretrained({str(path)!r}): not a saved model directory (no config.json)")
+    titans = json.loads((path / "config.json").read_text()).get("titans")
+    if not titans:
+        raise ValueError(
+            f"{path} is a plain model (no 'titans' in config.json); patch it with titans.patch_qwen3(path, variant)"
+        )
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the memory keys are "unexpected" for the plain class: loaded below
+    try:
+        model = Qwen3ForCausalLM.from_pretrained(str(path), **hf_kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config.titans = None
+    variant, opts = _options(titans)
+    if freeze is not None:
+        opts["freeze"] = freeze
+    model = patch_qwen3(model, variant, **opts)
+    keys = set(_titans_state_dict(model))
+    _load_titans_tensors(model, _read_tensors(path, keys), str(path))
+    return model
+
+
+def save_memory(model: nn.Module, path: str | Path) -> Path:
+    """Write only the memory parameters and the Titans config to `path/titans_memory.safetensors` (atomic).
+
+    Returns the file written. `load_memory(base_model, path)` puts them on a fresh base model.
+    """
+    from safetensors.torch import save_file
+
+    base = unwrap(model)
+    titans = getattr(base.config, "titans", None)
+    if not titans:
+        raise ValueError("save_memory needs a patched model (model.config.titans is not set); use patch_qwen3 first")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / MEMORY_FILE
+    tmp = path / (MEMORY_FILE + ".tmp")
+    tensors = {k: v.detach().contiguous() for k, v in _titans_state_dict(base).items()}
+    meta = {"titans_config": json.dumps(titans), "base": json.dumps(_fingerprint(base.config))}
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(target)
+    return target
+
+
+def load_memory(base_model: nn.Module | str | Path, path: str | Path, freeze: str | None = None) -> nn.Module:
+    """Patch `base_model` (a plain Qwen3 or its path) with the memory saved by `save_memory` in `path`.
+
+    Raises ValueError when the base model's shape differs from the one the memory was trained on.
+    """
+    from safetensors import safe_open
+
+    file = Path(path)
+    if file.is_dir():
+        file = file / MEMORY_FILE
+    if not file.exists():
+        raise ValueError(f"load_memory: {file} does not exist; write it with titans.save_memory(model, dir)")
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "titans_config" not in meta:
+            raise ValueError(f"{file} was not written by titans.save_memory (no 'titans_config' metadata)")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    base = _load_base(base_model)
+    _check_supported(base)
+    want = json.loads(meta["base"])
+    have = _fingerprint(unwrap(base).config)
+    diff = {k: (want[k], have[k]) for k in want if want[k] != have.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: saved {a!r} vs model {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"load_memory: {file} was trained on a different base model ({detail}); use the same base.")
+    variant, opts = _options(json.loads(meta["titans_config"]))
+    if freeze is not None:
+        opts["freeze"] = freeze
+    model = patch_qwen3(base, variant, **opts)
+    _load_titans_tensors(model, tensors, str(file))
+    return model
