@@ -60,3 +60,15 @@ def test_bad_arguments(model, tok, kwargs, match):
         greedy_answer(model, tok, [1, 2, 3], **kwargs)
     with pytest.raises(ValueError, match="empty"):
         greedy_answer(model, tok, [], segment_len=4, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal"])
+def test_streamed_answer_of_a_patched_model_equals_single_forward(tok, context, variant):
+    patch = pytest.importorskip("titans.patch")
+    model = tiny_qwen3(tok, seed=3, initializer_range=0.5)
+    model = patch.patch_qwen3(model, variant, window=128, identity_init=False,
+                              memory=dict(heads=2, depth=1, chunk_size=4)).eval()
+    ref = full_forward_answer(model, tok, context, max_new_tokens=8, stop=(), eos_ids=set())
+    got = greedy_answer(model, tok, context, segment_len=16, max_new_tokens=8, stop=(), eos_ids=set())
+    assert len(set(ref.token_ids)) > 1
+    assert got.token_ids == ref.token_ids
