@@ -1,0 +1,93 @@
+"""`LongTermMemoryConfig`: how the document memory's long-term store writes, keeps and forgets.
+
+The names are MemoryTitan's; each maps onto the real `titans.memory.NeuralMemory` (its gates are
+constants here: there is no outer loop to learn them):
+
+- `learning_rate` (0.5) -> `fixed_lr` θ = learning_rate · (1 − momentum_factor): the total step one
+  document's surprise gets over all later writes; 0.5 with a unit key is an exact delta-rule write.
+- `momentum_factor` (0.8) -> `fixed_momentum_decay` η: share of past surprise carried to the next
+  write (0 = momentum off).
+- `forget_rate` (0.05) -> `fixed_forget` α = 1 − (1 − forget_rate)^(1 / long_term_size): the share of
+  an association's strength lost over `long_term_size` later writes (0 = off). A per-write 0.05 (as in
+  MemoryTitan) erases a document after ~100 writes, so it is spread over the memory's capacity.
+- `memory_depth` (1) -> `depth`: memory MLP layers, 1 = linear memory (measured best here).
+- `chunk_size` (1) -> `chunk_size`: documents whose gradients share the chunk-start weights.
+- `surprise_threshold` (0.5): a document is kept in the store when its relative surprise (its
+  surprise over the median surprise of the last `surprise_window` writes) is >= this; 0 keeps all,
+  higher is more selective (MemoryTitan's 0.7 keeps ~98% of a corpus of distinct facts here).
+- `projection_scale` (0.1) -> q/k/v projections = scale · I: SiLU(0.1·e) ≈ 0.05·e, so keys, values
+  and queries stay (almost) the embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+_BIG_CHUNK = 1 << 30  # a chunk no read call completes: reads see the current weights and write nothing
+
+
+def _fail(key: str, value: object, allowed: str, fix: str = "") -> None:
+    msg = f"LongTermMemoryConfig.{key}={value!r} is invalid: allowed {allowed}."
+    raise ValueError(msg + (f" {fix}" if fix else ""))
+
+
+@dataclass
+class LongTermMemoryConfig:
+    """Long-term memory settings of `TitansManager` (MemoryTitan names; mapping in the module docstring)."""
+
+    surprise_threshold: float = 0.5
+    forget_rate: float = 0.05
+    momentum_factor: float = 0.8
+    memory_depth: int = 1
+    learning_rate: float = 0.5
+    chunk_size: int = 1
+    surprise_window: int = 256
+    projection_scale: float = 0.1
+    seed: int = 0  # initial weights of a deep memory (depth > 1); a linear memory starts at zero
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.surprise_threshold, (int, float)) or not 0.0 <= self.surprise_threshold < 1e6:
+            _fail(
+                "surprise_threshold",
+                self.surprise_threshold,
+                "a float >= 0 (surprise relative to the running median; 0 keeps every document)",
+                "It is relative: 1.0 keeps documents at least as surprising as the median recent one.",
+            )
+        if not isinstance(self.forget_rate, (int, float)) or not 0.0 <= self.forget_rate < 1.0:
+            _fail("forget_rate", self.forget_rate, "a float in [0, 1) (share lost over long_term_size writes)")
+        if not isinstance(self.momentum_factor, (int, float)) or not 0.0 <= self.momentum_factor < 1.0:
+            _fail("momentum_factor", self.momentum_factor, "a float in [0, 1) (0 = no momentum)")
+        if not isinstance(self.memory_depth, int) or not 1 <= self.memory_depth <= 4:
+            _fail("memory_depth", self.memory_depth, "an int in 1..4 (1 = linear memory)")
+        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
+            _fail("learning_rate", self.learning_rate, "a float > 0 (0.5 = exact delta-rule write of a unit key)")
+        if not isinstance(self.chunk_size, int) or self.chunk_size <= 0:
+            _fail("chunk_size", self.chunk_size, "a positive int (1 = exact per-document recurrence)")
+        if not isinstance(self.surprise_window, int) or self.surprise_window <= 0:
+            _fail("surprise_window", self.surprise_window, "a positive int (writes in the running statistics)")
+        if not isinstance(self.projection_scale, (int, float)) or not self.projection_scale > 0:
+            _fail("projection_scale", self.projection_scale, "a float > 0 (0.1 keeps SiLU near-linear)")
+        if not isinstance(self.seed, int):
+            _fail("seed", self.seed, "an int")
+
+    def fixed_gates(self, long_term_size: int) -> dict[str, float | bool | None]:
+        """The `MemoryConfig` gate fields this config maps to (see the module docstring)."""
+        forget = 1.0 - (1.0 - self.forget_rate) ** (1.0 / long_term_size)
+        return {
+            "fixed_lr": self.learning_rate * (1.0 - self.momentum_factor),
+            "momentum": self.momentum_factor > 0,
+            "fixed_momentum_decay": self.momentum_factor if self.momentum_factor > 0 else None,
+            "forgetting": forget > 0,
+            "fixed_forget": forget if forget > 0 else None,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LongTermMemoryConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"LongTermMemoryConfig got unknown keys {unknown}; allowed keys: {sorted(known)}.")
+        return cls(**data)

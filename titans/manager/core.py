@@ -1,0 +1,462 @@
+"""`TitansManager`: MemoryTitan's document-memory API on the real Titans neural memory.
+
+Three memories hold documents (texts with optional JSON metadata):
+- short-term: the last `short_term_size` documents, first-in first-out, searched by exact cosine;
+- long-term: `LongTermMemory`, a `titans.memory.NeuralMemory` that learns each document at test time,
+  plus a store of up to `long_term_size` surprising documents (see `titans.manager.long_term`);
+- persistent: up to `persistent_size` task documents the user adds (`memory_type="persistent"`),
+  always visible, never evicted.
+
+How the architectures combine them for a unit query embedding q (docs/manager.md has the table):
+- MAC (memory as context): the long-term read r = M(q) picks `candidates` long-term documents
+  that no other memory shows (cosine of r with their values); they join every short-term and persistent document as the
+  context, and the context is ranked by exact cosine cos(q, e_j) (attention over
+  [persistent | long-term | short-term]).
+- MAG (memory as gate): an attention branch a_j = cos(q, e_j) over short-term and persistent and a
+  memory branch m_j = cos(r, v_j) over the top `candidates` long-term documents that are in neither
+  (what the window lost; the branches are disjoint) are gated: score (1 − g)·a_j or g·m_j, with a
+  per-query gate g = sigmoid((max m − max a) / gate_temperature): the stronger branch leads.
+- MAL (memory as layer): the read refines the query first, q' = normalize(q + r), then exact cosine
+  cos(q', e_j) over short-term, long-term and persistent documents.
+A document in several memories appears once, labelled persistent > short_term > long_term.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from titans.embedders import check_texts, encode
+from titans.manager.config import LongTermMemoryConfig
+from titans.manager.long_term import LongTermMemory
+from titans.manager.stores import VectorStore
+
+ARCHITECTURES = ("mac", "mag", "mal")
+MEMORY_TYPES = ("all", "short_term", "long_term", "persistent")
+_FORMAT = "titans-manager/1"
+
+
+def _positive_int(name: str, value: object, zero_ok: bool = False) -> int:
+    low = 0 if zero_ok else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"TitansManager({name}={value!r}): allowed an int >= {low}")
+    return value
+
+
+class TitansManager:
+    """Document memory with short-term, long-term (neural) and persistent memories.
+
+    `add_documents(texts)` embeds texts (`[N, vector_dim]`) and stores them; `query(text, top_k)`
+    returns up to `top_k` dicts `{content, score, source, metadata, id}`, best first, `source` in
+    short_term / long_term / persistent.
+    """
+
+    def __init__(
+        self,
+        embedder: Any,
+        architecture: str = "mac",
+        short_term_size: int = 512,
+        long_term_size: int = 2048,
+        persistent_size: int = 64,
+        vector_dim: int = 384,
+        long_term_config: LongTermMemoryConfig | None = None,
+        candidates: int = 32,
+        gate_temperature: float = 0.1,
+    ) -> None:
+        if not callable(getattr(embedder, "embed", None)):
+            raise TypeError(
+                f"TitansManager(embedder={type(embedder).__name__}): needs an object with embed(texts) -> [N, D];"
+                " subclass titans.embedders.BaseEmbedder"
+            )
+        arch = architecture.lower() if isinstance(architecture, str) else architecture
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"TitansManager(architecture={architecture!r}): allowed one of {ARCHITECTURES}")
+        self.vector_dim = _positive_int("vector_dim", vector_dim)
+        emb_dim = getattr(embedder, "dim", None)
+        if emb_dim is not None and emb_dim != vector_dim:
+            raise ValueError(
+                f"TitansManager(vector_dim={vector_dim}) but the embedder makes {emb_dim}-dim vectors:"
+                f" pass vector_dim={emb_dim}"
+            )
+        if long_term_config is not None and not isinstance(long_term_config, LongTermMemoryConfig):
+            raise TypeError(
+                "TitansManager(long_term_config=...) needs a LongTermMemoryConfig,"
+                f" got {type(long_term_config).__name__}"
+            )
+        if not isinstance(gate_temperature, (int, float)) or not gate_temperature > 0:
+            raise ValueError(f"TitansManager(gate_temperature={gate_temperature!r}): allowed a float > 0")
+        self.embedder = embedder
+        self.architecture = arch
+        self.short_term_size = _positive_int("short_term_size", short_term_size)
+        self.long_term_size = _positive_int("long_term_size", long_term_size)
+        self.persistent_size = _positive_int("persistent_size", persistent_size, zero_ok=True)
+        self.candidates = _positive_int("candidates", candidates)
+        self.gate_temperature = float(gate_temperature)
+        self.long_term_config = long_term_config or LongTermMemoryConfig()
+        self.short_term = VectorStore(vector_dim, short_term_size)
+        self.persistent = VectorStore(vector_dim, max(persistent_size, 1))
+        self.long_term = LongTermMemory(vector_dim, long_term_size, self.long_term_config)
+        self._docs: dict[int, tuple[str, dict]] = {}  # id -> (content, metadata), for documents held anywhere
+        self._pending: set[int] = set()  # short-term documents not yet written to the long-term memory
+        self._next_id = 0
+
+    # ------------------------------------------------------------------ adding
+
+    def _embed(self, texts: list[str], name: str = "texts") -> np.ndarray:
+        texts = check_texts(texts, name)
+        emb = encode(self.embedder, texts)
+        if emb.shape[1] != self.vector_dim:
+            raise ValueError(
+                f"the embedder made {emb.shape[1]}-dim vectors but TitansManager(vector_dim={self.vector_dim}):"
+                f" pass vector_dim={emb.shape[1]} or use a {self.vector_dim}-dim embedder"
+            )
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        return emb / np.maximum(norms, 1e-12)  # unit rows (an all-zero row stays zero)
+
+    def add_documents(
+        self, texts: list[str], memory_type: str | None = None, metadatas: list[dict] | None = None
+    ) -> list[int]:
+        """Embed and store `texts`; returns their document ids.
+
+        memory_type: None / "all" (default): written to the long-term memory now (kept in its store
+        when surprising) and put in short-term memory. "short_term": short-term only; written to the
+        long-term memory by `consolidate_memories()` or when it leaves short-term memory.
+        "long_term": written to the long-term memory only. "persistent": task documents, always
+        visible (at most `persistent_size`). metadatas: one JSON-serialisable dict per text, or None.
+        """
+        kind = "all" if memory_type is None else memory_type
+        if kind not in MEMORY_TYPES:
+            raise ValueError(f"add_documents(memory_type={memory_type!r}): allowed None or one of {MEMORY_TYPES}")
+        texts = check_texts(texts)
+        metas = self._check_metadatas(metadatas, len(texts))
+        if kind == "persistent" and len(self.persistent) + len(texts) > self.persistent_size:
+            raise ValueError(
+                f"add_documents(memory_type='persistent'): {len(texts)} more documents exceed persistent_size="
+                f"{self.persistent_size} ({len(self.persistent)} held); raise persistent_size or add fewer"
+            )
+        emb = self._embed(texts)
+        ids = list(range(self._next_id, self._next_id + len(texts)))
+        self._next_id += len(texts)
+        for i, text, meta in zip(ids, texts, metas):
+            self._docs[i] = (text, meta)
+        if kind == "persistent":
+            for i, vec in zip(ids, emb):
+                self.persistent.add(i, vec)
+        elif kind == "long_term":
+            self._write_long_term(emb, ids)
+        elif kind == "all":
+            # write first (in order), then enter short-term memory; only then drop what no memory holds
+            unheld = self._write_long_term(emb, ids, drop=False)
+            self._push_short_term(emb, ids)
+            for i in unheld:
+                self._drop_if_unheld(i)
+        else:
+            self._pending.update(ids)
+            self._push_short_term(emb, ids)
+        return ids
+
+    @staticmethod
+    def _check_metadatas(metadatas: list[dict] | None, n: int) -> list[dict]:
+        if metadatas is None:
+            return [{} for _ in range(n)]
+        if not isinstance(metadatas, (list, tuple)) or len(metadatas) != n:
+            got = len(metadatas) if isinstance(metadatas, (list, tuple)) else type(metadatas).__name__
+            raise ValueError(f"add_documents(metadatas=...): expected a list of {n} dicts (one per text), got {got}")
+        for i, meta in enumerate(metadatas):
+            if not isinstance(meta, dict):
+                raise TypeError(f"metadatas[{i}] must be a dict, got {type(meta).__name__}")
+            try:
+                json.dumps(meta)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"metadatas[{i}] must be JSON-serialisable (it is saved): {err}") from None
+        return [dict(m) for m in metadatas]
+
+    def _write_long_term(self, emb: np.ndarray, ids: list[int], drop: bool = True) -> list[int]:
+        """Write into the long-term memory; returns the ids the store did not keep or evicted, after
+        dropping those no memory holds (unless `drop=False`)."""
+        kept, evicted, _ = self.long_term.write(emb, ids)
+        out = [i for i, k in zip(ids, kept) if not k] + evicted
+        if drop:
+            for i in out:
+                self._drop_if_unheld(i)
+        return out
+
+    def _push_short_term(self, emb: np.ndarray, ids: list[int]) -> None:
+        for i, vec in zip(ids, emb):
+            evicted = self.short_term.add(i, vec)
+            if evicted is None:
+                continue
+            old, old_vec = evicted
+            if old in self._pending:  # leaving short-term memory unwritten: consolidate it now
+                self._pending.discard(old)
+                self._write_long_term(old_vec[None], [old])
+            self._drop_if_unheld(old)
+
+    def _drop_if_unheld(self, doc_id: int) -> None:
+        if doc_id not in self.short_term and doc_id not in self.long_term and doc_id not in self.persistent:
+            self._docs.pop(doc_id, None)
+
+    def consolidate_memories(self) -> int:
+        """Write every short-term document not yet written (oldest first) into the long-term memory.
+
+        Returns how many of them the long-term store kept.
+        """
+        order = [i for i in self.short_term.order() if i in self._pending]
+        if not order:
+            return 0
+        self._pending.clear()
+        before = self.long_term.admitted
+        self._write_long_term(np.stack([self.short_term.vector(i) for i in order]), order)
+        return self.long_term.admitted - before
+
+    # ------------------------------------------------------------------ querying
+
+    def query(self, text: str, top_k: int = 5) -> list[dict]:
+        """The `top_k` best documents for `text`: `[{content, score, source, metadata, id}]`, best first."""
+        if not isinstance(text, str):
+            raise TypeError(f"query(text=...) must be a str, got {type(text).__name__}")
+        return self.query_many([text], top_k)[0]
+
+    def query_many(self, texts: list[str], top_k: int = 5) -> list[list[dict]]:
+        """`query` for several texts at once (one embedding call, one memory read)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+            raise ValueError(f"query(top_k={top_k!r}): allowed an int >= 1")
+        q = self._embed(texts, "text" if len(texts) == 1 else "texts")
+        return [
+            [self._result(i, s, src) for i, s, src in ranked] for ranked in self.rank(q, top_k, self.architecture)
+        ]
+
+    def _result(self, doc_id: int, score: float, source: str) -> dict:
+        content, meta = self._docs[doc_id]
+        return {"content": content, "score": float(score), "source": source, "metadata": dict(meta), "id": doc_id}
+
+    def _source(self, doc_id: int) -> str:
+        if doc_id in self.persistent:
+            return "persistent"
+        return "short_term" if doc_id in self.short_term else "long_term"
+
+    def rank(self, queries: np.ndarray, top_k: int, mode: str) -> list[list[tuple[int, float, str]]]:
+        """Rank documents for unit query embeddings `[M, D]` -> per query `[(id, score, source)]`.
+
+        mode: an architecture ("mac", "mag", "mal") or one memory alone: "short_term" (exact cosine),
+        "long_term" (the memory read decoded against the store), "persistent", "exact" (cosine over
+        every held document: the ceiling).
+        """
+        n_st, n_p = len(self.short_term), len(self.persistent)
+        big = self.short_term_size + self.persistent_size + self.long_term_size
+        if mode == "short_term":
+            return self._pack(*self.short_term.search(queries, top_k), "short_term")
+        if mode == "persistent":
+            return self._pack(*self.persistent.search(queries, top_k), "persistent")
+        if mode in ("long_term", "mac", "mag", "mal"):
+            reads = self.long_term.read(queries)
+        if mode == "long_term":
+            return self._pack(*self.long_term.search(reads, top_k), "long_term")
+        if mode == "mal":
+            queries = reads + queries
+            queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        if mode in ("mal", "exact"):
+            parts = [self.short_term.search(queries, n_st), self.persistent.search(queries, n_p)]
+            parts.append(self.long_term.search_keys(queries, big))
+            return [self._merge(parts, m, top_k) for m in range(len(queries))]
+        # the memory's candidates: the long-term documents no other memory shows (what the window lost)
+        lt_scores, lt_ids = self.long_term.search(reads, self.candidates + n_st + n_p)
+        st = self.short_term.search(queries, n_st)
+        pe = self.persistent.search(queries, n_p)
+        out = []
+        for m in range(len(queries)):
+            fresh_at = [c for c, i in enumerate(lt_ids[m]) if i not in self.short_term and i not in self.persistent]
+            fresh_at = fresh_at[: self.candidates]
+            if mode == "mac":  # candidates join the context; the context is ranked by exact cosine with q
+                fresh = [int(lt_ids[m][c]) for c in fresh_at]
+                keys = np.stack([self.long_term.keys[self.long_term._slot_of[i]] for i in fresh]) if fresh else None
+                lt = (keys @ queries[m], np.array(fresh)) if fresh else (np.zeros(0), np.zeros(0, np.int64))
+                out.append(self._merge([(st[0][m : m + 1], st[1][m : m + 1]), (pe[0][m : m + 1], pe[1][m : m + 1]),
+                                        (lt[0][None], lt[1][None])], 0, top_k))  # fmt: skip
+                continue
+            # MAG: (1 − g)·attention + g·memory with a per-query gate
+            attn: dict[int, float] = {}
+            for scores, ids in (st, pe):
+                attn.update({int(i): float(s) for s, i in zip(scores[m], ids[m])})
+            mem = {int(lt_ids[m][c]): float(lt_scores[m][c]) for c in fresh_at}
+            if not mem:
+                g = 0.0
+            elif not attn:
+                g = 1.0
+            else:
+                g = 1.0 / (1.0 + math.exp(-(max(mem.values()) - max(attn.values())) / self.gate_temperature))
+            mixed = {i: (1 - g) * a for i, a in attn.items()}
+            mixed.update({i: g * v for i, v in mem.items()})
+            best = sorted(mixed.items(), key=lambda kv: -kv[1])[:top_k]
+            out.append([(i, s, self._source(i)) for i, s in best])
+        return out
+
+    def _pack(self, scores: np.ndarray, ids: np.ndarray, source: str) -> list[list[tuple[int, float, str]]]:
+        return [[(int(i), float(s), source) for s, i in zip(sr, ir)] for sr, ir in zip(scores, ids)]
+
+    def _merge(self, parts: list, m: int, top_k: int) -> list[tuple[int, float, str]]:
+        """Union of (scores, ids) `[M, k]` pairs for query m: one entry per id (its best score), top_k."""
+        best: dict[int, float] = {}
+        for scores, ids in parts:
+            for s, i in zip(scores[m], ids[m]):
+                i = int(i)
+                if i not in best or s > best[i]:
+                    best[i] = float(s)
+        ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
+        return [(i, s, self._source(i)) for i, s in ranked]
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def clear(self, memory_types: list[str] | None = None) -> None:
+        """Empty the given memories (default: all three). Clearing long_term also resets the neural
+        memory's weights and surprise statistics."""
+        kinds = ["short_term", "long_term", "persistent"] if memory_types is None else memory_types
+        for kind in kinds:
+            if kind not in MEMORY_TYPES[1:]:
+                raise ValueError(f"clear(memory_types=[..., {kind!r}]): allowed {MEMORY_TYPES[1:]}")
+        if "short_term" in kinds:
+            self.short_term.clear()
+            self._pending.clear()
+        if "long_term" in kinds:
+            self.long_term.reset()
+        if "persistent" in kinds:
+            self.persistent.clear()
+        for doc_id in list(self._docs):
+            self._drop_if_unheld(doc_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes, capacities and long-term write statistics (JSON-serialisable)."""
+        lt = self.long_term
+        window = np.fromiter(lt.window, dtype=np.float64, count=len(lt.window))
+        return {
+            "architecture": self.architecture,
+            "vector_dim": self.vector_dim,
+            "documents": len(self._docs),
+            "short_term": {
+                "size": len(self.short_term),
+                "capacity": self.short_term_size,
+                "pending": len(self._pending),
+            },
+            "long_term": {
+                "size": len(lt),
+                "capacity": self.long_term_size,
+                "writes": lt.writes,
+                "admitted": lt.admitted,
+                "rejected": lt.rejected,
+                "evicted": lt.evicted,
+                "surprise_mean": float(window.mean()) if len(window) else None,
+                "surprise_std": float(window.std()) if len(window) else None,
+                "gates": self.long_term_config.fixed_gates(self.long_term_size),
+                "config": self.long_term_config.to_dict(),
+            },
+            "persistent": {"size": len(self.persistent), "capacity": self.persistent_size},
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """Constructor arguments (less the embedder) as a JSON-serialisable dict."""
+        return {
+            "architecture": self.architecture,
+            "short_term_size": self.short_term_size,
+            "long_term_size": self.long_term_size,
+            "persistent_size": self.persistent_size,
+            "vector_dim": self.vector_dim,
+            "long_term_config": self.long_term_config.to_dict(),
+            "candidates": self.candidates,
+            "gate_temperature": self.gate_temperature,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write everything (settings, documents, the three memories, the neural memory's state and
+        statistics) to one safetensors file, atomically (temporary file + os.replace). The embedder is not saved."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors: dict[str, torch.Tensor] = {}
+        lt_tensors, lt_meta = self.long_term.to_tensors()
+        tensors.update({f"long_term.{k}": v.contiguous() for k, v in lt_tensors.items()})
+        tensors.update(self.short_term.to_tensors("short_term."))
+        tensors.update(self.persistent.to_tensors("persistent."))
+        meta = {
+            "format": _FORMAT,
+            "settings": self.settings(),
+            "next_id": self._next_id,
+            "docs": [[i, text, m] for i, (text, m) in self._docs.items()],
+            "short_term_order": self.short_term.order(),
+            "persistent_order": self.persistent.order(),
+            "pending": sorted(self._pending),
+            "long_term": lt_meta,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            save_file(tensors, str(tmp), metadata={"titans_manager": json.dumps(meta)})
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def load(self, path: str | Path) -> TitansManager:
+        """Replace this manager's settings and contents with a file written by `save` (keeps the embedder).
+
+        Raises FileNotFoundError for a missing file and ValueError for a corrupt or foreign one.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"TitansManager.load: no file at {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("titans_manager")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if raw is None:
+                raise ValueError("no 'titans_manager' metadata (not written by TitansManager.save)")
+            meta = json.loads(raw)
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, expected {_FORMAT!r}")
+            s = dict(meta["settings"])
+            s["long_term_config"] = LongTermMemoryConfig.from_dict(s["long_term_config"])
+            fresh = TitansManager(self.embedder, **s)
+            fresh.long_term.load_tensors({k[len("long_term.") :]: v for k, v in tensors.items()
+                                          if k.startswith("long_term.")}, meta["long_term"])  # fmt: skip
+            fresh.short_term.load_tensors(tensors, "short_term.", [int(i) for i in meta["short_term_order"]])
+            fresh.persistent.load_tensors(tensors, "persistent.", [int(i) for i in meta["persistent_order"]])
+            fresh._docs = {int(i): (str(text), dict(m)) for i, text, m in meta["docs"]}
+            fresh._pending = {int(i) for i in meta["pending"]}
+            fresh._next_id = int(meta["next_id"])
+            held = set(fresh.short_term.order()) | set(fresh.persistent.order()) | set(fresh.long_term.stored_ids())
+            if not held <= set(fresh._docs):
+                raise ValueError(f"documents {sorted(held - set(fresh._docs))[:5]} are stored but have no text")
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # safetensors, JSON and shape errors all mean the same thing to the caller
+            raise ValueError(
+                f"TitansManager.load({str(path)!r}): not a valid TitansManager save ({type(err).__name__}: {err});"
+                " write it again with TitansManager.save"
+            ) from err
+        self.__dict__.update(fresh.__dict__)
+        return self
+
+    @classmethod
+    def from_file(cls, path: str | Path, embedder: Any) -> TitansManager:
+        """A manager restored from `save`'s file, using `embedder` (it must make the saved vector_dim)."""
+        with open(path, "rb") as f:  # FileNotFoundError before any construction
+            f.read(8)
+        s = _peek_settings(path)
+        manager = cls(embedder, vector_dim=s.get("vector_dim", 384))
+        return manager.load(path)
+
+
+def _peek_settings(path: str | Path) -> dict:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["titans_manager"])["settings"]
+    except Exception as err:
+        raise ValueError(f"TitansManager.from_file({str(path)!r}): not a valid TitansManager save ({err})") from err

@@ -1,0 +1,230 @@
+"""`LongTermMemory`: a `titans.memory.NeuralMemory` over document embeddings plus the store of kept documents.
+
+Writing (test-time learning). Each document embedding e `[D]` is one token of one sequence (batch 1)
+of the neural memory. Its q/k/v projections are fixed to `projection_scale · I` and its output
+norm/gate/projection are off, so key k = ℓ2norm(SiLU(s·e)) and value v = SiLU(s·e) ≈ (s/2)·e: the
+memory learns the autoassociation e -> e (paper Eq. 12-14: ℓ = ‖M(k) − v‖², momentum, forgetting).
+Measured (docs/manager.md): random projections would store nothing retrievable, and a slot-code value
+per document did not scale past ~D documents; the autoassociative memory reads a stored document's
+own text back exactly and a paraphrase close to exact cosine.
+
+Surprise. `NeuralMemory` reports each token's inner-gradient norm ‖∇ℓ‖ = 2‖k‖‖M(k) − v‖: how badly
+the memory reconstructed the document before writing it (novelty). A document is kept in the store
+when its relative surprise, surprise / median surprise of the last `surprise_window` writes, is
+≥ `surprise_threshold` (relative, so defaults keep documents: absolute surprise falls by orders of
+magnitude as the memory fills, and a percentile is biased by that trend).
+
+Store. At most `capacity` kept documents, each with its key (the embedding, unit) and its value
+(the memory's value vector, unit). Full store: the document with the lowest retention
+`relative surprise · (1 − α)^(writes since)` (α the memory's per-write forget gate) leaves, unless the new
+document's retention is lower still, then the new one is not kept. The memory's weights keep what an
+evicted document wrote (weights cannot be unwritten); it only leaves the decoding table.
+
+Reading. `read(queries)` returns M(q) for each query `[M, D]` with the current weights and writes
+nothing (Eq. 15; the reader is the same memory with a chunk no read completes). `search` maps reads
+to kept documents by cosine between the read and each document's value.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections import deque
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from titans.manager.config import _BIG_CHUNK, LongTermMemoryConfig
+from titans.memory import MemoryConfig, MemoryState, NeuralMemory
+
+
+class LongTermMemory:
+    """Neural long-term memory over `dim`-wide unit embeddings with a store of up to `capacity` documents."""
+
+    def __init__(self, dim: int, capacity: int, config: LongTermMemoryConfig | None = None) -> None:
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"LongTermMemory(dim={dim!r}): allowed a positive int (the embedding width)")
+        if not isinstance(capacity, int) or capacity <= 0:
+            raise ValueError(f"LongTermMemory(capacity={capacity!r}): allowed a positive int (long_term_size)")
+        self.dim, self.capacity = dim, capacity
+        self.config = cfg = config or LongTermMemoryConfig()
+        mcfg = MemoryConfig(
+            dim=dim, heads=1, depth=cfg.memory_depth, chunk_size=cfg.chunk_size, conv_kernel=0,
+            input_norm=False, qk_l2_norm=True, output_norm=False, output_gate=False, **cfg.fixed_gates(capacity),
+        )  # fmt: skip
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.memory = NeuralMemory(mcfg)
+        with torch.no_grad():
+            self.memory.to_qkv.weight.copy_(torch.eye(dim).repeat(3, 1) * cfg.projection_scale)  # q, k, v = s·I
+            if cfg.memory_depth == 1:  # a linear memory starts empty: surprise = novelty from the first write
+                self.memory.memory_model.w0.zero_()
+        self.memory.eval()
+        # the same memory with other chunk sizes (parameters copied, never trained here):
+        # `_tail` writes a call's last (len % chunk_size) documents so no document waits in a buffer;
+        # `_reader` has a chunk no read completes, so every query reads the current weights and writes nothing.
+        self._tail = self._view(1)
+        self._reader = self._view(_BIG_CHUNK)
+        self._forget = float(mcfg.fixed_forget or 0.0)
+        self.reset()
+
+    def _view(self, chunk_size: int) -> NeuralMemory:
+        view = copy.deepcopy(self.memory)
+        view.config = dataclasses.replace(self.memory.config, chunk_size=chunk_size)
+        return view
+
+    # ------------------------------------------------------------------ state
+
+    def reset(self) -> None:
+        """Forget everything: initial memory weights, empty store, empty surprise statistics."""
+        self.state: MemoryState = self.memory.init_state(1)
+        self.keys = np.zeros((self.capacity, self.dim), dtype=np.float32)  # unit embeddings
+        self.values = np.zeros((self.capacity, self.dim), dtype=np.float32)  # unit value vectors
+        self.ids = np.full(self.capacity, -1, dtype=np.int64)  # document id per slot, -1 = free
+        self.retention = np.full(self.capacity, np.inf, dtype=np.float64)  # log retention key (see module doc)
+        self.surprise = np.zeros(self.capacity, dtype=np.float64)  # raw surprise at write time
+        self.window: deque[float] = deque(maxlen=self.config.surprise_window)
+        self.writes = self.admitted = self.rejected = self.evicted = 0
+        self._slot_of: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, doc_id: int) -> bool:
+        return doc_id in self._slot_of
+
+    def stored_ids(self) -> list[int]:
+        """Ids of the kept documents (slot order)."""
+        return [int(i) for i in self.ids if i >= 0]
+
+    # ------------------------------------------------------------------ write
+
+    @torch.inference_mode()
+    def write(self, embeddings: np.ndarray, doc_ids: list[int]) -> tuple[list[bool], list[int], np.ndarray]:
+        """Write `embeddings` `[N, D]` (in order) into the memory and keep the surprising ones.
+
+        Returns (kept `[N]` flags, ids evicted from the store, surprise `[N]`).
+        """
+        x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))[None]  # (1, N, D)
+        n = x.shape[1]
+        cut = n - n % self.config.chunk_size
+        values, surprise = [], []
+        for module, part in ((self.memory, x[:, :cut]), (self._tail, x[:, cut:])):
+            if part.shape[1] == 0:
+                continue
+            _, self.state, aux = module(part, self.state, return_aux=True)
+            values.append(aux["values"][0, 0])  # (n, D)
+            surprise.append(aux["surprise"][0, 0])  # (n,)
+        vals = F.normalize(torch.cat(values), dim=-1).numpy()
+        surp = torch.cat(surprise).double().numpy()
+        kept, evicted = [], []
+        keys = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        log_keep = np.log1p(-self._forget) if self._forget > 0 else 0.0
+        for i in range(n):
+            s = float(surp[i])
+            ratio = self.relative_surprise(s)
+            self.window.append(s)
+            t = self.writes
+            self.writes += 1
+            if ratio < self.config.surprise_threshold:
+                self.rejected += 1
+                kept.append(False)
+                continue
+            # retention r·(1−α)^(now − t); ranking by log r − t·log(1−α) is the same at every "now"
+            key = np.log(max(ratio, 1e-12)) - t * log_keep
+            if len(self._slot_of) < self.capacity:
+                slot = int(np.flatnonzero(self.ids < 0)[0])
+            else:
+                slot = int(np.argmin(self.retention))
+                if self.retention[slot] > key:  # the new document is the least worth keeping
+                    self.rejected += 1
+                    kept.append(False)
+                    continue
+                old = int(self.ids[slot])
+                del self._slot_of[old]
+                evicted.append(old)
+                self.evicted += 1
+            self.keys[slot], self.values[slot], self.ids[slot] = keys[i], vals[i], doc_ids[i]
+            self.retention[slot], self.surprise[slot] = key, s
+            self._slot_of[int(doc_ids[i])] = slot
+            self.admitted += 1
+            kept.append(True)
+        return kept, evicted, surp
+
+    def relative_surprise(self, surprise: float) -> float:
+        """`surprise` over the median surprise of the last `surprise_window` writes (1.0 before any write)."""
+        if not self.window:
+            return 1.0
+        median = float(np.median(np.fromiter(self.window, dtype=np.float64, count=len(self.window))))
+        return surprise / median if median > 0 else (1.0 if surprise <= 0 else float("inf"))
+
+    def remove(self, doc_id: int) -> None:
+        """Drop a document from the store (its write stays in the memory's weights)."""
+        slot = self._slot_of.pop(doc_id)
+        self.ids[slot], self.retention[slot] = -1, np.inf
+
+    # ------------------------------------------------------------------ read
+
+    @torch.inference_mode()
+    def read(self, queries: np.ndarray) -> np.ndarray:
+        """M(q) for each query embedding `[M, D]` -> unit reads `[M, D]` (value space ≈ embedding space).
+
+        All queries read the current weights (one unfinished chunk of the reader); nothing is written.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))[None]  # (1, M, D)
+        _, _, aux = self._reader(x, self.state, return_aux=True)
+        return F.normalize(aux["retrieved"][0, 0].float(), dim=-1).numpy()  # (M, D)
+
+    def search(self, reads: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Kept documents nearest to each read by cosine with their values: (scores, ids) `[M, k']`,
+        k' = min(k, kept), best first."""
+        return _top(reads @ self.values.T, self.ids, k)
+
+    def search_keys(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Kept documents nearest to each query by cosine with their keys (embeddings): `[M, k']`."""
+        return _top(queries @ self.keys.T, self.ids, k)
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors and JSON-able metadata of everything this memory holds (weights of the memory module too)."""
+        tensors, meta = self.state.to_tensors(prefix="state.")
+        tensors.update({f"module.{k}": v.detach().clone() for k, v in self.memory.state_dict().items()})
+        for name in ("keys", "values", "ids", "retention", "surprise"):
+            tensors[f"store.{name}"] = torch.from_numpy(np.ascontiguousarray(getattr(self, name)))
+        tensors["store.window"] = torch.tensor(list(self.window), dtype=torch.float64)
+        counters = {k: getattr(self, k) for k in ("writes", "admitted", "rejected", "evicted")}
+        return tensors, {"state_meta": meta, "counters": counters}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore what `to_tensors` wrote (shapes must match this memory's dim and capacity)."""
+        module = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
+        for m in (self.memory, self._tail, self._reader):
+            m.load_state_dict(module)
+        state = MemoryState.from_tensors(tensors, meta["state_meta"], prefix="state.")
+        self.state = state
+        for name in ("keys", "values", "ids", "retention", "surprise"):
+            arr = tensors[f"store.{name}"].numpy().copy()
+            if arr.shape != getattr(self, name).shape:
+                want = getattr(self, name).shape
+                raise ValueError(f"saved long-term store.{name} has shape {arr.shape}, expected {want}")
+            setattr(self, name, arr)
+        self.window = deque(tensors["store.window"].tolist(), maxlen=self.config.surprise_window)
+        for k, v in meta["counters"].items():
+            setattr(self, k, int(v))
+        self._slot_of = {int(i): s for s, i in enumerate(self.ids) if i >= 0}
+
+
+def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of `scores` `[M, S]` over occupied slots (`ids >= 0`): (scores, ids) `[M, min(k, occupied)]`."""
+    occupied = ids >= 0
+    k = min(k, int(occupied.sum()))
+    if k == 0:
+        return np.zeros((scores.shape[0], 0), np.float32), np.zeros((scores.shape[0], 0), np.int64)
+    scores = np.where(occupied[None], scores, -np.inf)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    best = np.take_along_axis(part, order, axis=1)
+    return np.take_along_axis(scores, best, axis=1).astype(np.float32), ids[best]
