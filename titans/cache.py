@@ -205,7 +205,7 @@ def save_cache(cache: Cache, path: str | Path) -> None:
                 tensors.update(t)
                 meta["memory"] = m
             for k, v in layer.extra.items():
-                tensors[f"layer{i}.extra.{k}"] = v.detach().contiguous()
+                tensors[f"layer{i}.extra.{k}"] = v.detach().clone()  # may share storage with the memory state
             meta["extra"] = sorted(layer.extra)
         elif not isinstance(layer, (DynamicLayer,)):
             raise TypeError(f"save_cache supports dynamic cache layers only; layer {i} is {type(layer).__name__}")

@@ -1,0 +1,102 @@
+"""TitansCache: detach for truncated BPTT, save/load through safetensors, streaming in segments."""
+
+import pytest
+import torch
+from conftest import MEMORY
+from transformers import DynamicCache
+
+from titans.cache import TitansCache, TitansCacheLayer, detach_cache, load_cache, save_cache
+from titans.patch import patch_qwen3
+from titans.streaming import stream
+
+
+def patched(base, variant="mag", **kw):
+    opts = dict(window=8, memory=dict(MEMORY), identity_init=False, num_persistent=2)
+    if variant == "mac":
+        opts.update(window=None, segment_len=8, num_longterm=4)
+    opts.update(kw)
+    return patch_qwen3(base, variant, **opts)
+
+
+def _cache_tensors(cache):
+    for layer in cache.layers:
+        if layer.keys is not None:
+            yield layer.keys
+            yield layer.values
+        if isinstance(layer, TitansCacheLayer):
+            yield from layer.memory.weights.values()
+            yield from layer.memory.momentum.values()
+            yield from layer.extra.values()
+
+
+@pytest.mark.parametrize("variant", ["mag", "mac"])
+def test_detach_cache_cuts_the_graph_and_keeps_values(base, ids, variant):
+    model = patched(base, variant, freeze="none").train()
+    cache = model(ids[:, :10], use_cache=True).past_key_values
+    before = [t.clone() for t in _cache_tensors(cache)]
+    assert any(t.requires_grad for t in _cache_tensors(cache))
+    assert detach_cache(cache) is cache
+    after = list(_cache_tensors(cache))
+    assert not any(t.requires_grad for t in after)
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    loss = model(ids[:, 10:], labels=ids[:, 10:], past_key_values=cache).loss
+    loss.backward()  # the second segment trains on its own graph
+
+
+def test_detach_plain_dynamic_cache(base, ids):
+    base.train()
+    out = base(ids, use_cache=True)
+    cache = out.past_key_values
+    assert type(cache) is DynamicCache and cache.layers[0].keys.requires_grad
+    detach_cache(cache)
+    assert not cache.layers[0].keys.requires_grad
+    assert detach_cache(None) is None
+    with pytest.raises(TypeError, match="Cache"):
+        detach_cache({"k": 1})
+
+
+@pytest.mark.parametrize("variant", ["mal", "mac"])
+def test_save_load_cache_continues_identically(base, ids, tmp_path, variant):
+    model = patched(base, variant).eval()
+    with torch.no_grad():
+        cache = model(ids[:, :11], use_cache=True).past_key_values
+        save_cache(cache, tmp_path / "c.safetensors")
+        expected = model(ids[:, 11:], past_key_values=cache).logits
+        loaded = load_cache(tmp_path / "c.safetensors")
+        assert isinstance(loaded, TitansCache) and loaded.get_seq_length() == 11
+        got = model(ids[:, 11:], past_key_values=loaded).logits
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="save_cache"):
+        from safetensors.torch import save_file
+
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+        load_cache(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("variant", ["mag", "mac", "swa"])
+def test_stream_equals_one_call(base, ids, variant):
+    model = patched(base, variant).eval()
+    with torch.no_grad():
+        whole = model(ids).logits
+    cache, last = stream(model, ids[:, :-1], segment_len=5, return_logits=True)
+    torch.testing.assert_close(last, whole[:, -2], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        nxt = model(ids[:, -1:], past_key_values=cache).logits
+    torch.testing.assert_close(nxt[:, 0], whole[:, -1], atol=1e-5, rtol=0)
+    if variant != "mac":  # bounded KV: window - 1 tokens per layer, whatever the length
+        assert all(layer.keys.shape[2] <= 7 for layer in cache.layers)
+
+
+def test_generate_after_stream(base, ids):
+    model = patched(base, "mal").eval()
+    cache = stream(model, ids[:, :-1], segment_len=6)
+    with torch.no_grad():
+        cont = model.generate(ids, past_key_values=cache, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        ref = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(cont, ref)
+
+
+def test_stream_bad_segment(base, ids):
+    with pytest.raises(ValueError, match="segment_len"):
+        stream(patched(base), ids, segment_len=0)

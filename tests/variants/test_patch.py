@@ -1,0 +1,182 @@
+"""patch_qwen3's API: options, config round trip, save/load, bad input, what memory adds beyond the window."""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import MEMORY, VOCAB, tiny_config
+from transformers import Qwen3ForCausalLM
+
+import titans
+from titans.config import TitansConfig
+from titans.memory import MemoryConfig
+from titans.patch import from_pretrained, load_memory, patch_qwen3, save_memory, titans_layers
+
+
+def patched(base, variant="mag", **kw):
+    opts = dict(window=8, memory=dict(MEMORY), identity_init=False, num_persistent=2)
+    if variant == "mac":
+        opts.update(window=None, segment_len=8, num_longterm=4)
+    opts.update(kw)
+    return patch_qwen3(base, variant, **opts).eval()
+
+
+def test_lazy_exports():
+    assert titans.patch_qwen3 is patch_qwen3 and titans.from_pretrained is from_pretrained
+    assert titans.TitansConfig is TitansConfig
+
+
+def test_options_stored_in_config(base):
+    model = patched(base, "mag", memory=MemoryConfig(dim=64, heads=2, chunk_size=4), layers=[1], gate="scalar")
+    stored = model.config.titans
+    assert stored["variant"] == "mag" and stored["layers"] == [1] and stored["gate"] == "scalar"
+    assert stored["memory"]["dim"] == 64 and stored["memory"]["chunk_size"] == 4
+    assert json.loads(json.dumps(stored)) == stored
+    layer = titans_layers(model)[1]
+    assert layer.memory.config.dim == 64 and layer.memory_gate.proj is None
+    assert [n for n, _ in model.named_parameters() if n.startswith("model.layers.0.")] == [
+        n for n, _ in base.named_parameters() if n.startswith("model.layers.0.")
+    ]  # the unpatched layer is untouched
+
+
+def test_base_parameter_names_unchanged(tiny_path, base):
+    names = {n for n, _ in Qwen3ForCausalLM.from_pretrained(tiny_path).named_parameters()}
+    model = patched(base, "mac")
+    new = {n for n, _ in model.named_parameters()} - names
+    assert names <= {n for n, _ in model.named_parameters()}
+    assert new and all(n.split(".")[3] in ("memory", "memory_gate", "persistent", "longterm_query", "longterm_out")
+                       for n in new)
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal", "mac", "swa"])
+def test_save_pretrained_round_trip(base, ids, tmp_path, variant):
+    model = patched(base, variant)
+    with torch.no_grad():
+        for p in model.parameters():  # make the memory parameters differ from any fresh init
+            p.add_(0.01 * torch.randn_like(p))
+        ref = model(ids).logits
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(tmp_path).eval()
+    assert loaded.config.titans == model.config.titans
+    torch.testing.assert_close(loaded(ids).logits, ref, atol=0, rtol=0)
+
+
+def test_patched_checkpoint_loads_into_plain_qwen3(base, tmp_path):
+    model = patched(base, "mag")
+    model.save_pretrained(tmp_path)
+    plain = Qwen3ForCausalLM.from_pretrained(tmp_path)
+    assert type(plain.model.layers[0]).__name__ == "Qwen3DecoderLayer"
+    own = dict(model.named_parameters())
+    for name, p in plain.named_parameters():
+        torch.testing.assert_close(p, own[name], atol=0, rtol=0)
+
+
+def test_save_memory_load_memory(tiny_path, ids, tmp_path):
+    model = patched(Qwen3ForCausalLM.from_pretrained(tiny_path), "mal")
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        ref = model(ids).logits
+    file = save_memory(model, tmp_path)
+    assert file.exists() and not list(tmp_path.glob("*.tmp"))
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        assert all(".memory" in k or "memory_gate" in k or "persistent" in k for k in f.keys())
+    # base parameters were perturbed above: load onto the same perturbed base to compare exactly
+    fresh_base = Qwen3ForCausalLM.from_pretrained(tiny_path)
+    fresh_base.load_state_dict({k: v for k, v in model.state_dict().items() if k in fresh_base.state_dict()})
+    loaded = load_memory(fresh_base, tmp_path).eval()
+    torch.testing.assert_close(loaded(ids).logits, ref, atol=0, rtol=0)
+
+
+def test_load_memory_into_incompatible_base(base, tmp_path):
+    save_memory(patched(base, "mag"), tmp_path)
+    cfg = tiny_config()
+    cfg.hidden_size, cfg.num_attention_heads = 32, 2
+    other = Qwen3ForCausalLM(cfg)
+    with pytest.raises(ValueError, match="hidden_size"):
+        load_memory(other, tmp_path)
+
+
+def test_from_pretrained_path_and_plain_dir(tiny_path, ids):
+    model = patch_qwen3(str(tiny_path), "swa", window=4)
+    assert model.config.titans["window"] == 4
+    with pytest.raises(ValueError, match="plain model"):
+        from_pretrained(tiny_path)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "variant, opts, match",
+    [
+        ("mat", {}, "variant"),
+        ("mag", dict(layers=[2]), "layers"),
+        ("mag", dict(layers=0), "layers"),
+        ("mag", dict(window=2, memory=dict(chunk_size=4)), "window"),
+        ("mac", dict(segment_len=6, memory=dict(chunk_size=4)), "segment_len"),
+        ("mag", dict(windw=8), "unknown options"),
+        ("mag", dict(memory=dict(depth=9)), "depth"),
+        ("mag", dict(memory=dict(dim=32)), "memory.dim"),
+        ("swa", {}, "window"),
+        ("mag", dict(freeze="all"), "freeze"),
+        ("mag", dict(gate="tanh"), "gate"),
+    ],
+    ids=["variant", "layer-range", "layers-0", "window<chunk", "segment%chunk", "typo", "memory-field",
+         "memory-dim", "swa-no-window", "freeze", "gate"],
+)
+def test_bad_options(base, variant, opts, match):
+    with pytest.raises(ValueError, match=match):
+        patch_qwen3(base, variant, **opts)
+
+
+def test_not_qwen3():
+    with pytest.raises(TypeError, match="Qwen3ForCausalLM"):
+        patch_qwen3(torch.nn.Linear(2, 2), "mag")
+
+
+def test_already_patched(base):
+    model = patched(base)
+    with pytest.raises(ValueError, match="already patched"):
+        patch_qwen3(model, "mag", window=8)
+
+
+def test_hub_name_offline_fails_fast(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.time()
+    with pytest.raises(ValueError, match="offline"):
+        patch_qwen3("Qwen/Qwen3-nonexistent-0.6B", "mag", window=64)
+    assert time.time() - t < 5
+
+
+def test_left_padding_rejected(base, ids):
+    model = patched(base)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with pytest.raises(ValueError, match="left padding"):
+        model(ids, attention_mask=mask)
+
+
+# ------------------------------------------------------------------------------------- memory beyond the window
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal", "mac"])
+def test_only_memory_reaches_beyond_attention(base, variant):
+    """A token far outside the attention span changes the last logits only through the memory."""
+    ids = torch.randint(0, VOCAB, (1, 24), generator=torch.Generator().manual_seed(3))
+    changed = ids.clone()
+    changed[0, 1] = (changed[0, 1] + 1) % VOCAB
+    kw = dict(window=4, num_persistent=0) if variant != "mac" else dict(window=None, num_longterm=4)
+    memoryless = patched(copy.deepcopy(base), variant, identity_init=True, **kw)  # scale 0: memory contributes nothing
+    if variant == "mac":  # long-term tokens still carry memory reads; cut them for the memoryless run
+        for layer in titans_layers(memoryless).values():
+            layer.num_longterm = 0
+    last = slice(16, 24)  # MAC: the third segment; MAG/MAL: far beyond two windows of 4 in 2 layers
+    torch.testing.assert_close(memoryless(ids).logits[:, last], memoryless(changed).logits[:, last], atol=0, rtol=0)
+    model = patched(base, variant, **kw)
+    assert (model(ids).logits[:, last] - model(changed).logits[:, last]).abs().max() > 1e-5

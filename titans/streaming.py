@@ -1,0 +1,49 @@
+"""Stream an arbitrarily long sequence through a (patched) model in segments, with bounded memory.
+
+    cache = stream(model, ids[:, :-1], segment_len=2048)            # read a 1M-token haystack
+    out = model.generate(ids, past_key_values=cache, max_new_tokens=16, do_sample=False)
+
+`generate` sees that the cache already holds all but the last prompt token and feeds only that one.
+With MAG/MAL/SWA the KV part of the cache is bounded by the window and with MAC by the segment; the
+memory state has a fixed size, so memory use does not grow with the sequence (unpatched layers of a
+partly patched model keep their full KV).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import Cache
+
+
+@torch.no_grad()
+def stream(
+    model: nn.Module,
+    input_ids: Tensor,
+    segment_len: int,
+    cache: Cache | None = None,
+    return_logits: bool = False,
+) -> Cache | tuple[Cache, Tensor]:
+    """Feed `input_ids` `[B, L]` to `model` `segment_len` tokens per call, carrying the cache.
+
+    Args:
+        model: a patched (or plain) causal LM; run under `torch.no_grad()` (test-time learning of the
+            memory still happens: its updates are analytic, not autograd).
+        input_ids: `[B, L]`, any L >= 1.
+        segment_len: tokens per forward call (> 0). Results do not depend on it.
+        cache: continue from this cache (None = a new sequence).
+        return_logits: also return the logits of the last token, `[B, vocab]`.
+    Returns:
+        The cache after the last token (a `TitansCache` for a patched model), and the logits if asked.
+    """
+    if not isinstance(segment_len, int) or isinstance(segment_len, bool) or segment_len <= 0:
+        raise ValueError(f"stream(segment_len={segment_len!r}): allowed an int > 0 (tokens per forward call)")
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+        raise ValueError(f"stream(input_ids=...): expected a LongTensor [B, L] with L >= 1, got {got}")
+    logits = None
+    for start in range(0, input_ids.shape[1], segment_len):
+        out = model(input_ids[:, start : start + segment_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+    return (cache, logits) if return_logits else cache
