@@ -130,11 +130,17 @@ class TitansLitModule(pl.LightningModule):
                 if not torch.isfinite(window_loss):
                     return total + window_loss.detach(), False
                 if backward and window_loss.requires_grad:
-                    self.manual_backward(window_loss)
+                    self._backward(window_loss)
                 total = total + window_loss.detach()
                 window_loss = None
                 cache = detach_cache(cache)
         return total, True
+
+    def _backward(self, loss: Tensor) -> None:
+        if self._trainer is not None:
+            self.manual_backward(loss)  # precision plugin (loss scaling) and strategy hooks
+        else:
+            loss.backward()  # used outside a Trainer (tests, notebooks)
 
     def _uniform_backward(self) -> bool:
         trainer = self._trainer

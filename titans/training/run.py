@@ -23,8 +23,8 @@ from titans.training.module import BPTTConfig, TitansLitModule
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"model", "memory", "data", "trainer", "logger", "callbacks", "paths", "bptt", "optimizer", "scheduler",
-            "curriculum", "stage", "seed", "freeze", "init_from", "ckpt_path", "final_validation", "task_name",
-            "experiment", "debug", "hydra", "lora"}
+            "curriculum", "stage", "seed", "cpu_threads", "freeze", "init_from", "ckpt_path", "final_validation", "task_name",
+            "experiment", "debug", "hydra"}
 
 
 class LitData(pl.LightningDataModule):
@@ -121,6 +121,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     ckpt_path = check_checkpoint(cfg.get("ckpt_path"), "ckpt_path")
     init_from = check_checkpoint(cfg.get("init_from"), "init_from")
+    if cfg.get("cpu_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.cpu_threads))
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
