@@ -30,6 +30,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -37,6 +39,21 @@ import torch.nn.functional as F
 
 from titans.manager.config import _BIG_CHUNK, LongTermMemoryConfig
 from titans.memory import MemoryConfig, MemoryState, NeuralMemory
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch single-threaded inside: a write is a chain of tiny per-document matmuls, where intra-op
+    threads only add synchronisation (measured 36x slower with 2 threads on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class LongTermMemory:
@@ -113,7 +130,8 @@ class LongTermMemory:
         for module, part in ((self.memory, x[:, :cut]), (self._tail, x[:, cut:])):
             if part.shape[1] == 0:
                 continue
-            _, self.state, aux = module(part, self.state, return_aux=True)
+            with _one_thread():
+                _, self.state, aux = module(part, self.state, return_aux=True)
             values.append(aux["values"][0, 0])  # (n, D)
             surprise.append(aux["surprise"][0, 0])  # (n,)
         vals = F.normalize(torch.cat(values), dim=-1).numpy()
@@ -173,7 +191,8 @@ class LongTermMemory:
         All queries read the current weights (one unfinished chunk of the reader); nothing is written.
         """
         x = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))[None]  # (1, M, D)
-        _, _, aux = self._reader(x, self.state, return_aux=True)
+        with _one_thread():
+            _, _, aux = self._reader(x, self.state, return_aux=True)
         return F.normalize(aux["retrieved"][0, 0].float(), dim=-1).numpy()  # (M, D)
 
     def search(self, reads: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
