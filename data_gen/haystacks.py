@@ -84,6 +84,7 @@ def cwe_words() -> tuple[str, ...]:
     return tuple(sorted(set(w["nouns"] + w["adjectives"] + w["verbs"])))
 
 
+@functools.lru_cache(maxsize=4)
 def simple_words(kind: str) -> tuple[str, ...]:
     """Alphabetic single words (no spaces or hyphens) of a wonderwords category."""
     return tuple(sorted({x for x in _wonderwords()[kind] if x.isalpha() and x.islower() and 3 <= len(x) <= 9}))

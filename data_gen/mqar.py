@@ -58,7 +58,7 @@ def mqar(rng, length: int, counter, p: dict) -> dict:
     gaps = np.random.default_rng(rng.getrandbits(63)).choice(space, n, replace=False, p=weights / weights.sum())
     key_set = set(keys)
     fill = [t for t in range(vocab) if t not in key_set] if p["random_non_queries"] else [0]
-    ids += [rng.choice(fill) for _ in range(length - context_size)]
+    ids += rng.choices(fill, k=length - context_size)
     labels = [-100] * length
     order = rng.sample(range(n), n)
     for gap, i in zip(sorted(int(g) for g in gaps), order):
