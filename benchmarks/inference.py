@@ -66,7 +66,7 @@ def stream_context(model, input_ids: torch.Tensor, segment_len: int, cache=None)
     if stream is not None:
         return stream(model, input_ids, segment_len, cache=cache)
     for start in range(0, input_ids.shape[1], segment_len):
-        out = model(input_ids[:, start:start + segment_len], past_key_values=cache, use_cache=True)
+        out = model(input_ids[:, start:start + segment_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
     return cache
 

@@ -67,8 +67,17 @@ def test_streamed_answer_of_a_patched_model_equals_single_forward(tok, context, 
     patch = pytest.importorskip("titans.patch")
     model = tiny_qwen3(tok, seed=3, initializer_range=0.5)
     model = patch.patch_qwen3(model, variant, window=128, identity_init=False,
-                              memory=dict(heads=2, depth=1, chunk_size=4)).eval()
-    ref = full_forward_answer(model, tok, context, max_new_tokens=8, stop=(), eos_ids=set())
-    got = greedy_answer(model, tok, context, segment_len=16, max_new_tokens=8, stop=(), eos_ids=set())
+                              memory=dict(heads=2, depth=1, chunk_size=16)).eval()
+    ref = full_forward_answer(model, tok, context, max_new_tokens=5, stop=(), eos_ids=set())
+    got = greedy_answer(model, tok, context, segment_len=24, max_new_tokens=5, stop=(), eos_ids=set())
     assert len(set(ref.token_ids)) > 1
+    assert got.token_ids == ref.token_ids
+
+
+def test_plain_loop_fallback_when_titans_streaming_is_absent(sharp_model, tok, context, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "titans.streaming", None)  # import -> ImportError
+    ref = full_forward_answer(sharp_model, tok, context, max_new_tokens=6, stop=(), eos_ids=set())
+    got = greedy_answer(sharp_model, tok, context, segment_len=9, max_new_tokens=6, stop=(), eos_ids=set())
     assert got.token_ids == ref.token_ids
