@@ -37,17 +37,20 @@ class MemoryConfig:
 
     # data-dependent gates θ_t (lr), η_t (momentum_decay), α_t (forget)
     per_token_gates: bool = True  # False: one value per chunk, from the chunk's mean input
-    max_lr: float = 1.0  # θ_t = max_lr * sigmoid(.)
-    lr_bias_init: float = -2.0
+    max_lr: float = 0.1  # θ_t = max_lr * sigmoid(.); deep memories diverge for θ ≳ 0.1 (see the demo)
+    lr_bias_init: float = 0.0  # θ ≈ max_lr / 2 at init
     momentum: bool = True  # False: S_t = -θ_t ∇ℓ (no past surprise)
     momentum_bias_init: float = 2.0  # η ≈ 0.88 at init
     forgetting: bool = True  # False: α_t = 0
-    forget_bias_init: float = -4.0  # α ≈ 0.018 at init
+    forget_bias_init: float = -6.0  # α ≈ 0.0025 at init: ~85% of M survives a 64-token chunk
     # constants that replace a learned gate (ablations, tests); None = learned
     fixed_lr: float | None = None
     fixed_momentum_decay: float | None = None
     fixed_forget: float | None = None
     surprise_clip: float = 0.0  # clip each token's surprise (gradient) norm to this; 0 = off
+    # cap on Σ_j of the chunk's step coefficients (θ scaled down when exceeded); 0 = off (paper-exact).
+    # Without it, correlated keys in a chunk add their stale-gradient steps and the memory diverges.
+    chunk_step_cap: float = 1.0
 
     # output
     output_norm: bool = True
@@ -82,6 +85,8 @@ class MemoryConfig:
             value = getattr(self, key)
             if value is not None and not 0.0 <= value <= (1.0 if key != "fixed_lr" else float("inf")):
                 _fail(key, value, "None (learned) or a float in [0, 1]" if key != "fixed_lr" else "None or >= 0")
+        if self.chunk_step_cap < 0:
+            _fail("chunk_step_cap", self.chunk_step_cap, "a float >= 0 (0 = off)")
         if self.surprise_clip < 0:
             _fail("surprise_clip", self.surprise_clip, "a float >= 0 (0 = off)")
         if self.init_std <= 0:

@@ -188,7 +188,7 @@ class NeuralMemory(nn.Module):
             dtype = self.state_dtype
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             gates = (lr.to(dtype), log_eta.to(dtype), log_keep.to(dtype))
-            retrieved, new_w, new_m, surprise = self._scan(q, k, v, *gates, state, n_buf)
+            retrieved, new_w, new_m, surprise, lr_used = self._scan(q, k, v, *gates, state, n_buf)
         # retrieved: (b, h, t, d) for the new tokens only
         out = retrieved
         if self.out_norm is not None:
@@ -217,7 +217,7 @@ class NeuralMemory(nn.Module):
             "keys": k[:, :, new],
             "values": v[:, :, new],
             "retrieved": retrieved,
-            "lr": lr[:, :, new],
+            "lr": lr_used[:, :, new],  # after surprise clipping and the chunk step cap
             "momentum_decay": eta[:, :, new],
             "forget": alpha[:, :, new],
             "surprise": surprise[:, :, new],
@@ -236,7 +236,7 @@ class NeuralMemory(nn.Module):
         log_keep: Tensor,
         state: MemoryState,
         n_buf: int,
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor]:
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
         """Chunk loop. q/k/v: `[B, H, n, d]`, θ / log η / log(1−α): `[B, H, n]`; token 0 starts a chunk; reads only for
         tokens >= n_buf (the buffered ones were read by the previous call)."""
         c = self.config
@@ -251,7 +251,7 @@ class NeuralMemory(nn.Module):
         lr, log_eta, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_eta, log_keep))
         no_momentum = not c.momentum or c.fixed_momentum_decay == 0.0
 
-        reads, surprises = [], []
+        reads, surprises, lrs = [], [], []
         for s in range(0, n, C):
             e = min(s + C, n)
             rs = max(s, n_buf)
@@ -259,17 +259,20 @@ class NeuralMemory(nn.Module):
                 reads.append(mlp.forward_batched(weights, q[:, rs:e])[0])
             if e - s < C:  # unfinished chunk: waits in the buffer
                 surprises.append(torch.full((B * H, e - s), float("nan"), device=q.device, dtype=dtype))
+                lrs.append(lr[:, s:e])  # not used yet: reported as computed
                 break
-            weights, momentum, surprise = self._update_chunk(
+            weights, momentum, surprise, lr_used = self._update_chunk(
                 weights, momentum, k[:, s:e], v[:, s:e], lr[:, s:e], log_eta[:, s:e], log_keep[:, s:e], no_momentum
             )
             surprises.append(surprise)
+            lrs.append(lr_used)
 
         retrieved = rearrange(torch.cat(reads, dim=1), "(b h) t d -> b h t d", b=B)
         surprise = rearrange(torch.cat(surprises, dim=1), "(b h) n -> b h n", b=B)
+        lr_used = rearrange(torch.cat(lrs, dim=1), "(b h) n -> b h n", b=B)
         new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, weights)}
         new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, momentum)}
-        return retrieved, new_w, new_m, surprise
+        return retrieved, new_w, new_m, surprise, lr_used
 
     def _update_chunk(
         self,
@@ -281,7 +284,7 @@ class NeuralMemory(nn.Module):
         log_eta: Tensor,
         log_keep: Tensor,
         no_momentum: bool,
-    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    ) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
         """One chunk of Eq. 13-14 with all gradients at the chunk-start weights (Eq. 16-18).
 
         weights/momentum[l]: `[g, i, o]`; k, v: `[g, c, d]`; θ, log η, log(1 − α): `[g, c]`.
@@ -317,15 +320,32 @@ class NeuralMemory(nn.Module):
             carry_m = (beta * torch.exp(L)).sum(1)  # c_S = Σ_t β_t Π_{i≤t} η_i
             carry_s = torch.exp(L[:, -1])  # E = Π η
 
-        new_w, new_m = [], []
-        for w, m, h, d in zip(weights, momentum, inputs, deltas):
-            grad_u = torch.bmm(h.transpose(1, 2), u.unsqueeze(-1) * d)  # Σ_j u_j h_j^T δ_j  (g, i, o)
-            grad_s = torch.bmm(h.transpose(1, 2), s_coef.unsqueeze(-1) * d)
-            w_next = decay[:, None, None] * w - grad_u
-            m_next = -grad_s
+        cap = self.config.chunk_step_cap
+        if cap > 0:
+            # Stability guard. All tokens of a chunk step from the same (stale) weights, so the steps of
+            # similar keys add up, and momentum carries each step into later chunks. Token j's total step
+            # is u_j now plus s_j·c_S·(1 + E + E² + …) later (assuming the same gates); capping the chunk's
+            # sum at `cap` keeps a linear memory with unit keys a contraction (heavy ball: α/(1−β) ≤ 1).
+            # Equivalent to scaling every θ_j of the chunk by the same factor ≤ 1.
+            total = u.sum(1, keepdim=True)
             if carry_m is not None:
-                w_next = w_next + carry_m[:, None, None] * m
-                m_next = m_next + carry_s[:, None, None] * m
+                later = carry_m / (1 - carry_s).clamp_min(1e-6)  # c_S / (1 − E)
+                total = total + s_coef.sum(1, keepdim=True) * later[:, None]
+            scale = (cap / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, 1)
+            u, s_coef, lr = u * scale, s_coef * scale, lr * scale
+
+        new_w, new_m = [], []
+        decay_b = decay[:, None, None]
+        for w, m, h, d in zip(weights, momentum, inputs, deltas):
+            o = d.shape[-1]
+            # both weighted sums in one matmul: [Σ_j −u_j h_j^T δ_j | Σ_j −s_j h_j^T δ_j]  (g, i, 2o)
+            rhs = torch.cat([d * (-u).unsqueeze(-1), d * (-s_coef).unsqueeze(-1)], dim=2)  # (g, c, 2o)
+            grads = torch.bmm(h.transpose(1, 2), rhs)
+            w_next = torch.addcmul(grads[..., :o], decay_b, w)  # A·M_0 − Σ u ∇ℓ
+            m_next = grads[..., o:]
+            if carry_m is not None:
+                w_next = torch.addcmul(w_next, carry_m[:, None, None], m)  # + c_S·S_0
+                m_next = torch.addcmul(m_next, carry_s[:, None, None], m)  # E·S_0 − Σ s ∇ℓ
             new_w.append(w_next)
-            new_m.append(m_next)
-        return new_w, new_m, surprise
+            new_m.append(m_next.contiguous())
+        return new_w, new_m, surprise, lr
