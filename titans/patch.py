@@ -13,6 +13,7 @@ inner `Qwen3Model` create a `TitansCache` when it needs a cache.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -208,10 +209,21 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
         new.gradient_checkpointing = bool(getattr(old, "gradient_checkpointing", False))
         new.train(old.training)
         layers[i] = new
+    _own_config(base)
     base.config.titans = cfg.to_dict()
     base.model.__class__ = TitansQwen3Model
     _register_output_capture(base.model)
     return _apply_freeze(base, cfg)
+
+
+def _own_config(model: nn.Module) -> None:
+    """Give the model its own copy of its config before writing `titans` into it: a config object shared
+    with other models (`Qwen3ForCausalLM(cfg)` twice) must not make them look patched."""
+    old = model.config
+    new = copy.deepcopy(old)
+    for module in model.modules():
+        if getattr(module, "config", None) is old:
+            module.config = new
 
 
 def _register_output_capture(model: nn.Module) -> None:

@@ -189,3 +189,15 @@ def test_hidden_states_output(base, ids):
     model = make(base, "mal")
     out = model(ids, output_hidden_states=True)
     assert len(out.hidden_states) == 3 and out.hidden_states[-1].shape == (2, ids.shape[1], 64)
+
+
+@pytest.mark.parametrize("variant", ["swa", "mal"])
+def test_banded_attention_long_input(base, variant):
+    """Long inputs attend in query blocks (O(T·window)); they must equal calls short enough for one block."""
+    ids = torch.randint(0, VOCAB, (1, 150), generator=torch.Generator().manual_seed(5))
+    model = make(base, variant, window=8)
+    with torch.no_grad():
+        whole = model(ids).logits  # 150 > 2 * 64: banded
+        first = model(ids[:, :70], use_cache=True)  # 70, 80 <= 128: one block each
+        second = model(ids[:, 70:], past_key_values=first.past_key_values)
+    torch.testing.assert_close(whole, torch.cat([first.logits, second.logits], 1), atol=1e-5, rtol=0)

@@ -219,15 +219,23 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
             k = torch.cat([state.keys, k], dim=2)  # (B, G, S, d)
             v = torch.cat([state.values, v], dim=2)
         n_past = k.shape[2] - T
-        q_pos = torch.arange(T, device=x.device) + state.offset
-        k_pos = torch.arange(-n_past, T, device=x.device) + state.offset
-        mask = window_mask(q_pos, k_pos, self.window)
-        ka, va = k, v
         pkv = self.persistent_kv(B)
-        if pkv is not None:  # Eq. 19: persistent tokens in front, visible to every query
-            ka, va = torch.cat([pkv[0], k], dim=2), torch.cat([pkv[1], v], dim=2)
-            mask = torch.cat([mask.new_ones(T, pkv[0].shape[2]), mask], dim=1)
-        out = attend(self.self_attn, q, ka, va, mask)
+        W = self.window
+        # banded: queries in blocks, each against the keys its window can reach (O(T·W), not O(T²))
+        block = T if W is None or T <= 2 * max(W, 64) else max(W, 64)
+        outs = []
+        for b0 in range(0, T, block):
+            b1 = min(b0 + block, T)
+            k0 = 0 if W is None else max(0, n_past + b0 - (W - 1))  # first reachable key (array index)
+            q_pos = torch.arange(b0, b1, device=x.device)
+            k_pos = torch.arange(k0, n_past + b1, device=x.device) - n_past
+            mask = window_mask(q_pos, k_pos, W)
+            kb, vb = k[:, :, k0 : n_past + b1], v[:, :, k0 : n_past + b1]
+            if pkv is not None:  # Eq. 19: persistent tokens in front, visible to every query
+                kb, vb = torch.cat([pkv[0], kb], dim=2), torch.cat([pkv[1], vb], dim=2)
+                mask = torch.cat([mask.new_ones(b1 - b0, pkv[0].shape[2]), mask], dim=1)
+            outs.append(attend(self.self_attn, q[:, :, b0:b1], kb, vb, mask))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         keep = None if self.window is None else self.window - 1
         return out, keep_last(k, keep), keep_last(v, keep)
 
