@@ -147,38 +147,62 @@ def memory_options(memory_cfg: Mapping | None) -> tuple[str | None, dict]:
     return variant, options
 
 
-def apply_freeze(model: nn.Module, freeze: str, variant: str | None, lora: Mapping | None = None) -> nn.Module:
-    """What trains on a model without memory (patched models are frozen by `patch_qwen3(freeze=...)`).
+def new_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters a Titans patch added (memory, gates, persistent tokens); empty for a plain model."""
+    try:
+        from titans.patch import titans_layers
+    except ImportError:
+        return []
+    return [p for layer in titans_layers(model).values() for _, p in layer.titans_named_parameters()]
 
-    'none': every parameter; 'lora': LoRA adapters on the attention/MLP projections (peft);
-    'memory': not allowed without memory.
+
+def apply_freeze(model: nn.Module, freeze: str, variant: str | None = None, options: Mapping | None = None
+                 ) -> nn.Module:
+    """Choose what trains; returns the model (a peft `PeftModel` around it for 'lora').
+
+    'none': every parameter. 'memory': only the parameters the patch added (error for a model without
+    memory). 'lora': LoRA adapters on the backbone (peft; `lora_r`, `lora_alpha`, `lora_dropout`,
+    `lora_targets` from the memory options) plus the patch's parameters.
     """
     if freeze not in FREEZE_MODES:
         raise ValueError(f"freeze={freeze!r} is not allowed; allowed: {FREEZE_MODES}.")
+    added = new_parameters(model)
     if freeze == "none":
         model.requires_grad_(True)
         return model
-    if freeze == "memory":
-        raise ValueError(f"freeze='memory' trains only the memory, but memory.variant={variant!r} has none; use "
-                         f"memory=mac|mag|mal, or train the backbone with freeze='none' or 'lora'.")
-    from peft import LoraConfig, get_peft_model
+    if freeze == "memory" and not added:
+        raise ValueError(f"freeze='memory' trains only the memory, but memory.variant={variant!r} adds no parameters; "
+                         f"use memory=mac|mag|mal, or train the backbone with freeze='none' or 'lora'.")
+    model.requires_grad_(False)
+    if freeze == "lora":
+        from peft import LoraConfig, get_peft_model
 
-    lora = dict(lora or {})
-    lora.setdefault("r", 8)
-    lora.setdefault("lora_alpha", 16)
-    lora.setdefault("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])
-    return get_peft_model(model, LoraConfig(**lora))
+        opts = dict(options or {})
+        model = get_peft_model(model, LoraConfig(
+            r=int(opts.get("lora_r", 8)), lora_alpha=int(opts.get("lora_alpha", 16)),
+            lora_dropout=float(opts.get("lora_dropout", 0.0)),
+            target_modules=list(opts.get("lora_targets", ["q_proj", "k_proj", "v_proj", "o_proj"]))))
+    for p in added:
+        p.requires_grad_(True)
+    return model
 
 
-def build_model(model_cfg: Mapping, memory_cfg: Mapping | None = None, freeze: str | None = None):
+def default_freeze(variant: str | None) -> str:
+    """'memory' for a memory variant (the backbone stays as pretrained), 'none' otherwise."""
+    return "memory" if variant in VARIANTS else "none"
+
+
+def build_model(model_cfg: Mapping, memory_cfg: Mapping | None = None, freeze: str | None = None,
+                init_from: str | None = None):
     """(model, tokenizer): the base Qwen3 (loaded or built), patched with the memory variant.
 
     Args:
         model_cfg: a `conf/model` mapping (DictConfig or dict).
-        memory_cfg: a `conf/memory` mapping; None or `variant: null` -> no memory (optionally a
-            sliding-window-only model when `window` is set).
-        freeze: what trains ('memory' | 'lora' | 'none'); None leaves patch_qwen3's default for a
-            patched model and everything trainable for a plain one.
+        memory_cfg: a `conf/memory` mapping; None or `variant: null` -> no memory (a sliding-window-only
+            model when `window` is set).
+        freeze: what trains ('memory' | 'lora' | 'none'); None = 'memory' with memory, 'none' without.
+        init_from: a training checkpoint whose `model.` weights are loaded before `freeze` is applied
+            (so a LoRA stage can start from a stage without LoRA).
     Returns:
         model: a `Qwen3ForCausalLM` (`model(input_ids [B, T], past_key_values=cache)` -> logits
             `[B, T, vocab]`), tokenizer: a HF tokenizer.
@@ -186,18 +210,16 @@ def build_model(model_cfg: Mapping, memory_cfg: Mapping | None = None, freeze: s
     tokenizer = build_tokenizer(model_cfg)
     model = build_base_model(model_cfg, tokenizer)
     variant, options = memory_options(memory_cfg)
-    if variant is None:
-        if freeze is not None:
-            model = apply_freeze(model, freeze, variant)
-        return model, tokenizer
-    if freeze is not None:
-        if freeze not in FREEZE_MODES:
-            raise ValueError(f"freeze={freeze!r} is not allowed; allowed: {FREEZE_MODES}.")
-        options["freeze"] = freeze
-    try:
-        from titans.patch import patch_qwen3
-    except ImportError as e:  # the patching module lands separately
-        raise ValueError(f"memory.variant={variant!r} needs titans.patch.patch_qwen3, which is not importable "
-                         f"({e}); use memory=none until it is installed.") from e
-    model = patch_qwen3(model, variant, **options)
+    if variant is not None:
+        try:
+            from titans.patch import patch_qwen3
+        except ImportError as e:  # the patching module lands separately
+            raise ValueError(f"memory.variant={variant!r} needs titans.patch.patch_qwen3, which is not importable "
+                             f"({e}); use memory=none until it is installed.") from e
+        model = patch_qwen3(model, variant, **{**options, "freeze": "none"})
+    if init_from is not None:
+        from titans.training.checkpoint import load_model_weights
+
+        load_model_weights(model, init_from, "init_from")
+    model = apply_freeze(model, freeze or default_freeze(variant), variant, options)
     return model, tokenizer

@@ -15,16 +15,16 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from titans.training.builders import memory_options, to_plain
-from titans.training.checkpoint import AtomicCheckpointIO, check_checkpoint, load_model_weights
+from titans.training.builders import build_model, memory_options, to_plain
+from titans.training.checkpoint import AtomicCheckpointIO, check_checkpoint
 from titans.training.data import DataConfig, TitansDataModule
 from titans.training.module import BPTTConfig, TitansLitModule
 
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"model", "memory", "data", "trainer", "logger", "callbacks", "paths", "bptt", "optimizer", "scheduler",
-            "curriculum", "stage", "seed", "cpu_threads", "freeze", "init_from", "ckpt_path", "final_validation", "task_name",
-            "experiment", "debug", "hydra"}
+            "curriculum", "stage", "seed", "cpu_threads", "freeze", "init_from", "ckpt_path", "final_validation",
+            "task_name", "experiment", "debug", "hydra"}
 
 
 class LitData(pl.LightningDataModule):
@@ -114,10 +114,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     as floats), `train/losses` (per-batch training loss of this process), `global_step`, `last_ckpt`
     and `output_dir`. Also written to `<paths.output_dir>/metrics.json`.
     """
-    from titans.training.builders import build_model
-
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
+    if cfg.get("stage") is not None:
+        from titans.training.curriculum import apply_stage
+
+        cfg = apply_stage(cfg, cfg.stage)
     check_config(cfg)
     ckpt_path = check_checkpoint(cfg.get("ckpt_path"), "ckpt_path")
     init_from = check_checkpoint(cfg.get("init_from"), "init_from")
@@ -129,10 +131,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    model, tokenizer = build_model(cfg.model, cfg.memory, freeze=cfg.get("freeze"))
-    if init_from is not None and ckpt_path is None:
-        load_model_weights(model, init_from, "init_from")
-        log.info("initialised model weights from %s", init_from)
+    # init_from (curriculum chaining) is ignored when resuming: the checkpoint restores everything
+    start = str(init_from) if init_from is not None and ckpt_path is None else None
+    model, tokenizer = build_model(cfg.model, cfg.memory, freeze=cfg.get("freeze"), init_from=start)
     data = TitansDataModule(DataConfig.from_mapping(to_plain(cfg.data)), tokenizer)
     module = build_module(cfg, model)
     trainer = build_trainer(cfg)

@@ -1,0 +1,93 @@
+"""Every config group composes; every model x memory combination builds with the tiny model."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["model", "memory", "data", "curriculum", "trainer", "logger", "callbacks", "paths", "debug", "experiment"]
+SMALL = ["model.arch.hidden_size=64", "model.arch.num_attention_heads=2", "model.arch.num_key_value_heads=1",
+         "model.arch.intermediate_size=128"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_train(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=["paths.output_dir=/tmp/titans-cfg-test", *overrides])
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)],
+                         ids=lambda x: str(x))
+def test_every_group_option_composes_and_resolves(group, option):
+    from omegaconf import OmegaConf
+
+    cfg = compose_train([f"{group}={option}"])
+    container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert container["paths"]["output_dir"] == "/tmp/titans-cfg-test"
+    from titans.training.run import check_config
+
+    if group != "curriculum":
+        check_config(cfg)
+
+
+def test_every_group_has_options():
+    for g in GROUPS:
+        assert options(g), g
+
+
+@pytest.mark.parametrize("memory", options("memory"))
+def test_tiny_model_with_every_memory_builds(memory):
+    pytest.importorskip("titans.patch")
+    from titans.training.builders import build_model
+
+    cfg = compose_train(["model=qwen3_tiny", f"memory={memory}", *SMALL])
+    if memory == "mac":
+        from titans.patch import LAYER_CLASSES
+
+        if "mac" not in LAYER_CLASSES:
+            pytest.skip("MAC layer not implemented in titans.patch yet")
+    model, tok = build_model(cfg.model, cfg.memory)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable > 0
+    if memory != "none":
+        assert model.config.titans["variant"] == memory
+        assert trainable < sum(p.numel() for p in model.parameters())  # freeze=memory by default
+
+
+@pytest.mark.parametrize("model", [m for m in options("model") if m != "qwen3_tiny"])
+def test_hub_models_compose_with_every_memory(model):
+    for memory in options("memory"):
+        cfg = compose_train([f"model={model}", f"memory={memory}"])
+        assert cfg.model.pretrained.startswith("Qwen/Qwen3-") and cfg.model.arch is None
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu", "ddp", "fsdp", "deepspeed"])
+def test_trainer_configs_compose_with_strategy(name):
+    cfg = compose_train([f"trainer={name}"])
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if name in ("ddp", "fsdp", "deepspeed"):
+        assert cfg.trainer.strategy._target_ and cfg.trainer.devices == 2
+    if name == "ddp":  # instantiable without a GPU or a process group
+        assert type(instantiate(cfg.trainer.strategy)).__name__ == "DDPStrategy"
+
+
+@pytest.mark.parametrize("name", ["csv", "tensorboard", "none"])
+def test_loggers_instantiate(name, tmp_path):
+    cfg = compose_train([f"logger={name}", f"paths.output_dir={tmp_path}"])
+    loggers = [instantiate(v) for v in (cfg.logger or {}).values()]
+    assert len(loggers) == (0 if name == "none" else 1)
+
+
+def test_unknown_group_option_names_the_group_and_the_options():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_train(["memory=mog"])
+    msg = str(e.value)
+    assert "memory/mog" in msg and "mag" in msg and "mac" in msg
