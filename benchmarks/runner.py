@@ -77,6 +77,9 @@ def _preflight(cells: Sequence[Cell], counter, seed: int) -> None:
             next(data_gen.iter_samples(c.task, 1, c.length, seed, counter, split="eval", **c.param_dict))
         except ValueError as e:
             raise ValueError(f"benchmark cell task={c.task!r} length={c.length} params={c.param_dict}: {e}") from e
+        except RuntimeError as e:  # data_gen could not build a valid sample (typically: the length is too small)
+            raise ValueError(f"benchmark cell task={c.task!r} length={c.length} params={c.param_dict}: data_gen could "
+                             f"not build a valid sample ({e}); raise benchmark.lengths or drop this task") from e
 
 
 def summarize(suite: Suite, cells: Sequence[Cell], records: Sequence[dict], opts: Mapping[str, Any]) -> dict:

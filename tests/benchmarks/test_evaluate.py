@@ -74,3 +74,20 @@ def test_evaluate_a_saved_model_dir(tmp_path, model, tok):
                                 "benchmark.samples=1"))
     assert list(results) == ["saved"]
     assert (tmp_path / "out" / "saved" / "passkey.png").stat().st_size > 0
+
+
+def test_evaluate_a_saved_patched_model_dir_goes_through_titans_from_pretrained(tmp_path, tok, monkeypatch):
+    patch = pytest.importorskip("titans.patch")
+    from conftest import tiny_qwen3
+
+    model = patch.patch_qwen3(tiny_qwen3(tok), "mal", window=64, memory=dict(heads=2, depth=1, chunk_size=16))
+    model.save_pretrained(tmp_path / "mal")
+    calls = []
+    real = patch.from_pretrained
+    monkeypatch.setattr(patch, "from_pretrained", lambda path, **kw: calls.append(path) or real(path, **kw))
+    import titans
+
+    monkeypatch.setattr(titans, "from_pretrained", patch.from_pretrained, raising=False)
+    results = evaluate(eval_cfg(tmp_path / "out", f"model_dir={tmp_path / 'mal'}", "benchmark.lengths=[300]",
+                                "benchmark.samples=1"))
+    assert calls == [str(tmp_path / "mal")] and list(results) == ["mal"]
