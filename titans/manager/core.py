@@ -34,7 +34,7 @@ import torch
 
 from titans.embedders import check_texts, encode
 from titans.manager.config import LongTermMemoryConfig
-from titans.manager.long_term import LongTermMemory
+from titans.manager.long_term import LongTermMemory, cosine
 from titans.manager.stores import VectorStore
 
 ARCHITECTURES = ("mac", "mag", "mal")
@@ -274,11 +274,12 @@ class TitansManager:
             fresh_at = [c for c, i in enumerate(lt_ids[m]) if i not in self.short_term and i not in self.persistent]
             fresh_at = fresh_at[: self.candidates]
             if mode == "mac":  # candidates join the context; the context is ranked by exact cosine with q
-                fresh = [int(lt_ids[m][c]) for c in fresh_at]
-                keys = np.stack([self.long_term.keys[self.long_term._slot_of[i]] for i in fresh]) if fresh else None
-                lt = (keys @ queries[m], np.array(fresh)) if fresh else (np.zeros(0), np.zeros(0, np.int64))
-                out.append(self._merge([(st[0][m : m + 1], st[1][m : m + 1]), (pe[0][m : m + 1], pe[1][m : m + 1]),
-                                        (lt[0][None], lt[1][None])], 0, top_k))  # fmt: skip
+                fresh = np.array([lt_ids[m][c] for c in fresh_at], dtype=np.int64)
+                keys = self.long_term.keys[[self.long_term._slot_of[int(i)] for i in fresh]]  # (n, D)
+                lt_exact = cosine(queries[m : m + 1], keys)  # (1, n)
+                row = slice(m, m + 1)
+                parts = [(st[0][row], st[1][row]), (pe[0][row], pe[1][row]), (lt_exact, fresh[None])]
+                out.append(self._merge(parts, 0, top_k))
                 continue
             # MAG: (1 − g)·attention + g·memory with a per-query gate
             attn: dict[int, float] = {}
