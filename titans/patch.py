@@ -209,6 +209,9 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
         new.gradient_checkpointing = bool(getattr(old, "gradient_checkpointing", False))
         new.train(old.training)
         layers[i] = new
+    first = layers[indices[0]]
+    if getattr(first, "cross_query", None) is not None:  # the first patched layer has no previous read
+        first.cross_query = None
     _own_config(base)
     base.config.titans = cfg.to_dict()
     base.model.__class__ = TitansQwen3Model

@@ -180,3 +180,17 @@ def test_only_memory_reaches_beyond_attention(base, variant):
     torch.testing.assert_close(memoryless(ids).logits[:, last], memoryless(changed).logits[:, last], atol=0, rtol=0)
     model = patched(base, variant, **kw)
     assert (model(ids).logits[:, last] - model(changed).logits[:, last]).abs().max() > 1e-5
+
+
+def test_save_memory_from_lora_model(tiny_path, ids, tmp_path):
+    model = patched(Qwen3ForCausalLM.from_pretrained(tiny_path), "mag", freeze="lora", lora_r=4)
+    assert type(model).__name__ == "PeftModel"
+    with torch.no_grad():
+        for layer in titans_layers(model).values():
+            layer.memory_gate.scale.add_(0.5)
+        ref_mem = {k: v.clone() for k, v in titans_layers(model)[0].state_dict().items() if "memory" in k}
+    save_memory(model, tmp_path)
+    loaded = load_memory(Qwen3ForCausalLM.from_pretrained(tiny_path), tmp_path, freeze="memory")
+    got = titans_layers(loaded)[0].state_dict()
+    for k, v in ref_mem.items():
+        torch.testing.assert_close(got[k], v, atol=0, rtol=0)

@@ -201,3 +201,42 @@ def test_banded_attention_long_input(base, variant):
         first = model(ids[:, :70], use_cache=True)  # 70, 80 <= 128: one block each
         second = model(ids[:, 70:], past_key_values=first.past_key_values)
     torch.testing.assert_close(whole, torch.cat([first.logits, second.logits], 1), atol=1e-5, rtol=0)
+
+
+def test_cross_layer_query(base, ids):
+    """Layer 1's memory input sees layer 0's read: split-exact, and its projection learns."""
+    model = make(base, "mag", cross_layer_query=True)
+    layers = titans_layers(model)
+    assert layers[0].cross_query is None and layers[1].cross_query is not None
+    with torch.no_grad():
+        whole = model(ids).logits
+        first = model(ids[:, :9], use_cache=True)
+        second = model(ids[:, 9:], past_key_values=first.past_key_values)
+    torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5, rtol=0)
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    assert layers[1].cross_query.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        layers[1].cross_query.weight.normal_(std=0.5)
+    assert (model(ids).logits - whole).abs().max() > 1e-4  # the refinement path is live
+
+
+def test_config_object_shared_between_models(tiny_path):
+    from transformers import Qwen3ForCausalLM
+
+    cfg = Qwen3ForCausalLM.from_pretrained(tiny_path).config
+    first, second = Qwen3ForCausalLM(cfg), Qwen3ForCausalLM(cfg)
+    patch_qwen3(first, "swa", window=4)
+    assert not getattr(second.config, "titans", None)
+    patch_qwen3(second, "swa", window=4)  # not "already patched"
+
+
+def test_beam_search_and_multiple_returns(base, ids):
+    """Beam reordering and batch expansion reach the memory states too (cache == recompute)."""
+    model = make(base, "mag")
+    prompt = ids[:1, :9]
+    with torch.no_grad():
+        kw = dict(max_new_tokens=5, do_sample=False, num_beams=3, num_return_sequences=2, pad_token_id=0)
+        cached = model.generate(prompt, **kw)
+        recomputed = model.generate(prompt, use_cache=False, **kw)
+    assert cached.shape == (2, 14) and torch.equal(cached, recomputed)
