@@ -78,7 +78,7 @@ def test_evaluate_a_saved_model_dir(tmp_path, model, tok):
 
 def test_evaluate_a_saved_patched_model_dir_goes_through_titans_from_pretrained(tmp_path, tok, monkeypatch):
     patch = pytest.importorskip("titans.patch")
-    from conftest import tiny_qwen3
+    from bench_helpers import tiny_qwen3
 
     model = patch.patch_qwen3(tiny_qwen3(tok), "mal", window=64, memory=dict(heads=2, depth=1, chunk_size=16))
     model.save_pretrained(tmp_path / "mal")
@@ -91,3 +91,14 @@ def test_evaluate_a_saved_patched_model_dir_goes_through_titans_from_pretrained(
     results = evaluate(eval_cfg(tmp_path / "out", f"model_dir={tmp_path / 'mal'}", "benchmark.lengths=[300]",
                                 "benchmark.samples=1"))
     assert calls == [str(tmp_path / "mal")] and list(results) == ["mal"]
+
+
+def test_evaluate_ppl_compares_late_perplexity_across_models(tmp_path):
+    pytest.importorskip("titans.patch")
+    results = evaluate(eval_cfg(tmp_path, "benchmark=ppl", "benchmark.lengths=[128]", "benchmark.samples=1",
+                                "benchmark.first_bucket=32", "memory=none", "memory.window=32", "baselines=[base]"))
+    assert list(results) == ["swa32", "base"]
+    for s in results.values():
+        assert s["late"][128] == s["table"]["64-128"][128] > 1
+    table = (tmp_path / "comparison.md").read_text()
+    assert "perplexity of the last position bucket" in table and "| swa32 |" in table and "| base |" in table

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import tiny_qwen3
+from bench_helpers import tiny_qwen3
 
 from benchmarks.inference import full_forward_answer, greedy_answer, token_nll
 
