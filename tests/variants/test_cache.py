@@ -100,3 +100,15 @@ def test_generate_after_stream(base, ids):
 def test_stream_bad_segment(base, ids):
     with pytest.raises(ValueError, match="segment_len"):
         stream(patched(base), ids, segment_len=0)
+
+
+def test_memory_learns_under_inference_mode(base, ids):
+    model = patched(base, "mag").eval()
+    with torch.no_grad():
+        ref = model(ids, use_cache=True)
+    with torch.inference_mode():
+        out = model(ids, use_cache=True)
+    torch.testing.assert_close(out.logits, ref.logits, atol=0, rtol=0)
+    w_ref, w = ref.past_key_values.layers[0].memory.weights, out.past_key_values.layers[0].memory.weights
+    init = model.model.layers[0].memory.init_state(2).weights
+    assert all(torch.equal(w[k], w_ref[k]) and not torch.equal(w[k], init[k]) for k in w)  # it wrote
