@@ -217,7 +217,9 @@ def run_suite(model, tokenizer, suite: str, *, output_dir: str | Path, lengths: 
             bar.update(1)
             bar.set_postfix(length=cell.length, score=f"{score:.2f}")
     bar.close()
-    summary = summarize(spec, cells, records, opts)
+    # one record per (cell, sample) of this grid: a rerun with fewer samples or a duplicate line changes nothing
+    unique = {(r["cell"], r["index"]): r for r in records if r["index"] < n}
+    summary = summarize(spec, cells, list(unique.values()), opts)
     summary.update(model=model_name, seed=seed, segment_len=segment_len)
     title = f"{suite} — {model_name}"
     images = write_reports(spec, summary, out, title)

@@ -67,6 +67,8 @@ def test_resume_skips_finished_samples_and_survives_a_torn_line(model, tok, tmp_
     path.write_text("\n".join(keep) + '\n{"suite": "passkey", "cel')  # killed mid-write
     run_suite(model, tok, "passkey", lengths=[300, 400], samples=3, output_dir=tmp_path, progress=False)
     assert calls["n"] == 4 + 1 + 2, "only the lost sample and the new third samples should run"
+    s = run_suite(model, tok, "passkey", lengths=[300], samples=1, output_dir=tmp_path, progress=False)
+    assert calls["n"] == 7 and s["cells"][0]["n"] == 1, "fewer samples: a subset of the finished ones"
     # other settings (another model name) do not reuse the records
     run_suite(model, tok, "passkey", lengths=[300], samples=1, output_dir=tmp_path, progress=False, model_name="other")
     assert calls["n"] == 8
