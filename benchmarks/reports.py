@@ -65,6 +65,19 @@ def markdown_table(table: Mapping[str, Mapping[int, float | None]], lengths: Seq
     return "\n".join([head, sep, *rows]) + "\n"
 
 
+def wide_markdown_table(tables: Mapping[str, Mapping[str, Mapping[int, float | None]]], lengths: Sequence[int],
+                        digits: int = 1) -> str:
+    """One row per model, a column per (row, length): `{model: {row: {length: score}}}` -> the layout
+    of the Titans paper's Table 2 (`| model | PK 2K | PK 4K | ... | W 16K |`)."""
+    rows = list(dict.fromkeys(r for t in tables.values() for r in t))
+    cols = [(r, n) for r in rows for n in lengths]
+    head = "| model | " + " | ".join(f"{r} {fmt_length(n)}" for r, n in cols) + " |"
+    sep = "|---|" + "---:|" * len(cols)
+    body = [f"| {m} | " + " | ".join(_cell(t.get(r, {}).get(n), digits) for r, n in cols) + " |"
+            for m, t in tables.items()]
+    return "\n".join([head, sep, *body]) + "\n"
+
+
 def csv_rows(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write dict rows as CSV (columns = union of keys in first-seen order), atomically."""
     cols: list[str] = []

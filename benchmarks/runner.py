@@ -124,6 +124,9 @@ def write_reports(suite: Suite, summary: dict, output_dir: Path, title: str) -> 
     lengths, table = summary["lengths"], summary["table"]
     md = [f"# {title}\n", f"{suite.description}. Metric: {suite.metric}; {summary['samples']} sample(s) per cell.\n",
           reports.markdown_table(table, lengths, suite.row_name)]
+    if suite.wide_table:
+        md.append("\nThe same, one row per model (the Titans paper's Table 2 layout):\n")
+        md.append(reports.wide_markdown_table({summary.get("model", "model"): table}, lengths))
     if "effective_length" in summary:
         eff = summary["effective_length"]
         md.append(f"\nEffective length (average >= {summary['threshold']}): "

@@ -55,6 +55,9 @@ class Suite:
         metric: the name of the score in reports.
         stop: strings that end an answer (the answer is cut before them).
         average_row: add a row averaging all rows per length (RULER's per-length summary).
+        effective_length: report RULER's effective length from the average row.
+        wide_table: also write the table as one row per model, a column per (row, length) — the
+            Titans paper's Table 2 layout.
     """
 
     name: str
@@ -68,6 +71,7 @@ class Suite:
     stop: tuple[str, ...] = ("\n",)
     average_row: bool = False
     effective_length: bool = False
+    wide_table: bool = False  # also write one row per model with a column per (row, length) (Titans Table 2)
     extra_options: dict = field(default_factory=dict)
 
     def options(self, overrides: Mapping[str, Any]) -> dict:

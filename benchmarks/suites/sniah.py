@@ -28,4 +28,5 @@ SUITE = Suite(
     layout="heatmap",
     row_name="S-NIAH",
     metric="string_match_all (%)",
+    wide_table=True,
 )

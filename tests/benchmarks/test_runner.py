@@ -110,6 +110,7 @@ def test_sniah_pk_prompt_is_rulers_niah_single_1(model, tok, tmp_path, monkeypat
     assert len(calls["ids"][0]) + 128 <= 600  # RULER: input + tokens_to_generate fits the length
     rec = lines(tmp_path / "samples.jsonl")[0]
     assert rec["answer"] == [value] and s["table"]["PK"][600] == 100.0
+    assert "| model | PK 600 |\n|---|---:|\n| model | 100.0 |" in (tmp_path / "results.md").read_text()
 
 
 def test_ruler_average_and_effective_length(model, tok, tmp_path, monkeypatch):

@@ -161,6 +161,11 @@ def _comparison(results: dict[str, dict], out: Path, suite: str) -> dict:
         for n in s["lengths"]:
             vals = [r[n] for r in rows.values() if r.get(n) is not None]
             table[name][int(n)] = round(sum(vals) / len(vals), 2) if vals else None
+    if suite == "sniah":  # the Titans paper's Table 2: one row per model, PK/N/W x length columns
+        wide = {name: {r: {int(n): v for n, v in vals.items()} for r, vals in s["table"].items()}
+                for name, s in results.items()}
+        reports.write_text(out / "table2.md", "# S-NIAH (Titans Table 2 layout)\n\n"
+                           + reports.wide_markdown_table(wide, lengths))
     metric = "perplexity of the last position bucket" if suite == "ppl" else "mean score (%)"
     reports.write_text(out / "comparison.md", f"# {suite}: models compared ({metric})\n\n"
                        + reports.markdown_table(table, lengths, "model", digits=2))
