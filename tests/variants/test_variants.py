@@ -240,3 +240,33 @@ def test_beam_search_and_multiple_returns(base, ids):
         cached = model.generate(prompt, **kw)
         recomputed = model.generate(prompt, use_cache=False, **kw)
     assert cached.shape == (2, 14) and torch.equal(cached, recomputed)
+
+
+def test_swa_matches_hugging_face_sliding_window(tiny_path, ids):
+    """Our window mask equals Qwen3's own sliding-window attention (same weights, same window)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config.from_pretrained(tiny_path)
+    cfg.use_sliding_window, cfg.sliding_window, cfg.max_window_layers = True, 6, 0
+    cfg.layer_types = ["sliding_attention"] * cfg.num_hidden_layers
+    hf = Qwen3ForCausalLM.from_pretrained(tiny_path, config=cfg).eval()
+    ours = patch_qwen3(Qwen3ForCausalLM.from_pretrained(tiny_path), "swa", window=6).eval()
+    full = Qwen3ForCausalLM.from_pretrained(tiny_path).eval()
+    with torch.no_grad():
+        ref, got = hf(ids).logits, ours(ids).logits
+        assert (full(ids).logits - ref).abs().max() > 1e-4  # the window matters at this length
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+def test_window_one_and_persistent_tokens(base, ids):
+    """window=1: a token sees only itself and the persistent tokens, which every query sees."""
+    model = patch_qwen3(base, "swa", window=1, num_persistent=2).eval()
+    changed = ids.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % VOCAB
+    with torch.no_grad():
+        out, out2 = model(ids).logits, model(changed).logits
+        diff = (out2 - out).abs().amax(dim=(0, 2))
+        assert diff[5] > 1e-4 and diff[torch.arange(len(diff)) != 5].max() == 0
+        titans_layers(model)[0].persistent.add_(1.0)
+        moved = (model(ids).logits - out).abs().amax(dim=(0, 2))
+    assert (moved > 1e-5).all()
