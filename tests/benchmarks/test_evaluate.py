@@ -102,3 +102,13 @@ def test_evaluate_ppl_compares_late_perplexity_across_models(tmp_path):
         assert s["late"][128] == s["table"]["64-128"][128] > 1
     table = (tmp_path / "comparison.md").read_text()
     assert "perplexity of the last position bucket" in table and "| swa32 |" in table and "| base |" in table
+
+
+def test_evaluate_sniah_with_a_baseline_writes_the_table2_layout(tmp_path):
+    pytest.importorskip("titans.patch")
+    results = evaluate(eval_cfg(tmp_path, "benchmark=sniah", "benchmark.lengths=[600]", "benchmark.samples=1",
+                                "benchmark.columns=[PK]", "max_new_tokens=4", "baselines=[swa]",
+                                "baseline_window=32"))
+    assert list(results) == ["base", "swa32"]
+    lines = (tmp_path / "table2.md").read_text().splitlines()
+    assert lines[2] == "| model | PK 600 |" and lines[4].startswith("| base | ") and lines[5].startswith("| swa32 | ")
