@@ -62,3 +62,68 @@ def wandb_logger(project: str = "titans", save_dir: str = ".", mode: str = "auto
                                                               x_disable_stats=True)
     return WandbLogger(project=project, save_dir=str(save_dir), mode=mode, name=name, group=group,
                        tags=list(tags or []), settings=settings, **kwargs)
+
+
+_WANDB_BLOCK = 32768
+_WANDB_FILE_HEADER = 7  # ":W&B", magic 0xBEE1, version (struct "<4sHB")
+_WANDB_RECORD_HEADER = 7  # crc32, length, type (struct "<IHB"); types FULL=1 FIRST=2 MIDDLE=3 LAST=4
+
+
+def _wandb_payloads(path: Path):
+    """Raw record payloads of a `.wandb` transaction log (LevelDB log format, 32 KiB blocks)."""
+    import struct
+
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file (no ':W&B' header).")
+    pos, parts = _WANDB_FILE_HEADER, []
+    while pos + _WANDB_RECORD_HEADER <= len(data):
+        left = _WANDB_BLOCK - pos % _WANDB_BLOCK
+        if left < _WANDB_RECORD_HEADER:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack_from("<IHB", data, pos)
+        pos += _WANDB_RECORD_HEADER
+        if kind == 0 and length == 0:  # zero padding at the end of a block
+            pos += left - _WANDB_RECORD_HEADER
+            continue
+        parts.append(data[pos:pos + length])
+        pos += length
+        if kind in (1, 4):  # FULL or LAST: a record is complete
+            yield b"".join(parts)
+            parts = []
+
+
+def read_wandb_run(run_dir: str | Path) -> dict:
+    """What a (typically offline) W&B run logged, read back from its `run-*.wandb` file.
+
+    Returns {"config": {key: value}, "history": [{metric: value, ...} per logged step],
+    "summary": {metric: value}, "run_id": str}. Values are JSON-decoded.
+    """
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob("run-*.wandb"))
+    if not files:
+        raise ValueError(f"no run-*.wandb file in {run_dir}; pass a wandb/offline-run-* (or run-*) directory.")
+    out: dict = {"config": {}, "history": [], "summary": {}, "run_id": None}
+    for payload in _wandb_payloads(files[0]):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            out["run_id"] = rec.run.run_id
+            for item in rec.run.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in rec.config.update:
+                out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "history":
+            out["history"].append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
+                                   for item in rec.history.item})
+        elif kind == "summary":
+            for item in rec.summary.update:
+                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return out

@@ -107,8 +107,10 @@ def write_json(obj: dict, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
     """Train per `cfg` (conf/train.yaml composed) and return metrics.
+
+    `extra_callbacks`: Lightning callbacks added to those of `cfg.callbacks` (programmatic use).
 
     Returns a dict: the trainer's last logged metrics (`train/loss`, `val/loss`, `val/answer_acc`, ...
     as floats), `train/losses` (per-batch training loss of this process), `global_step`, `last_ckpt`
@@ -136,7 +138,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model, tokenizer = build_model(cfg.model, cfg.memory, freeze=cfg.get("freeze"), init_from=start)
     data = TitansDataModule(DataConfig.from_mapping(to_plain(cfg.data)), tokenizer)
     module = build_module(cfg, model)
-    trainer = build_trainer(cfg)
+    callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
+    trainer = build_trainer(cfg, callbacks=callbacks)
     resolved = to_plain(cfg)
     resolved.pop("hydra", None)
     for lg in trainer.loggers:
@@ -155,7 +158,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json(metrics, out_dir / "metrics.json")
         for lg in trainer.loggers:
             lg.finalize("success")
+    _finish_wandb(trainer)
     return metrics
+
+
+def _finish_wandb(trainer: pl.Trainer) -> None:
+    """Close the W&B run so its offline files are complete (Lightning leaves it open)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
