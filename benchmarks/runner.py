@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmarks import reports, scoring
 from benchmarks.inference import greedy_answer
-from benchmarks.suites import SUITE_NAMES, Cell, Suite, get_suite
+from benchmarks.suites import Cell, Suite, get_suite
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,7 @@ def run_suite(model, tokenizer, suite: str, *, output_dir: str | Path, lengths: 
         return run_ppl(model, tokenizer, output_dir=output_dir, lengths=lengths, samples=samples,
                        segment_len=segment_len, model_name=model_name, progress=progress, wandb_run=wandb_run,
                        **options)
-    if suite not in SUITE_NAMES:
-        get_suite(suite)  # raises with the allowed names
-    spec = get_suite(suite)
+    spec = get_suite(suite)  # unknown name: ValueError listing the allowed ones
     opts = spec.options({"lengths": lengths, "samples": samples, **options})
     cells = spec.make_cells(opts)
     if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
