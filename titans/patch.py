@@ -30,6 +30,7 @@ from titans.variants import LAYER_CLASSES, TitansDecoderLayer
 from titans.variants.common import CrossLayerContext
 
 __all__ = [
+    "LAYER_CLASSES",
     "SUPPORTED_ARCHITECTURES",
     "TitansQwen3Model",
     "collect_diagnostics",

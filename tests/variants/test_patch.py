@@ -194,3 +194,14 @@ def test_save_memory_from_lora_model(tiny_path, ids, tmp_path):
     got = titans_layers(loaded)[0].state_dict()
     for k, v in ref_mem.items():
         torch.testing.assert_close(got[k], v, atol=0, rtol=0)
+
+
+def test_sharded_checkpoint_round_trip(base, ids, tmp_path):
+    model = patched(base, "mac")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        ref = model(ids).logits
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    torch.testing.assert_close(from_pretrained(tmp_path).eval()(ids).logits, ref, atol=0, rtol=0)

@@ -275,3 +275,15 @@ def test_window_one_and_persistent_tokens(base, ids):
         titans_layers(model)[0].persistent.add_(1.0)
         moved = (model(ids).logits - out).abs().amax(dim=(0, 2))
     assert (moved > 1e-5).all()
+
+
+@pytest.mark.parametrize("opts", [dict(window=3), dict(num_longterm=None), dict(num_longterm=0, num_persistent=0)],
+                         ids=["window3", "all-longterm", "no-longterm"])
+def test_mac_settings_split_exact(base, ids, opts):
+    model = make(base, "mac", **opts)
+    with torch.no_grad():
+        whole = model(ids).logits
+        for a in (3, 8, 17):
+            first = model(ids[:, :a], use_cache=True)
+            second = model(ids[:, a:], past_key_values=first.past_key_values)
+            torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5, rtol=0)
