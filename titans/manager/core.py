@@ -249,7 +249,6 @@ class TitansManager:
         every held document: the ceiling).
         """
         n_st, n_p = len(self.short_term), len(self.persistent)
-        big = self.short_term_size + self.persistent_size + self.long_term_size
         if mode == "short_term":
             return self._pack(*self.short_term.search(queries, top_k), "short_term")
         if mode == "persistent":
@@ -261,18 +260,19 @@ class TitansManager:
         if mode == "mal":
             queries = reads + queries
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        # one score per mode across memories, so each memory's own top_k is enough for the union's top_k
         if mode in ("mal", "exact"):
-            parts = [self.short_term.search(queries, n_st), self.persistent.search(queries, n_p)]
-            parts.append(self.long_term.search_keys(queries, big))
+            parts = [self.short_term.search(queries, top_k), self.persistent.search(queries, top_k)]
+            parts.append(self.long_term.search_keys(queries, top_k))
             return [self._merge(parts, m, top_k) for m in range(len(queries))]
         # the memory's candidates: the long-term documents no other memory shows (what the window lost)
-        lt_scores, lt_ids = self.long_term.search(reads, self.candidates + n_st + n_p)
-        st = self.short_term.search(queries, n_st)
-        pe = self.persistent.search(queries, n_p)
+        lt_scores, lt_ids = self.long_term.search(reads, max(self.candidates, top_k) + n_st + n_p)
+        st = self.short_term.search(queries, top_k)
+        pe = self.persistent.search(queries, top_k)
         out = []
         for m in range(len(queries)):
             fresh_at = [c for c, i in enumerate(lt_ids[m]) if i not in self.short_term and i not in self.persistent]
-            fresh_at = fresh_at[: self.candidates]
+            fresh_at = fresh_at[: max(self.candidates, top_k)]
             if mode == "mac":  # candidates join the context; the context is ranked by exact cosine with q
                 fresh = np.array([lt_ids[m][c] for c in fresh_at], dtype=np.int64)
                 keys = self.long_term.keys[[self.long_term._slot_of[int(i)] for i in fresh]]  # (n, D)

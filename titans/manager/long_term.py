@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import heapq
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,6 +105,22 @@ class LongTermMemory:
         self.window: deque[float] = deque(maxlen=self.config.surprise_window)
         self.writes = self.admitted = self.rejected = self.evicted = 0
         self._slot_of: dict[int, int] = {}
+        self._index()
+
+    def _index(self) -> None:
+        """Free-slot stack and a min-heap of (retention, slot, id) over the occupied slots (stale entries
+        are skipped when popped), so a write costs O(log capacity) instead of a scan."""
+        self._free = [s for s in range(self.capacity - 1, -1, -1) if self.ids[s] < 0]
+        self._heap = [(float(self.retention[s]), s, int(self.ids[s])) for s in range(self.capacity) if self.ids[s] >= 0]
+        heapq.heapify(self._heap)
+
+    def _weakest(self) -> tuple[float, int]:
+        """(retention, slot) of the kept document least worth keeping."""
+        while True:
+            key, slot, doc_id = self._heap[0]
+            if self.ids[slot] == doc_id and self.retention[slot] == key:
+                return key, slot
+            heapq.heappop(self._heap)  # stale: that document left
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -151,14 +168,15 @@ class LongTermMemory:
                 continue
             # retention r·(1−α)^(now − t); ranking by log r − t·log(1−α) is the same at every "now"
             key = np.log(max(ratio, 1e-12)) - t * log_keep
-            if len(self._slot_of) < self.capacity:
-                slot = int(np.flatnonzero(self.ids < 0)[0])
+            if self._free:
+                slot = self._free.pop()
             else:
-                slot = int(np.argmin(self.retention))
-                if self.retention[slot] > key:  # the new document is the least worth keeping
+                weakest, slot = self._weakest()
+                if weakest > key:  # the new document is the least worth keeping
                     self.rejected += 1
                     kept.append(False)
                     continue
+                heapq.heappop(self._heap)
                 old = int(self.ids[slot])
                 del self._slot_of[old]
                 evicted.append(old)
@@ -166,6 +184,7 @@ class LongTermMemory:
             self.keys[slot], self.values[slot], self.ids[slot] = keys[i], vals[i], doc_ids[i]
             self.retention[slot], self.surprise[slot] = key, s
             self._slot_of[int(doc_ids[i])] = slot
+            heapq.heappush(self._heap, (float(key), slot, int(doc_ids[i])))
             self.admitted += 1
             kept.append(True)
         return kept, evicted, surp
@@ -181,6 +200,7 @@ class LongTermMemory:
         """Drop a document from the store (its write stays in the memory's weights)."""
         slot = self._slot_of.pop(doc_id)
         self.ids[slot], self.retention[slot] = -1, np.inf
+        self._free.append(slot)
 
     # ------------------------------------------------------------------ read
 
@@ -233,6 +253,7 @@ class LongTermMemory:
         for k, v in meta["counters"].items():
             setattr(self, k, int(v))
         self._slot_of = {int(i): s for s, i in enumerate(self.ids) if i >= 0}
+        self._index()
 
 
 def cosine(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:

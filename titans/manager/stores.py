@@ -24,6 +24,7 @@ class VectorStore:
         self.vectors = np.zeros((self.capacity, self.dim), dtype=np.float32)
         self.ids = np.full(self.capacity, -1, dtype=np.int64)
         self._slot_of: OrderedDict[int, int] = OrderedDict()  # id -> slot, oldest first
+        self._free = list(range(self.capacity - 1, -1, -1))
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -42,7 +43,7 @@ class VectorStore:
             old, slot = self._slot_of.popitem(last=False)
             evicted = (old, self.vectors[slot].copy())
         else:
-            slot = int(np.flatnonzero(self.ids < 0)[0])
+            slot = self._free.pop()
         self.vectors[slot], self.ids[slot] = vector, doc_id
         self._slot_of[doc_id] = slot
         return evicted
@@ -50,6 +51,7 @@ class VectorStore:
     def remove(self, doc_id: int) -> None:
         slot = self._slot_of.pop(doc_id)
         self.ids[slot] = -1
+        self._free.append(slot)
 
     def vector(self, doc_id: int) -> np.ndarray:
         return self.vectors[self._slot_of[doc_id]]
@@ -74,3 +76,4 @@ class VectorStore:
             raise ValueError(f"saved {prefix} ids {sorted(slot_of)[:5]}... do not match the saved order")
         self.vectors, self.ids = vectors, ids
         self._slot_of = OrderedDict((i, slot_of[i]) for i in order)
+        self._free = [s for s in range(self.capacity - 1, -1, -1) if ids[s] < 0]
