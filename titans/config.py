@@ -115,6 +115,9 @@ class TitansConfig:
                 f"TitansConfig.memory must be a MemoryConfig or a dict of its fields, got {type(self.memory).__name__}"
             )
         self.memory = dict(self.memory)
+        if self.variant == "swa" and self.memory:
+            _fail("memory", self.memory, "no memory options for variant 'swa' (it has no memory)",
+                  "Use variant 'mag', 'mal' or 'mac' for a memory, or drop the memory options.")
         if self.hidden_size is not None:
             self.memory_config()  # validate now
 

@@ -124,9 +124,10 @@ def test_from_pretrained_path_and_plain_dir(tiny_path, ids):
         ("swa", {}, "window"),
         ("mag", dict(freeze="all"), "freeze"),
         ("mag", dict(gate="tanh"), "gate"),
+        ("swa", dict(window=8, memory=dict(heads=2)), "memory"),
     ],
     ids=["variant", "layer-range", "layers-0", "window<chunk", "segment%chunk", "typo", "memory-field",
-         "memory-dim", "swa-no-window", "freeze", "gate"],
+         "memory-dim", "swa-no-window", "freeze", "gate", "swa-memory"],
 )
 def test_bad_options(base, variant, opts, match):
     with pytest.raises(ValueError, match=match):
@@ -172,10 +173,9 @@ def test_only_memory_reaches_beyond_attention(base, variant):
     changed = ids.clone()
     changed[0, 1] = (changed[0, 1] + 1) % VOCAB
     kw = dict(window=4, num_persistent=0) if variant != "mac" else dict(window=None, num_longterm=4)
-    memoryless = patched(copy.deepcopy(base), variant, identity_init=True, **kw)  # scale 0: memory contributes nothing
-    if variant == "mac":  # long-term tokens still carry memory reads; cut them for the memoryless run
-        for layer in titans_layers(memoryless).values():
-            layer.num_longterm = 0
+    # scale 0: the memory contributes nothing; MAC's long-term tokens (memory reads) are cut too
+    off = dict(kw, num_longterm=0) if variant == "mac" else kw
+    memoryless = patched(copy.deepcopy(base), variant, identity_init=True, **off)
     last = slice(16, 24)  # MAC: the third segment; MAG/MAL: far beyond two windows of 4 in 2 layers
     torch.testing.assert_close(memoryless(ids).logits[:, last], memoryless(changed).logits[:, last], atol=0, rtol=0)
     model = patched(base, variant, **kw)

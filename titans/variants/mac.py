@@ -47,10 +47,13 @@ class MACDecoderLayer(TitansDecoderLayer):
         mem = self.memory.config
         self.segment_len = titans.segment_len
         self.num_longterm = titans.segment_len if titans.num_longterm is None else titans.num_longterm
-        self.longterm_query = nn.Linear(config.hidden_size, mem.inner_dim, bias=False)  # W_Q of Eq. 21
-        self.longterm_out = nn.Linear(mem.inner_dim, config.hidden_size, bias=False)
-        nn.init.normal_(self.longterm_query.weight, std=mem.init_std)
-        nn.init.normal_(self.longterm_out.weight, std=mem.init_std)
+        self.longterm_query: nn.Linear | None = None
+        self.longterm_out: nn.Linear | None = None
+        if self.num_longterm > 0:  # no unused parameters (DDP) without long-term tokens
+            self.longterm_query = nn.Linear(config.hidden_size, mem.inner_dim, bias=False)  # W_Q of Eq. 21
+            self.longterm_out = nn.Linear(mem.inner_dim, config.hidden_size, bias=False)
+            nn.init.normal_(self.longterm_query.weight, std=mem.init_std)
+            nn.init.normal_(self.longterm_out.weight, std=mem.init_std)
 
     def longterm_tokens(self, x: Tensor, weights: dict[str, Tensor]) -> Tensor:
         """Eq. 21: read the memory at fixed `weights` (`[B, H, i, o]` per layer) with queries from x `[B, n, D]`.
