@@ -210,3 +210,23 @@ def test_long_term_config_validates_and_maps_onto_neural_memory_gates():
     for key, bad in (("memory_depth", 5), ("forget_rate", 1.0), ("momentum_factor", -0.1), ("surprise_threshold", -1)):
         with pytest.raises(ValueError, match=key):
             LongTermMemoryConfig(**{key: bad})
+
+
+def test_full_store_keeps_the_documents_with_the_highest_retention():
+    """Reference check of the heap-based eviction: retention = relative surprise · (1 − α)^age, so every
+    document that passed the threshold but is not kept ranks below every kept one."""
+    cfg = LongTermMemoryConfig(surprise_threshold=0.0, surprise_window=1000, forget_rate=0.5)
+    lt = LongTermMemory(DIM, 12, cfg)
+    emb = HashingEmbedder(dim=DIM).encode(make_corpus(60, seed=2).docs)
+    kept_flags, evicted, s = [], [], []
+    for start in range(0, 60, 7):  # several calls, as a user would add
+        k, e, sur = lt.write(emb[start : start + 7], list(range(start, min(start + 7, 60))))
+        kept_flags += k
+        evicted += e
+        s += list(sur)
+    s = np.array(s)
+    log_keep = np.log1p(-lt._forget)
+    key = np.array([np.log(s[i] / np.median(s[:i])) if i else 0.0 for i in range(60)]) - np.arange(60) * log_keep
+    kept = set(lt.stored_ids())
+    assert len(kept) == 12 and len(evicted) + (60 - sum(kept_flags)) == 48
+    assert min(key[i] for i in kept) >= max(key[i] for i in range(60) if i not in kept)
