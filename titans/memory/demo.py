@@ -21,11 +21,12 @@ from torch.func import functional_call
 
 from titans.memory import MemoryConfig, NeuralMemory
 
+MOMENTUM_FORGET = dict(momentum=True, fixed_momentum_decay=0.5, forgetting=True, fixed_forget=0.001)
 VARIANTS = {
     "linear": dict(depth=1),
-    "linear+momentum+forget": dict(depth=1, momentum=True, fixed_momentum_decay=0.5, forgetting=True, fixed_forget=0.001),
+    "linear+momentum+forget": dict(depth=1, **MOMENTUM_FORGET),
     "deep (L_M=2)": dict(depth=2),
-    "deep+momentum+forget": dict(depth=2, momentum=True, fixed_momentum_decay=0.5, forgetting=True, fixed_forget=0.001),
+    "deep+momentum+forget": dict(depth=2, **MOMENTUM_FORGET),
 }
 
 
