@@ -212,10 +212,11 @@ def test_long_term_config_validates_and_maps_onto_neural_memory_gates():
             LongTermMemoryConfig(**{key: bad})
 
 
-def test_full_store_keeps_the_documents_with_the_highest_retention():
+@pytest.mark.parametrize("forget_rate", [0.0, 0.5])
+def test_full_store_keeps_the_documents_with_the_highest_retention(forget_rate):
     """Reference check of the heap-based eviction: retention = relative surprise · (1 − α)^age, so every
     document that passed the threshold but is not kept ranks below every kept one."""
-    cfg = LongTermMemoryConfig(surprise_threshold=0.0, surprise_window=1000, forget_rate=0.5)
+    cfg = LongTermMemoryConfig(surprise_threshold=0.0, surprise_window=1000, forget_rate=forget_rate)
     lt = LongTermMemory(DIM, 12, cfg)
     emb = HashingEmbedder(dim=DIM).encode(make_corpus(60, seed=2).docs)
     kept_flags, evicted, s = [], [], []
@@ -225,7 +226,7 @@ def test_full_store_keeps_the_documents_with_the_highest_retention():
         evicted += e
         s += list(sur)
     s = np.array(s)
-    log_keep = np.log1p(-lt._forget)
+    log_keep = np.log1p(-lt._forget) if forget_rate else 0.0
     key = np.array([np.log(s[i] / np.median(s[:i])) if i else 0.0 for i in range(60)]) - np.arange(60) * log_keep
     kept = set(lt.stored_ids())
     assert len(kept) == 12 and len(evicted) + (60 - sum(kept_flags)) == 48
