@@ -4,6 +4,8 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from titans.patch import patch_qwen3
+
 VOCAB = 300
 # small chunks so split points fall inside and across chunks; max_lr 0.1 keeps the random memory finite
 MEMORY = dict(heads=2, depth=2, chunk_size=4, max_lr=0.1)
@@ -41,3 +43,14 @@ def base(tiny_path):
 @pytest.fixture
 def ids():
     return torch.randint(0, VOCAB, (2, 23), generator=torch.Generator().manual_seed(7))
+
+
+def patched(base, variant="mag", **kw):
+    """A patched model where the memory matters (identity_init=False) and the window/segment is short."""
+    opts = dict(window=8, memory=dict(MEMORY), identity_init=False, num_persistent=2)
+    if variant == "swa":
+        del opts["memory"]
+    if variant == "mac":
+        opts.update(window=None, segment_len=8, num_longterm=4)
+    opts.update(kw)
+    return patch_qwen3(base, variant, **opts).eval()

@@ -2,20 +2,11 @@
 
 import pytest
 import torch
-from conftest import MEMORY
+from conftest import patched
 from transformers import DynamicCache
 
 from titans.cache import TitansCache, TitansCacheLayer, detach_cache, load_cache, save_cache
-from titans.patch import patch_qwen3
 from titans.streaming import stream
-
-
-def patched(base, variant="mag", **kw):
-    opts = dict(window=8, memory=dict(MEMORY), identity_init=False, num_persistent=2)
-    if variant == "mac":
-        opts.update(window=None, segment_len=8, num_longterm=4)
-    opts.update(kw)
-    return patch_qwen3(base, variant, **opts)
 
 
 def _cache_tensors(cache):

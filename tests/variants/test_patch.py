@@ -5,21 +5,13 @@ import json
 
 import pytest
 import torch
-from conftest import MEMORY, VOCAB, tiny_config
+from conftest import VOCAB, patched, tiny_config
 from transformers import Qwen3ForCausalLM
 
 import titans
 from titans.config import TitansConfig
 from titans.memory import MemoryConfig
 from titans.patch import from_pretrained, load_memory, patch_qwen3, save_memory, titans_layers
-
-
-def patched(base, variant="mag", **kw):
-    opts = dict(window=8, memory=dict(MEMORY), identity_init=False, num_persistent=2)
-    if variant == "mac":
-        opts.update(window=None, segment_len=8, num_longterm=4)
-    opts.update(kw)
-    return patch_qwen3(base, variant, **opts).eval()
 
 
 def test_lazy_exports():

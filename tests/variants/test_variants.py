@@ -4,20 +4,12 @@ equivalence, generate with/without cache, gradients, activation checkpointing.""
 import pytest
 import torch
 from conftest import MEMORY, VOCAB
+from conftest import patched as make
 
 from titans.cache import TitansCache, TitansCacheLayer
 from titans.patch import collect_diagnostics, patch_qwen3, titans_layers
 
 VARIANTS = ["mag", "mal", "mac", "swa"]
-
-
-def make(base, variant, **kw):
-    """A patched model where the memory matters (identity_init=False) and the window/segment is short."""
-    opts = dict(window=8, memory=dict(MEMORY), identity_init=False, num_persistent=2)
-    if variant == "mac":
-        opts.update(window=None, segment_len=8, num_longterm=4)
-    opts.update(kw)
-    return patch_qwen3(base, variant, **opts).eval()
 
 
 @pytest.mark.parametrize("variant", ["mag", "mal", "swa"])
