@@ -75,8 +75,10 @@ def test_stream_equals_one_call(base, ids, variant):
     with torch.no_grad():
         nxt = model(ids[:, -1:], past_key_values=cache).logits
     torch.testing.assert_close(nxt[:, 0], whole[:, -1], atol=1e-5, rtol=0)
-    if variant != "mac":  # bounded KV: window - 1 tokens per layer, whatever the length
-        assert all(layer.keys.shape[2] <= 7 for layer in cache.layers)
+    bound = 7 if variant != "mac" else 8  # window - 1 tokens (MAG/SWA), the current segment (MAC)
+    assert all(layer.keys.shape[2] <= bound for layer in cache.layers)
+    if variant == "mac":
+        assert all(layer.extra["lt_keys"].shape[2] <= bound for layer in cache.layers)
 
 
 def test_generate_after_stream(base, ids):
