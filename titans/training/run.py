@@ -163,21 +163,10 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
 
 
 def _finish_wandb(trainer: pl.Trainer) -> None:
-    """Close the W&B run so its offline files are complete (Lightning leaves it open)."""
+    """Finish the W&B runs so their (offline) files are complete when train() returns."""
     from lightning.pytorch.loggers import WandbLogger
 
-    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-
-
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Run the benchmarks per `cfg` (conf/eval.yaml); implemented in `titans.training.evaluate`."""
-    try:
-        from titans.training.evaluate import evaluate as _evaluate
-    except ImportError as e:
-        raise ValueError(f"titans.training.evaluate is not available ({e}); the evaluation entry point has not "
-                         f"been installed in this checkout.") from e
-    return _evaluate(cfg)
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
+            lg.experiment.finish()
+            lg._experiment = None
