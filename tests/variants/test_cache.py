@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import patched
+from titans_tiny import patched
 from transformers import DynamicCache
 
 from titans.cache import TitansCache, TitansCacheLayer, detach_cache, load_cache, save_cache

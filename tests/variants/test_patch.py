@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import VOCAB, patched, tiny_config
+from titans_tiny import VOCAB, patched, tiny_config
 from transformers import Qwen3ForCausalLM
 
 import titans

@@ -3,8 +3,8 @@ equivalence, generate with/without cache, gradients, activation checkpointing.""
 
 import pytest
 import torch
-from conftest import MEMORY, VOCAB
-from conftest import patched as make
+from titans_tiny import MEMORY, VOCAB
+from titans_tiny import patched as make
 
 from titans.cache import TitansCache, TitansCacheLayer
 from titans.patch import collect_diagnostics, patch_qwen3, titans_layers
