@@ -193,6 +193,11 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="persistent_size"):
         manager(persistent_size=1).add_documents(["a", "b"], memory_type="persistent")
 
+    with pytest.raises(ValueError, match="mode"):
+        m.rank(np.zeros((1, DIM), np.float32), 5, "hybrid")
+    with pytest.raises(ValueError, match=r"\[M, 128\]"):
+        m.rank(np.zeros((1, 3), np.float32), 5, "mac")
+
     class Unknown(BaseEmbedder):  # no declared dim: caught on the first embedding
         def embed(self, texts):
             return np.ones((len(texts), 7))

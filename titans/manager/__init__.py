@@ -4,8 +4,16 @@
 """
 
 from titans.manager.config import LongTermMemoryConfig
-from titans.manager.core import ARCHITECTURES, MEMORY_TYPES, TitansManager
+from titans.manager.core import ARCHITECTURES, MEMORY_TYPES, RANK_MODES, TitansManager
 from titans.manager.long_term import LongTermMemory
 from titans.manager.stores import VectorStore
 
-__all__ = ["ARCHITECTURES", "MEMORY_TYPES", "LongTermMemory", "LongTermMemoryConfig", "TitansManager", "VectorStore"]
+__all__ = [
+    "ARCHITECTURES",
+    "MEMORY_TYPES",
+    "RANK_MODES",
+    "LongTermMemory",
+    "LongTermMemoryConfig",
+    "TitansManager",
+    "VectorStore",
+]

@@ -39,6 +39,7 @@ from titans.manager.stores import VectorStore
 
 ARCHITECTURES = ("mac", "mag", "mal")
 MEMORY_TYPES = ("all", "short_term", "long_term", "persistent")
+RANK_MODES = (*ARCHITECTURES, "short_term", "long_term", "persistent", "exact")
 _FORMAT = "titans-manager/1"
 
 
@@ -248,6 +249,13 @@ class TitansManager:
         "long_term" (the memory read decoded against the store), "persistent", "exact" (cosine over
         every held document: the ceiling).
         """
+        if mode not in RANK_MODES:
+            raise ValueError(f"rank(mode={mode!r}): allowed one of {RANK_MODES}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+            raise ValueError(f"rank(top_k={top_k!r}): allowed an int >= 1")
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.vector_dim:
+            raise ValueError(f"rank(queries): expected unit vectors [M, {self.vector_dim}], got shape {queries.shape}")
         n_st, n_p = len(self.short_term), len(self.persistent)
         if mode == "short_term":
             return self._pack(*self.short_term.search(queries, top_k), "short_term")
