@@ -131,7 +131,7 @@ class TitansCache(DynamicCache):
     def upgrade(cls, cache: DynamicCache) -> TitansCache:
         """Turn a plain `DynamicCache` (e.g. the one `generate()` creates) into a `TitansCache`, in place."""
         if not isinstance(cache, TitansCache):
-            if not isinstance(cache, DynamicCache):
+            if type(cache) is not DynamicCache:  # a subclass may rely on its own methods: do not swap it
                 raise TypeError(
                     f"a Titans model needs a DynamicCache/TitansCache as past_key_values, got {type(cache).__name__}; "
                     "static, quantized and offloaded caches are not supported."

@@ -105,3 +105,16 @@ def test_memory_learns_under_inference_mode(base, ids):
     w_ref, w = ref.past_key_values.layers[0].memory.weights, out.past_key_values.layers[0].memory.weights
     init = model.model.layers[0].memory.init_state(2).weights
     assert all(torch.equal(w[k], w_ref[k]) and not torch.equal(w[k], init[k]) for k in w)  # it wrote
+
+
+def test_plain_dynamic_cache_is_upgraded_other_caches_rejected(base, ids):
+    from transformers import StaticCache
+
+    model = patched(base, "mag")
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        out = model(ids[:, :5], past_key_values=cache, use_cache=True)
+        assert out.past_key_values is cache and isinstance(cache, TitansCache)
+        static = StaticCache(config=model.config, max_cache_len=64)
+        with pytest.raises(TypeError, match="DynamicCache"):
+            model(ids[:, :5], past_key_values=static, use_cache=True)
