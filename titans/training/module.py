@@ -34,7 +34,8 @@ class BPTTConfig:
     segment_len: tokens per forward call; bptt_window: segments the gradient flows back through before
     the cache is detached (1 = only within a segment); grad_clip: max gradient norm (None/0 = off);
     strict_segments: require seq_len % segment_len == 0; gate_reg: weight of the gate regulariser
-    (mean squared distance of memory gates to `gate_target`, MemoryMAG spec), 0 = off.
+    (mean squared distance of the memory gates g to `gate_target`, weighted by segment length; keeps
+    gates away from stuck-at-0/1, the MemoryMAG red flag), 0 = off. Training loss only.
     """
 
     segment_len: int = 128
@@ -57,10 +58,27 @@ class BPTTConfig:
                              f"must be >= 0 and gate_target in [0, 1].")
 
 
-def memory_gates(model: nn.Module) -> list[Tensor]:
-    """Differentiable gate activations the patched layers exposed on their last forward (attribute
-    `last_gate` of any submodule), for the gate regulariser; empty for models without gates."""
-    return [m.last_gate for m in model.modules() if isinstance(getattr(m, "last_gate", None), Tensor)]
+class GateRecorder:
+    """Records the gate activations g `[B, S, D]` of every memory gate during a forward (with their graph),
+    for the gate regulariser. Hooks modules that return `(contribution, g)`: the patch's `MemoryGate`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.gates: list[Tensor] = []
+        self.handles = []
+        try:
+            from titans.variants.common import MemoryGate
+        except ImportError:
+            return
+        for m in model.modules():
+            if isinstance(m, MemoryGate) and m.form != "none":
+                self.handles.append(m.register_forward_hook(self._hook))
+
+    def _hook(self, _module, _inputs, output) -> None:
+        self.gates.append(output[1])
+
+    def pop(self) -> list[Tensor]:
+        gates, self.gates = self.gates, []
+        return gates
 
 
 class TitansLitModule(pl.LightningModule):
@@ -86,6 +104,10 @@ class TitansLitModule(pl.LightningModule):
         self.batches_seen = 0  # batches consumed, including skipped ones (the data stream resumes here)
         self.skipped_steps = 0
         self.last_losses: list[float] = []  # per-batch training loss of this process (tests, curriculum logs)
+        self.gate_recorder = GateRecorder(model) if self.bptt.gate_reg > 0 else None
+        if self.gate_recorder is not None and not self.gate_recorder.handles:
+            raise ValueError(f"bptt.gate_reg={self.bptt.gate_reg} but the model has no memory gates (memory=none, "
+                             f"or gate='none'); set bptt.gate_reg=0 or use memory=mag|mal|mac.")
 
     # ------------------------------------------------------------------ forward over segments
 
@@ -120,9 +142,9 @@ class TitansLitModule(pl.LightningModule):
                 loss_k = out.logits.sum() * 0.0  # no targets: every rank still runs the same backward calls (DDP)
             else:
                 loss_k = torch.zeros((), device=input_ids.device)  # no targets: nothing to backpropagate
-            if self.bptt.gate_reg > 0:
-                gates = memory_gates(self.model)
-                if gates:
+            if self.gate_recorder is not None:
+                gates = self.gate_recorder.pop()
+                if gates and torch.is_grad_enabled():
                     reg = torch.stack([(g.float() - self.bptt.gate_target).pow(2).mean() for g in gates]).mean()
                     loss_k = loss_k + self.bptt.gate_reg * reg * (e - s) / T
             window_loss = loss_k if window_loss is None else window_loss + loss_k
