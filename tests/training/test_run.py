@@ -160,3 +160,19 @@ def test_train_py_entry_point(tmp_path):
                            f"paths.output_dir={out}"], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 1
+
+
+def test_run_evaluate_scores_a_trained_checkpoint(tiny_cfg, tmp_path):
+    """train(cfg) -> last.ckpt -> run.evaluate(eval cfg) through the shared model/memory/paths groups."""
+    pytest.importorskip("titans.patch")
+    from tests.training.conftest import compose_cfg
+    from titans.training.run import evaluate
+
+    trained = train(tiny_cfg("trainer.max_steps=1", "memory=mag", *MEM, f"paths.output_dir={tmp_path / 't'}"))
+    cfg = compose_cfg(["model.arch.hidden_size=64", "model.arch.num_attention_heads=2",
+                       "model.arch.num_key_value_heads=1", "model.arch.head_dim=32", "model.arch.intermediate_size=128",
+                       "memory=mag", *MEM, f"checkpoint={trained['last_ckpt']}", f"paths.output_dir={tmp_path / 'e'}",
+                       "benchmark.lengths=[320]", "benchmark.samples=1", "progress=false"], config_name="eval")
+    result = evaluate(cfg)
+    (summary,) = result.values()
+    assert summary["suite"] == "passkey" and summary["lengths"] == [320] and 0.0 <= summary["table"]["passkey"][320] <= 100

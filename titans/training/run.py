@@ -170,3 +170,10 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
         if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
             lg.experiment.finish()
             lg._experiment = None
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run a benchmark per `cfg` (conf/eval.yaml composed); implemented in `titans.training.evaluate`."""
+    from titans.training.evaluate import evaluate as _evaluate
+
+    return _evaluate(cfg)
