@@ -107,3 +107,20 @@ def test_gate_regulariser_pulls_gates_toward_the_target():
     assert biases and all(p.grad is not None and (p.grad < 0).all() for p in biases)  # gradient opens the gates
     with pytest.raises(ValueError, match="bptt.gate_reg=1.0 but the model has no memory gates"):
         TitansLitModule(build_model(MODEL, None)[0], BPTTConfig(gate_reg=1.0))
+
+
+def test_bf16_autocast_keeps_the_memory_state_fp32(tiny_cfg):
+    pytest.importorskip("titans.patch")
+    from titans.training.run import train
+
+    mem = {"variant": "mag", "window": 8, "memory": {"heads": 2, "depth": 2, "chunk_size": 8, "max_lr": 0.02}}
+    model, _ = build_model(MODEL, mem)
+    ids = torch.randint(0, 256, (1, 24))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_ids=ids, use_cache=True)
+    assert out.logits.dtype == torch.bfloat16
+    states = out.past_key_values.memory_states
+    assert states and all(w.dtype == torch.float32 for s in states.values() for w in s.weights.values())
+    metrics = train(tiny_cfg("trainer.precision=bf16-mixed", "memory=mag", "memory.memory.heads=2",
+                             "memory.window=32", "trainer.max_steps=1"))
+    assert metrics["skipped_steps"] == 0 and all(x == x for x in metrics["train/losses"])
