@@ -237,8 +237,14 @@ class NeuralMemory(nn.Module):
         state: MemoryState,
         n_buf: int,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
-        """Chunk loop. q/k/v: `[B, H, n, d]`, θ / log η / log(1−α): `[B, H, n]`; token 0 starts a chunk; reads only for
-        tokens >= n_buf (the buffered ones were read by the previous call)."""
+        """Chunk loop. q/k/v: `[B, H, n, d]`, θ / log η / log(1−α): `[B, H, n]`; token 0 starts a chunk;
+        reads only for tokens >= n_buf (the buffered ones were read by the previous call).
+
+        Everything that depends only on the gates (the per-token coefficients of every chunk) is computed
+        for all chunks at once before the loop; the loop runs, per chunk, one MLP forward on
+        [queries | keys] (both at the weights after the previous chunk), the analytic backward on the
+        keys, and one matmul per layer for the weight and momentum updates.
+        """
         c = self.config
         mlp = self.memory_model
         B, H, n, _ = q.shape
@@ -249,103 +255,130 @@ class NeuralMemory(nn.Module):
         momentum = [rearrange(state.momentum[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
         q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
         lr, log_eta, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_eta, log_keep))
-        no_momentum = not c.momentum or c.fixed_momentum_decay == 0.0
+        n_full = n // C
+        clip = c.surprise_clip > 0
+        coef = self._chunk_coefficients(lr[:, : n_full * C], log_eta[:, : n_full * C], log_keep[:, : n_full * C])
 
-        reads, surprises, lrs = [], [], []
-        for s in range(0, n, C):
-            e = min(s + C, n)
+        reads, inputs_all, deltas_all, lr_chunks = [], [], [], []
+        for ci in range(n_full):
+            s, e = ci * C, (ci + 1) * C
             rs = max(s, n_buf)
-            if rs < e:  # Eq. 15: read with the weights after the previous chunk
-                reads.append(mlp.forward_batched(weights, q[:, rs:e])[0])
-            if e - s < C:  # unfinished chunk: waits in the buffer
-                surprises.append(torch.full((B * H, e - s), float("nan"), device=q.device, dtype=dtype))
-                lrs.append(lr[:, s:e])  # not used yet: reported as computed
-                break
-            weights, momentum, surprise, lr_used = self._update_chunk(
-                weights, momentum, k[:, s:e], v[:, s:e], lr[:, s:e], log_eta[:, s:e], log_keep[:, s:e], no_momentum
-            )
-            surprises.append(surprise)
-            lrs.append(lr_used)
+            n_read = e - rs
+            # Eq. 15 reads and the chunk's inner forward both use the weights after the previous chunk
+            x_in = torch.cat([q[:, rs:e], k[:, s:e]], dim=1) if n_read else k[:, s:e]
+            out, inputs, pre = mlp.forward_batched(weights, x_in)
+            if n_read:
+                reads.append(out[:, :n_read])
+                out = out[:, n_read:]
+                inputs = [h[:, n_read:] for h in inputs]
+                pre = [z[:, n_read:] for z in pre]
+            deltas = mlp.backward_batched(weights, pre, 2.0 * (out - v[:, s:e]))  # dℓ/dM(k) of Eq. 12
+            u, s_coef, decay, carry_m, carry_s, lr_c = (t[:, ci] if t is not None else None for t in coef)
+            if clip:
+                scale = (c.surprise_clip / _surprise(inputs, deltas).clamp_min(1e-12)).clamp(max=1.0)
+                u, s_coef, lr_c = u * scale, s_coef * scale, lr_c * scale
+            weights, momentum = _apply_update(weights, momentum, inputs, deltas, u, s_coef, decay, carry_m, carry_s)
+            inputs_all.append(inputs)
+            deltas_all.append(deltas)
+            lr_chunks.append(lr_c)
+        if n_full * C < n:  # unfinished chunk: read only; its tokens wait in the buffer
+            rs = max(n_full * C, n_buf)
+            reads.append(mlp.forward_batched(weights, q[:, rs:])[0])
 
         retrieved = rearrange(torch.cat(reads, dim=1), "(b h) t d -> b h t d", b=B)
-        surprise = rearrange(torch.cat(surprises, dim=1), "(b h) n -> b h n", b=B)
-        lr_used = rearrange(torch.cat(lrs, dim=1), "(b h) n -> b h n", b=B)
+        # per-token surprise ‖∇ℓ_t‖ of the written chunks (NaN for tokens still waiting in the buffer)
+        surprise = torch.full((B * H, n), float("nan"), device=q.device, dtype=dtype)
+        lr_used = lr.clone()
+        if n_full:
+            with torch.no_grad():
+                per_layer = [torch.cat([chunk[layer] for chunk in inputs_all], 1) for layer in range(mlp.depth)]
+                per_layer_d = [torch.cat([chunk[layer] for chunk in deltas_all], 1) for layer in range(mlp.depth)]
+                surprise[:, : n_full * C] = _surprise(per_layer, per_layer_d)
+            lr_used[:, : n_full * C] = torch.cat(lr_chunks, dim=1)
+        surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
+        lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
         new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, weights)}
         new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, momentum)}
         return retrieved, new_w, new_m, surprise, lr_used
 
-    def _update_chunk(
-        self,
-        weights: list[Tensor],
-        momentum: list[Tensor],
-        k: Tensor,
-        v: Tensor,
-        lr: Tensor,
-        log_eta: Tensor,
-        log_keep: Tensor,
-        no_momentum: bool,
-    ) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
-        """One chunk of Eq. 13-14 with all gradients at the chunk-start weights (Eq. 16-18).
+    def _chunk_coefficients(self, lr: Tensor, log_eta: Tensor, log_keep: Tensor) -> tuple:
+        """Per-chunk coefficients of Eq. 13-14 with gradients at the chunk-start weights (Eq. 16-18).
 
-        weights/momentum[l]: `[g, i, o]`; k, v: `[g, c, d]`; θ, log η, log(1 − α): `[g, c]`.
+        Gates `[g, k*C]` for k complete chunks. Returns (u, s_coef `[g, k, C]`; decay, carry_m, carry_s
+        `[g, k]` (carry_* None without momentum); θ used `[g, k, C]`) such that for each chunk
+            M_end = decay·M_0 + carry_m·S_0 − Σ_j u_j ∇ℓ_j      S_end = carry_s·S_0 − Σ_j s_j ∇ℓ_j
         """
-        mlp = self.memory_model
-        pred, inputs, pre = mlp.forward_batched(weights, k)
-        deltas = mlp.backward_batched(weights, pre, 2.0 * (pred - v))  # dℓ/dM(k) of Eq. 12
-        # per-token surprise norm: ‖∇ℓ_t‖² = Σ_l ‖h_{l,t}‖² ‖δ_{l,t}‖² (outer products)
-        sq = sum(h.pow(2).sum(-1) * d.pow(2).sum(-1) for h, d in zip(inputs, deltas))  # (g, c)
-        surprise = sq.clamp_min(0).sqrt()
-        if self.config.surprise_clip > 0:
-            scale = (self.config.surprise_clip / surprise.clamp_min(1e-12)).clamp(max=1.0)
-            lr = lr * scale  # clipping ∇ℓ_t to norm ≤ clip == scaling its coefficient
-
-        C = k.shape[1]
-        keep_cum = torch.cumsum(log_keep, dim=1)  # Σ_{i≤t} log(1−α_i)
-        keep_all = keep_cum[:, -1:]  # (g, 1)
+        c = self.config
+        C = c.chunk_size
+        g = lr.shape[0]
+        lr, log_eta, log_keep = (t.reshape(g, -1, C) for t in (lr, log_eta, log_keep))  # (g, k, c)
+        keep_cum = torch.cumsum(log_keep, dim=-1)  # Σ_{i≤t} log(1−α_i)
+        keep_all = keep_cum[..., -1:]  # (g, k, 1)
         beta = torch.exp(keep_all - keep_cum)  # β_t = Π_{i>t} (1−α_i)
-        decay = torch.exp(keep_all).squeeze(1)  # A = Π (1−α)
-        if no_momentum:
-            # S_t = −θ_t ∇ℓ_t: D = I, E = 0
-            u = lr * beta  # (g, c)
+        decay = torch.exp(keep_all).squeeze(-1)  # A = Π (1−α)
+        if not c.momentum or c.fixed_momentum_decay == 0.0:
+            u = lr * beta  # S_t = −θ_t ∇ℓ_t: D = I, E = 0
             s_coef = torch.zeros_like(lr)
-            s_coef[:, -1] = lr[:, -1]
+            s_coef[..., -1] = lr[..., -1]
             carry_m = carry_s = None
         else:
-            L = torch.cumsum(log_eta, dim=1)  # (g, c): log Π_{i≤t} η_i
-            diff = L[:, :, None] - L[:, None, :]  # (g, t, j): log D_tj for t ≥ j
-            causal = torch.ones(C, C, dtype=torch.bool, device=k.device).tril()
-            D = torch.exp(torch.where(causal, diff, torch.full_like(diff, float("-inf"))))  # (g, t, j)
-            u = lr * torch.bmm(beta.unsqueeze(1), D).squeeze(1)  # θ_j Σ_t β_t D_tj
-            s_coef = lr * D[:, -1, :]  # θ_j D_{C,j}
-            carry_m = (beta * torch.exp(L)).sum(1)  # c_S = Σ_t β_t Π_{i≤t} η_i
-            carry_s = torch.exp(L[:, -1])  # E = Π η
-
-        cap = self.config.chunk_step_cap
+            L = torch.cumsum(log_eta, dim=-1)  # log Π_{i≤t} η_i
+            diff = L[..., :, None] - L[..., None, :]  # (g, k, t, j): log D_tj for t ≥ j
+            causal = torch.ones(C, C, dtype=torch.bool, device=lr.device).tril()
+            D = torch.exp(torch.where(causal, diff, torch.full_like(diff, float("-inf"))))
+            u = lr * (beta.unsqueeze(-2) @ D).squeeze(-2)  # θ_j Σ_t β_t D_tj
+            s_coef = lr * D[..., -1, :]  # θ_j D_{C,j}
+            carry_m = (beta * torch.exp(L)).sum(-1)  # c_S = Σ_t β_t Π_{i≤t} η_i
+            carry_s = torch.exp(L[..., -1])  # E = Π η
+        cap = c.chunk_step_cap
         if cap > 0:
             # Stability guard. All tokens of a chunk step from the same (stale) weights, so the steps of
             # similar keys add up, and momentum carries each step into later chunks. Token j's total step
             # is u_j now plus s_j·c_S·(1 + E + E² + …) later (assuming the same gates); capping the chunk's
             # sum at `cap` keeps a linear memory with unit keys a contraction (heavy ball: α/(1−β) ≤ 1).
             # Equivalent to scaling every θ_j of the chunk by the same factor ≤ 1.
-            total = u.sum(1, keepdim=True)
+            total = u.sum(-1, keepdim=True)
             if carry_m is not None:
                 later = carry_m / (1 - carry_s).clamp_min(1e-6)  # c_S / (1 − E)
-                total = total + s_coef.sum(1, keepdim=True) * later[:, None]
-            scale = (cap / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, 1)
+                total = total + s_coef.sum(-1, keepdim=True) * later.unsqueeze(-1)
+            scale = (cap / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, k, 1)
             u, s_coef, lr = u * scale, s_coef * scale, lr * scale
+        return u, s_coef, decay, carry_m, carry_s, lr
 
-        new_w, new_m = [], []
-        decay_b = decay[:, None, None]
-        for w, m, h, d in zip(weights, momentum, inputs, deltas):
-            o = d.shape[-1]
-            # both weighted sums in one matmul: [Σ_j −u_j h_j^T δ_j | Σ_j −s_j h_j^T δ_j]  (g, i, 2o)
-            rhs = torch.cat([d * (-u).unsqueeze(-1), d * (-s_coef).unsqueeze(-1)], dim=2)  # (g, c, 2o)
-            grads = torch.bmm(h.transpose(1, 2), rhs)
-            w_next = torch.addcmul(grads[..., :o], decay_b, w)  # A·M_0 − Σ u ∇ℓ
-            m_next = grads[..., o:]
-            if carry_m is not None:
-                w_next = torch.addcmul(w_next, carry_m[:, None, None], m)  # + c_S·S_0
-                m_next = torch.addcmul(m_next, carry_s[:, None, None], m)  # E·S_0 − Σ s ∇ℓ
-            new_w.append(w_next)
-            new_m.append(m_next.contiguous())
-        return new_w, new_m, surprise, lr
+
+def _surprise(inputs: list[Tensor], deltas: list[Tensor]) -> Tensor:
+    """Per-token ‖∇ℓ_t‖ from layer inputs h and output-gradients δ: ‖∇ℓ_t‖² = Σ_l ‖h_{l,t}‖² ‖δ_{l,t}‖²."""
+    sq = sum(h.pow(2).sum(-1) * d.pow(2).sum(-1) for h, d in zip(inputs, deltas))
+    return sq.clamp_min(0).sqrt()
+
+
+def _apply_update(
+    weights: list[Tensor],
+    momentum: list[Tensor],
+    inputs: list[Tensor],
+    deltas: list[Tensor],
+    u: Tensor,
+    s_coef: Tensor,
+    decay: Tensor,
+    carry_m: Tensor | None,
+    carry_s: Tensor | None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """M_end = A·M_0 + c_S·S_0 − Σ u_j h_j^T δ_j, S_end = E·S_0 − Σ s_j h_j^T δ_j, one matmul per layer.
+
+    weights/momentum[l]: `[g, i, o]`; inputs[l]: `[g, c, i]`; deltas[l]: `[g, c, o]`; u, s_coef: `[g, c]`;
+    decay, carry_*: `[g]`.
+    """
+    coef = torch.stack([-u, -s_coef], dim=1).unsqueeze(-1)  # (g, 2, c, 1)
+    decay_b = decay[:, None, None]
+    new_w, new_m = [], []
+    for w, m, h, d in zip(weights, momentum, inputs, deltas):
+        # both weighted sums in one batched matmul: h^T (−u ⊙ δ) and h^T (−s ⊙ δ)  -> (g, 2, i, o)
+        grads = h.transpose(1, 2).unsqueeze(1) @ (coef * d.unsqueeze(1))
+        w_next = torch.addcmul(grads[:, 0], decay_b, w)  # A·M_0 − Σ u ∇ℓ
+        m_next = grads[:, 1]
+        if carry_m is not None:
+            w_next = torch.addcmul(w_next, carry_m[:, None, None], m)  # + c_S·S_0
+            m_next = torch.addcmul(m_next, carry_s[:, None, None], m)  # E·S_0 − Σ s ∇ℓ
+        new_w.append(w_next)
+        new_m.append(m_next)
+    return new_w, new_m
