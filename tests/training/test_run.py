@@ -177,3 +177,24 @@ def test_run_evaluate_scores_a_trained_checkpoint(tiny_cfg, tmp_path):
     (summary,) = result.values()
     assert summary["suite"] == "passkey" and summary["lengths"] == [320]
     assert 0.0 <= summary["table"]["passkey"][320] <= 100
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tiny_cfg, tmp_path):
+    pytest.importorskip("titans.patch")
+    import lightning.pytorch as pl
+
+    seen = []
+
+    class Check(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(pl_module.model.is_gradient_checkpointing and pl_module.model.training)
+
+    runs = [train(tiny_cfg("trainer.max_steps=2", "memory=mag", *MEM, "memory.window=32", "bptt.bptt_window=2",
+                           f"gradient_checkpointing={flag}", f"paths.output_dir={tmp_path / str(flag)}"),
+                  extra_callbacks=[Check()])
+            for flag in (False, True)]
+    assert seen == [False, False, True, True]
+    with pytest.raises(ValueError, match="returned no cache.*gradient_checkpointing=false"):
+        # plain HF layers drop the cache under gradient checkpointing: refused, not silently wrong
+        train(tiny_cfg("trainer.max_steps=1", "gradient_checkpointing=true", f"paths.output_dir={tmp_path / 'p'}"))
+    torch.testing.assert_close(runs[0]["train/losses"], runs[1]["train/losses"], rtol=1e-5, atol=1e-6)

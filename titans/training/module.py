@@ -134,6 +134,11 @@ class TitansLitModule(pl.LightningModule):
             keep = positions if positions is not None else 1  # 1: cheapest (last position only)
             out = self.model(input_ids=input_ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=keep)
             cache = out.past_key_values
+            if cache is None and k < len(bounds) - 1:
+                raise ValueError("the model returned no cache, so the next segment would start from scratch: HF "
+                                 "turns the cache off under gradient checkpointing unless every decoder layer is "
+                                 "patched; set gradient_checkpointing=false, patch every layer (memory.layers=null), "
+                                 "or use one segment (bptt.segment_len >= data.seq_len).")
             if positions is not None:
                 loss_k = segment_loss_sum(out.logits, seg_targets[:, positions]) / n_targets
                 if on_logits is not None:

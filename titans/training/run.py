@@ -23,8 +23,8 @@ from titans.training.module import BPTTConfig, TitansLitModule
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"model", "memory", "data", "trainer", "logger", "callbacks", "paths", "bptt", "optimizer", "scheduler",
-            "curriculum", "stage", "seed", "cpu_threads", "freeze", "init_from", "ckpt_path", "final_validation",
-            "task_name", "experiment", "debug", "hydra"}
+            "curriculum", "stage", "seed", "cpu_threads", "gradient_checkpointing", "freeze", "init_from", "ckpt_path",
+            "final_validation", "task_name", "experiment", "debug", "hydra"}
 
 
 class LitData(pl.LightningDataModule):
@@ -136,6 +136,9 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
     # init_from (curriculum chaining) is ignored when resuming: the checkpoint restores everything
     start = str(init_from) if init_from is not None and ckpt_path is None else None
     model, tokenizer = build_model(cfg.model, cfg.memory, freeze=cfg.get("freeze"), init_from=start)
+    if cfg.get("gradient_checkpointing"):
+        # recompute each decoder layer in backward (long segments on GPU); patched layers keep their cache
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     data = TitansDataModule(DataConfig.from_mapping(to_plain(cfg.data)), tokenizer)
     module = build_module(cfg, model)
     callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
