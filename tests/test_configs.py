@@ -75,8 +75,9 @@ def test_trainer_configs_compose_with_strategy(name):
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     if name in ("ddp", "fsdp", "deepspeed"):
         assert cfg.trainer.strategy._target_ and cfg.trainer.devices == 2
-    if name == "ddp":  # instantiable without a GPU or a process group
-        assert type(instantiate(cfg.trainer.strategy)).__name__ == "DDPStrategy"
+    if name in ("ddp", "fsdp"):  # instantiable without a GPU or a process group
+        expected = {"ddp": "DDPStrategy", "fsdp": "FSDPStrategy"}[name]
+        assert type(instantiate(cfg.trainer.strategy)).__name__ == expected
 
 
 @pytest.mark.parametrize("name", ["csv", "tensorboard", "none"])
