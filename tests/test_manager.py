@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from titans.embedders import BaseEmbedder, HashingEmbedder
 from titans.manager import ARCHITECTURES, LongTermMemory, LongTermMemoryConfig, TitansManager
@@ -236,3 +237,18 @@ def test_full_store_keeps_the_documents_with_the_highest_retention(forget_rate):
     kept = set(lt.stored_ids())
     assert len(kept) == 12 and len(evicted) + (60 - sum(kept_flags)) == 48
     assert min(key[i] for i in kept) >= max(key[i] for i in range(60) if i not in kept)
+
+
+def test_reads_in_batches_equal_one_read_and_never_write(monkeypatch):
+    import titans.manager.long_term as long_term
+
+    lt = LongTermMemory(DIM, 50)
+    emb = HashingEmbedder(dim=DIM).encode(make_corpus(9, seed=4).docs)
+    lt.write(emb[:6], list(range(6)))
+    before = {k: v.clone() for k, v in lt.state.weights.items()}
+    whole = lt.read(emb)
+    monkeypatch.setattr(long_term, "_READ_BATCH", 2)
+    np.testing.assert_allclose(lt.read(emb), whole, atol=1e-6)
+    assert all(torch.equal(before[k], lt.state.weights[k]) for k in before)
+    # queries do not see each other: a query's read does not depend on the others in the call
+    np.testing.assert_allclose(lt.read(emb[:1]), whole[:1], atol=1e-6)

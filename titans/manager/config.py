@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-_BIG_CHUNK = 1 << 30  # a chunk no read call completes: reads see the current weights and write nothing
-
 
 def _fail(key: str, value: object, allowed: str, fix: str = "") -> None:
     msg = f"LongTermMemoryConfig.{key}={value!r} is invalid: allowed {allowed}."

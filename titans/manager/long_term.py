@@ -21,7 +21,7 @@ document's retention is lower still, then the new one is not kept. The memory's 
 evicted document wrote (weights cannot be unwritten); it only leaves the decoding table.
 
 Reading. `read(queries)` returns M(q) for each query `[M, D]` with the current weights and writes
-nothing (Eq. 15; the reader is the same memory with a chunk no read completes). `search` maps reads
+nothing (Eq. 15; the reader is the same memory with a chunk longer than the queries it reads). `search` maps reads
 to kept documents by cosine between the read and each document's value.
 """
 
@@ -38,8 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from titans.manager.config import _BIG_CHUNK, LongTermMemoryConfig
+from titans.manager.config import LongTermMemoryConfig
 from titans.memory import MemoryConfig, MemoryState, NeuralMemory
+
+_READ_BATCH = 1024  # queries per reader call (the memory builds chunk x chunk coefficient tables)
 
 
 @contextmanager
@@ -81,9 +83,10 @@ class LongTermMemory:
         self.memory.eval()
         # the same memory with other chunk sizes (parameters copied, never trained here):
         # `_tail` writes a call's last (len % chunk_size) documents so no document waits in a buffer;
-        # `_reader` has a chunk no read completes, so every query reads the current weights and writes nothing.
+        # `_reader` gets, per call, a chunk one longer than the queries it reads: no query completes it, so
+        # every query reads the current weights (Eq. 15) and nothing is written.
         self._tail = self._view(1)
-        self._reader = self._view(_BIG_CHUNK)
+        self._reader = self._view(2)
         self._forget = float(mcfg.fixed_forget or 0.0)
         self.reset()
 
@@ -211,9 +214,15 @@ class LongTermMemory:
         All queries read the current weights (one unfinished chunk of the reader); nothing is written.
         """
         x = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))[None]  # (1, M, D)
-        with _one_thread():
-            _, _, aux = self._reader(x, self.state, return_aux=True)
-        return F.normalize(aux["retrieved"][0, 0].float(), dim=-1).numpy()  # (M, D)
+        reads = []
+        for s in range(0, x.shape[1], _READ_BATCH):
+            part = x[:, s : s + _READ_BATCH]
+            # a chunk one longer than the queries: none completes it, so all read the current weights
+            self._reader.config = dataclasses.replace(self._reader.config, chunk_size=part.shape[1] + 1)
+            with _one_thread():
+                _, _, aux = self._reader(part, self.state, return_aux=True)
+            reads.append(aux["retrieved"][0, 0].float())  # (m, D)
+        return F.normalize(torch.cat(reads), dim=-1).numpy()  # (M, D)
 
     def search(self, reads: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Kept documents nearest to each read by cosine with their values: (scores, ids) `[M, k']`,
