@@ -159,7 +159,6 @@ def test_load_rejects_corrupt_and_foreign_files(tmp_path, corpus):
     for name in ("trunc", "junk"):
         with pytest.raises(ValueError, match="not a valid TitansManager save"):
             manager().load(tmp_path / f"{name}.safetensors")
-    import torch
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
