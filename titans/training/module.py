@@ -127,6 +127,7 @@ class TitansLitModule(pl.LightningModule):
         cache = None
         window_loss: Tensor | None = None
         total = torch.zeros((), device=input_ids.device)
+        finite = True
         for k, (s, e) in enumerate(bounds):
             seg_targets = targets[:, s:e]
             masks = [seg_targets != -100] + ([extra_mask[:, s:e]] if extra_mask is not None else [])
@@ -155,13 +156,17 @@ class TitansLitModule(pl.LightningModule):
             window_loss = loss_k if window_loss is None else window_loss + loss_k
             if (k + 1) % self.bptt.bptt_window == 0 or k == len(bounds) - 1:
                 if not torch.isfinite(window_loss):
-                    return total + window_loss.detach(), False
+                    finite = False
+                    if not self._uniform_backward():
+                        return total + window_loss.detach(), False
+                    # DDP: keep making the same backward calls as the other ranks; the NaN reaches every
+                    # rank's gradients through the all-reduce, so every rank skips the step together.
                 if backward and window_loss.requires_grad:
                     self._backward(window_loss)
                 total = total + window_loss.detach()
                 window_loss = None
                 cache = detach_cache(cache)
-        return total, True
+        return total, finite
 
     def _backward(self, loss: Tensor) -> None:
         if self._trainer is not None:
