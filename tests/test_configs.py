@@ -92,3 +92,20 @@ def test_unknown_group_option_names_the_group_and_the_options():
         compose_train(["memory=mog"])
     msg = str(e.value)
     assert "memory/mog" in msg and "mag" in msg and "mac" in msg
+
+
+@pytest.mark.parametrize("name", [c for c in options("curriculum") if c != "none"])
+def test_curriculum_stages_hold_valid_data_mixtures(name):
+    """Every stage's data mixes only known tasks with known parameters and lengths that fit seq_len."""
+    from omegaconf import OmegaConf
+
+    from data_gen import Mixture
+    from titans.training.curriculum import apply_stage
+    from titans.training.data import DataConfig
+
+    cfg = compose_train([f"curriculum={name}"])
+    for stage in cfg.curriculum.stages:
+        merged = apply_stage(cfg, stage.name)
+        data = DataConfig.from_mapping(OmegaConf.to_container(merged.data, resolve=True))
+        for part in (data.train, data.val):
+            Mixture.from_config({k: v for k, v in part.items() if k != "n"})
