@@ -127,3 +127,26 @@ def read_wandb_run(run_dir: str | Path) -> dict:
             for item in rec.summary.update:
                 out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return out
+
+
+def wait_for_wandb_exit(run_dir: str | Path, timeout: float = 15.0) -> bool:
+    """Wait until the run file in `run_dir` holds its final `exit` record (W&B's service process may still be
+    flushing it after `finish()` returns). True when complete, False after `timeout` seconds."""
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for path in Path(run_dir).glob("run-*.wandb"):
+            try:
+                for payload in _wandb_payloads(path):
+                    rec = pb.Record()
+                    rec.ParseFromString(payload)
+                    if rec.WhichOneof("record_type") == "exit":
+                        return True
+            except Exception:  # noqa: BLE001 - a half-written file: try again
+                pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)

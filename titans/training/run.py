@@ -169,10 +169,17 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
     """Finish the W&B runs so their (offline) files are complete when train() returns."""
     from lightning.pytorch.loggers import WandbLogger
 
+    from titans.training.loggers import wait_for_wandb_exit
+
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
-            lg.experiment.finish()
+            run = lg.experiment
+            offline = run.offline
+            run_dir = Path(run.dir).parent  # <save_dir>/wandb/<offline-run-...>/files -> the run directory
+            run.finish()
             lg._experiment = None
+            if offline and not wait_for_wandb_exit(run_dir):
+                log.warning("wandb: the offline run file in %s was not complete 15 s after finish()", run_dir)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
