@@ -26,6 +26,8 @@ ORACLE_CASES = [
     pytest.param(dict(chunk_size=4, depth=2), 12, id="chunk4-deep"),
     pytest.param(dict(chunk_size=5, depth=2), 13, id="chunk5-not-dividing"),
     pytest.param(dict(chunk_size=4, depth=1), 11, id="chunk4-linear"),
+    pytest.param(dict(chunk_size=3, depth=1, momentum=False), 10, id="linear-no-momentum"),
+    pytest.param(dict(chunk_size=1, depth=1, forgetting=False), 7, id="linear-chunk1-no-forgetting"),
     pytest.param(dict(chunk_size=3, depth=2, momentum=False), 10, id="no-momentum"),
     pytest.param(dict(chunk_size=3, depth=2, forgetting=False), 10, id="no-forgetting"),
     pytest.param(dict(chunk_size=3, depth=3, momentum=False, forgetting=False, activation="gelu"), 10, id="plain-gelu"),
@@ -97,9 +99,9 @@ def test_default_config_stays_finite_on_repeated_tokens():
     assert not torch.isfinite(y_off).all(), "the guard is what keeps this finite"
 
 
-@pytest.mark.parametrize("chunk_size", [1, 4, 5], ids=lambda c: f"chunk{c}")
-def test_whole_equals_pieces_at_every_split(chunk_size):
-    mem = make(chunk_size=chunk_size).double()
+@pytest.mark.parametrize("chunk_size,depth", [(1, 2), (4, 2), (5, 2), (4, 1)], ids=["c1", "c4", "c5", "c4-linear"])
+def test_whole_equals_pieces_at_every_split(chunk_size, depth):
+    mem = make(chunk_size=chunk_size, depth=depth).double()
     x = torch.randn(2, 11, 16, dtype=torch.float64)
     y, state = mem(x)
     for a in range(1, 11):
@@ -109,6 +111,25 @@ def test_whole_equals_pieces_at_every_split(chunk_size):
         for n in state.weights:
             torch.testing.assert_close(s2.weights[n], state.weights[n], atol=1e-10, rtol=1e-9)
         assert s2.offset == state.offset == 11
+
+
+@pytest.mark.parametrize("momentum", [True, False], ids=["momentum", "no-momentum"])
+def test_linear_fast_path_equals_general_chunk_loop(momentum, monkeypatch):
+    mem = make(depth=1, chunk_size=4, momentum=momentum).double()
+    assert mem._linear_fast_path
+    x = torch.randn(2, 14, 16, dtype=torch.float64, requires_grad=True)
+    y_fast, s_fast, aux_fast = mem(x, return_aux=True)
+    g_fast = torch.autograd.grad(y_fast.pow(2).sum(), [x, *mem.parameters()])
+    monkeypatch.setattr(type(mem), "_linear_fast_path", property(lambda self: False))
+    y_loop, s_loop, aux_loop = mem(x, return_aux=True)
+    g_loop = torch.autograd.grad(y_loop.pow(2).sum(), [x, *mem.parameters()])
+    torch.testing.assert_close(y_fast, y_loop, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(s_fast.weights["w0"], s_loop.weights["w0"], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(s_fast.momentum["w0"], s_loop.momentum["w0"], atol=1e-12, rtol=1e-10)
+    for key in ("lr", "surprise", "retrieved"):
+        torch.testing.assert_close(aux_fast[key], aux_loop[key], atol=1e-12, rtol=1e-10, equal_nan=True)
+    for a, b in zip(g_fast, g_loop):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
 def test_token_by_token_streaming_equals_whole():
