@@ -1,0 +1,36 @@
+"""The CPU proof pipeline end to end at toy size: train (curriculum) -> evaluate -> summary of the issue's shape."""
+
+import json
+
+import pytest
+
+from benchmarks import cpu_proof
+
+
+@pytest.mark.slow
+def test_cpu_proof_pipeline_writes_summary_of_the_required_shape(tmp_path):
+    out, train_dir = tmp_path / "results", tmp_path / "train"
+    summary = cpu_proof.main(["--variants", "swa", "--lengths", "300", "--samples", "1", "--steps-scale", "0.004",
+                              "--out", str(out), "--train-dir", str(train_dir), "--no-heatmap"])
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary
+    assert set(on_disk) == {"swa"} and set(on_disk["swa"]) == {"passkey", "hashhop"}
+    for row in on_disk["swa"].values():
+        assert set(row) == {"300"} and 0.0 <= row["300"] <= 100.0
+    assert (out / "results.md").read_text().startswith("| variant | task |")
+    assert (train_dir / "swa" / "3_hashhop" / "checkpoints" / "last.ckpt").exists()  # all stages ran, chained
+    assert (out / "curves.png").stat().st_size > 0
+
+
+def test_bad_variant_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--variants"):
+        cpu_proof.main(["--variants", "gpt", "--out", str(tmp_path)])
+
+
+def test_every_experiment_composes(tmp_path):
+    for variant in cpu_proof.VARIANTS:
+        cfg = cpu_proof.compose(variant, tmp_path, [])
+        assert [s.name for s in cfg.curriculum.stages] == ["mqar", "passkey", "hashhop"]
+        assert cfg.memory.window == 64 or cfg.memory.variant == "mac"
+        cpu_proof.scale_steps(cfg, 0.01)
+        assert all(s.trainer.max_steps >= 2 for s in cfg.curriculum.stages)
