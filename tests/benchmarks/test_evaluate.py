@@ -84,10 +84,11 @@ def test_evaluate_a_saved_patched_model_dir_goes_through_titans_from_pretrained(
     model.save_pretrained(tmp_path / "mal")
     calls = []
     real = patch.from_pretrained
-    monkeypatch.setattr(patch, "from_pretrained", lambda path, **kw: calls.append(path) or real(path, **kw))
     import titans
 
-    monkeypatch.setattr(titans, "from_pretrained", patch.from_pretrained, raising=False)
+    assert titans.from_pretrained is real  # resolve the lazy export first, so undoing the patches restores it
+    monkeypatch.setattr(patch, "from_pretrained", lambda path, **kw: calls.append(path) or real(path, **kw))
+    monkeypatch.setattr(titans, "from_pretrained", patch.from_pretrained)
     results = evaluate(eval_cfg(tmp_path / "out", f"model_dir={tmp_path / 'mal'}", "benchmark.lengths=[300]",
                                 "benchmark.samples=1"))
     assert calls == [str(tmp_path / "mal")] and list(results) == ["mal"]
