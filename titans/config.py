@@ -6,10 +6,10 @@ round-trips through `save_pretrained` / `from_pretrained`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from titans.memory import MemoryConfig
+from titans.memory.config import DictRoundTrip, config_error
 
 VARIANTS = ("mac", "mag", "mal", "swa")
 GATES = ("sigmoid", "scalar", "none")
@@ -18,14 +18,11 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def _fail(key: str, value: object, allowed: str, fix: str = "") -> None:
-    msg = f"TitansConfig.{key}={value!r} is invalid: allowed {allowed}."
-    if fix:
-        msg += f" {fix}"
-    raise ValueError(msg)
+    config_error("TitansConfig", key, value, allowed, fix)
 
 
 @dataclass
-class TitansConfig:
+class TitansConfig(DictRoundTrip):
     """How `patch_qwen3` turns a Qwen3 into a Titans model.
 
     variant:  "mag" (Eq. 26-28), "mal" (Eq. 29-31), "mac" (Eq. 21-25), or "swa" (no memory: the
@@ -164,17 +161,5 @@ class TitansConfig:
     def has_memory(self) -> bool:
         return self.variant != "swa"
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (stored as `model.config.titans`)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TitansConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"TitansConfig got unknown options {unknown}; allowed: {sorted(known - {'hidden_size'})}. "
-                "Memory fields go inside memory=dict(...)."
-            )
-        return cls(**data)
+    _unknown_hint = " Memory fields go inside memory=dict(...)."
+    _internal_keys = frozenset({"hidden_size"})

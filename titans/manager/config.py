@@ -21,16 +21,17 @@ constants here: there is no outer loop to learn them):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from titans.memory.config import DictRoundTrip, config_error
 
 
 def _fail(key: str, value: object, allowed: str, fix: str = "") -> None:
-    msg = f"LongTermMemoryConfig.{key}={value!r} is invalid: allowed {allowed}."
-    raise ValueError(msg + (f" {fix}" if fix else ""))
+    config_error("LongTermMemoryConfig", key, value, allowed, fix)
 
 
 @dataclass
-class LongTermMemoryConfig:
+class LongTermMemoryConfig(DictRoundTrip):
     """Long-term memory settings of `TitansManager` (MemoryTitan names; mapping in the module docstring)."""
 
     surprise_threshold: float = 0.5
@@ -78,14 +79,3 @@ class LongTermMemoryConfig:
             "forgetting": forget > 0,
             "fixed_forget": forget if forget > 0 else None,
         }
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LongTermMemoryConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"LongTermMemoryConfig got unknown keys {unknown}; allowed keys: {sorted(known)}.")
-        return cls(**data)

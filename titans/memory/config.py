@@ -7,15 +7,39 @@ from dataclasses import asdict, dataclass, fields
 ACTIVATIONS = ("silu", "gelu", "relu")
 
 
-def _fail(key: str, value: object, allowed: str, fix: str = "") -> None:
-    msg = f"MemoryConfig.{key}={value!r} is invalid: allowed {allowed}."
+def config_error(owner: str, key: str, value: object, allowed: str, fix: str = "") -> None:
+    """Raise the project's config error: names the field, the value got, what is allowed and the fix."""
+    msg = f"{owner}.{key}={value!r} is invalid: allowed {allowed}."
     if fix:
         msg += f" {fix}"
     raise ValueError(msg)
 
 
+def _fail(key: str, value: object, allowed: str, fix: str = "") -> None:
+    config_error("MemoryConfig", key, value, allowed, fix)
+
+
+class DictRoundTrip:
+    """`to_dict()` / `from_dict()` for the config dataclasses; unknown keys are a clear error."""
+
+    _unknown_hint = ""  # appended to the unknown-key error
+    _internal_keys: frozenset[str] = frozenset()  # filled by code, not offered to users
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__} got unknown options {unknown}; allowed: "
+                             f"{sorted(known - cls._internal_keys)}.{cls._unknown_hint}")
+        return cls(**data)
+
+
 @dataclass
-class MemoryConfig:
+class MemoryConfig(DictRoundTrip):
     """Configuration of one `NeuralMemory`.
 
     Shapes: the memory reads and writes `[B, T, dim]`; inside it works on `heads` heads of
@@ -101,14 +125,3 @@ class MemoryConfig:
     def hidden_dim(self) -> int:
         """Hidden width of a deep memory MLP."""
         return self.expansion * self.head_dim
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MemoryConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"MemoryConfig got unknown keys {unknown}; allowed keys: {sorted(known)}.")
-        return cls(**data)
