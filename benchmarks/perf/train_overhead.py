@@ -1,0 +1,201 @@
+"""Training cost of the memory: time per optimizer step of the tiny MAG model against the same model without memory.
+
+    python benchmarks/perf/train_overhead.py [--seq-lens 2048 8192] [--repeats 7] [--segment-len 128]
+                                             [--out results/perf/train_overhead.json]
+
+What is measured: one training step exactly as `titans.training.module.TitansLitModule.training_step`
+does it, without the Lightning Trainer around it — `run_segments(backward=True)` (the sequence in
+segments of `--segment-len` tokens carrying the cache; backward and `detach_cache` every `--bptt-window`
+segments), gradient clipping to 1.0 and an AdamW step — on `[--batch, T]` random byte ids with the loss
+on every token. Wall-clock time per step; tokens/s = batch·T / that time.
+
+Rows (the tiny random-init `conf/model/qwen3_tiny.yaml`, 2 layers, hidden 128):
+    full        conf/memory/none.yaml: the unpatched Qwen3, full attention
+    swa         conf/memory/none.yaml with window 64: the same attention as MAG, no memory (the baseline)
+    mag         conf/memory/mag.yaml (window 64, 4 heads, depth 2, chunk 16, memory in both layers)
+    mag_linear  mag with memory.depth=1 (linear memory: the `_scan_linear` fast path)
+    mag_layer1  mag with memory only in decoder layer 1 (`layers: [1]`)
+Every parameter trains (`--freeze none`, so the rows do the same backbone work; `--freeze default`
+uses training's default, memory-only for MAG). Timings are interleaved (one step of each row in turn,
+the order rotated each repeat) after one warm-up step per row, and the medians are reported with the
+ratios to `swa` and `full`. One intra-op thread (`torch.set_num_threads(1)`) unless `--threads`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_CONF = ROOT / "conf/model/qwen3_tiny.yaml"
+ROWS = {
+    "full": ("none.yaml", {}),
+    "swa": ("none.yaml", {"window": 64}),
+    "mag": ("mag.yaml", {"window": 64}),
+    "mag_linear": ("mag.yaml", {"window": 64, "memory": {"depth": 1}}),
+    "mag_layer1": ("mag.yaml", {"window": 64, "layers": [1]}),
+}
+BASELINES = ("swa", "full")
+OVERHEAD_TARGET = 1.5  # issue 7: MAG costs at most 1.5x the baseline's time
+
+
+def build(row: str, freeze: str = "none"):
+    """The tiny Qwen3 for one row (see module docstring), in train mode."""
+    from omegaconf import OmegaConf
+
+    from titans.training.builders import build_model
+
+    if row not in ROWS:
+        raise ValueError(f"--rows {row!r}: allowed {list(ROWS)}")
+    conf, overrides = ROWS[row]
+    memory_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/memory" / conf), overrides)
+    model, _ = build_model(OmegaConf.load(MODEL_CONF), memory_cfg, freeze=None if freeze == "default" else freeze)
+    return model.train()
+
+
+class Stepper:
+    """One row's model, `TitansLitModule` (outside a Trainer) and AdamW; `step(ids)` is one training step."""
+
+    def __init__(self, model, segment_len: int, bptt_window: int, grad_clip: float = 1.0, lr: float = 1e-3):
+        from titans.training.module import BPTTConfig, TitansLitModule
+
+        self.module = TitansLitModule(model, BPTTConfig(segment_len=segment_len, bptt_window=bptt_window,
+                                                        grad_clip=grad_clip))
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.params = params
+        self.opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+        self.grad_clip = grad_clip
+
+    def step(self, input_ids: torch.Tensor) -> tuple[float, float]:
+        """(seconds, loss) of zero_grad + segments with backward + clip + optimizer step."""
+        from titans.training.bptt import shift_targets
+
+        start = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        loss, finite = self.module.run_segments(input_ids, shift_targets(input_ids), backward=True)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.grad_clip)
+        if finite and torch.isfinite(grad_norm):  # the module skips non-finite steps too
+            self.opt.step()
+        return time.perf_counter() - start, float(loss)
+
+
+def measure(steppers: dict[str, Stepper], seq_len: int, batch: int, repeats: int, seed: int = 0) -> dict:
+    """Interleaved step times of every row at one sequence length; medians, tokens/s and ratios."""
+    ids = torch.randint(0, 256, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+    names = list(steppers)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    losses: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:  # warm-up
+        steppers[n].step(ids)
+    for rep in range(repeats):
+        for n in names[rep % len(names):] + names[: rep % len(names)]:
+            seconds, loss = steppers[n].step(ids)
+            times[n].append(seconds)
+            losses[n].append(loss)
+    rows = {}
+    for n in names:
+        med = statistics.median(times[n])
+        rows[n] = {"step_s_median": med, "step_s_all": times[n], "tokens_per_s": batch * seq_len / med,
+                   "finite_losses": sum(1 for x in losses[n] if x == x and abs(x) != float("inf")),
+                   "trainable_params": sum(p.numel() for p in steppers[n].params)}
+    for n in names:
+        for base in BASELINES:
+            if base in rows and n != base:
+                # median of the per-repeat ratios: both steps of a repeat ran back to back
+                ratios = [a / b for a, b in zip(times[n], times[base])]
+                rows[n][f"time_ratio_vs_{base}"] = statistics.median(ratios)
+    return {"seq_len": seq_len, "batch": batch, "rows": rows}
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Atomic write: a temporary file in the same directory, then `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", nargs="+", type=int, default=[2048, 8192], help="sequence lengths T")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"of {list(ROWS)}")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--segment-len", type=int, default=128, help="bptt.segment_len (conf/train.yaml default)")
+    parser.add_argument("--bptt-window", type=int, default=2, help="bptt.bptt_window (conf/train.yaml default)")
+    parser.add_argument("--freeze", default="none", help="none (every parameter trains) | default (training's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results/perf/train_overhead.json")
+    args = parser.parse_args(argv)
+    bad = [r for r in args.rows if r not in ROWS]
+    if bad:
+        raise ValueError(f"--rows {bad}: allowed {list(ROWS)}")
+    if args.freeze not in ("none", "default"):
+        raise ValueError(f"--freeze {args.freeze!r}: allowed 'none' (every parameter trains) or 'default' "
+                         f"(memory-only for MAG, everything for the baselines)")
+    for flag, value in (("--batch", args.batch), ("--repeats", args.repeats), ("--segment-len", args.segment_len),
+                        ("--bptt-window", args.bptt_window), ("--threads", args.threads)):
+        if value <= 0:
+            raise ValueError(f"{flag} {value}: allowed an int > 0")
+    if any(t <= 1 for t in args.seq_lens):
+        raise ValueError(f"--seq-lens {args.seq_lens}: allowed ints > 1 (a loss needs two tokens)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steppers = {r: Stepper(build(r, args.freeze), args.segment_len, args.bptt_window) for r in args.rows}
+    runs = []
+    head = f"{'T':>6} {'row':<11} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'vs full':>8} {'params':>8}"
+    print(f"training steps, batch {args.batch}, segment {args.segment_len}, bptt window {args.bptt_window}, "
+          f"freeze {args.freeze}, {args.threads} thread(s), median of {args.repeats}\n")
+    print(head)
+    print("-" * len(head))
+    for seq_len in args.seq_lens:
+        run = measure(steppers, seq_len, args.batch, args.repeats, args.seed)
+        for name, r in run["rows"].items():
+            vs = [f"{r[k]:.2f}x" if k in r else "-" for k in ("time_ratio_vs_swa", "time_ratio_vs_full")]
+            print(f"{seq_len:>6} {name:<11} {r['step_s_median']:>8.3f} {r['tokens_per_s']:>9.0f} {vs[0]:>7} "
+                  f"{vs[1]:>8} {r['trainable_params']:>8}", flush=True)
+        runs.append(run)
+    target = {}
+    for run in runs:
+        for name, r in run["rows"].items():
+            if name.startswith("mag") and "time_ratio_vs_swa" in r:
+                target[f"{name}@{run['seq_len']}"] = {"time_ratio_vs_swa": r["time_ratio_vs_swa"],
+                                                      "met": r["time_ratio_vs_swa"] <= OVERHEAD_TARGET}
+    results = {
+        "benchmark": "train_overhead",
+        "command": "python benchmarks/perf/train_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"torch_threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "platform": platform.platform(),
+                    "note": "shared machine: another training process ran on the other core during the run"},
+        "settings": {"model": "conf/model/qwen3_tiny.yaml (random init)", "rows": {k: list(v) for k, v in ROWS.items()
+                                                                                 if k in args.rows},
+                     "input": f"random byte ids in [0, 256), seed {args.seed}, loss on every token",
+                     "batch": args.batch, "segment_len": args.segment_len, "bptt_window": args.bptt_window,
+                     "freeze": args.freeze, "optimizer": "AdamW lr 1e-3, grad clip 1.0", "repeats": args.repeats},
+        "runs": runs,
+        "target": {"max_time_ratio_vs_swa": OVERHEAD_TARGET, "cells": target},
+    }
+    print()
+    for key, t in target.items():
+        print(f"{key}: {t['time_ratio_vs_swa']:.2f}x the swa step time; target <= {OVERHEAD_TARGET}x: "
+              f"{'met' if t['met'] else 'NOT met'}")
+    write_json(Path(args.out), results)
+    print(f"\nwrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
