@@ -51,7 +51,8 @@ _FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "num_attention
 class TitansQwen3Model(Qwen3Model):
     """diff with Qwen3Model: creates a `TitansCache` (instead of a `DynamicCache`) when a cache is needed,
     upgrades a plain `DynamicCache` passed in (e.g. by `generate`), rejects left padding (the memory would
-    learn from pad tokens) and resets the cross-layer context per call."""
+    learn from pad tokens), resets the cross-layer context per call, and skips HF's model-level mask when
+    every layer is patched (the layers build their own)."""
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, **kwargs):
@@ -72,7 +73,12 @@ class TitansQwen3Model(Qwen3Model):
                 break
         # HF turns the cache off under gradient checkpointing (its layers would write it twice); patched layers
         # checkpoint functionally and keep it, so when every layer is patched the cache stays on.
-        keep_cache = self.gradient_checkpointing and all(isinstance(la, TitansDecoderLayer) for la in self.layers)
+        all_patched = all(isinstance(la, TitansDecoderLayer) for la in self.layers)
+        if all_patched and not isinstance(attention_mask, dict):
+            # Patched layers build their own masks and ignore the model-level one; skip HF's [T, tokens so far]
+            # mask, whose size grows with everything the cache has seen (O(L²) over a long stream).
+            attention_mask = {kind: None for kind in ("full_attention", "sliding_attention")}
+        keep_cache = self.gradient_checkpointing and all_patched
         if keep_cache:
             self.gradient_checkpointing = False
         try:

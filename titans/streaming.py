@@ -35,12 +35,16 @@ def stream(
         return_logits: also return the logits of the last token, `[B, vocab]`.
     Returns:
         The cache after the last token (a `TitansCache` for a patched model), and the logits if asked.
+
+    Sets `torch.set_flush_denormal(True)` (process-wide): over ~100K tokens the forget gate decays parts
+    of the memory state into subnormal floats, which CPUs process ~10x slower (benchmarks/perf/streaming.py).
     """
     if not isinstance(segment_len, int) or isinstance(segment_len, bool) or segment_len <= 0:
         raise ValueError(f"stream(segment_len={segment_len!r}): allowed an int > 0 (tokens per forward call)")
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.shape[1] == 0:
         got = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
         raise ValueError(f"stream(input_ids=...): expected a LongTensor [B, L] with L >= 1, got {got}")
+    torch.set_flush_denormal(True)
     logits = None
     for start in range(0, input_ids.shape[1], segment_len):
         out = model(input_ids[:, start : start + segment_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
