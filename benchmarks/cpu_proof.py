@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("mag", "mac", "mal", "swa")
+VARIANTS = ("mag", "mac", "mal", "swa", "mag_long")  # mag_long: MAG on the longer curriculum (cpu_proof_long)
 TASKS = {  # suite -> task parameters the curriculum trained with (noise haystack, no intro sentence)
     "passkey": {"intro": False},
     "hashhop": {"hops": 1, "intro": False},

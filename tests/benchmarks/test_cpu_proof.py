@@ -30,7 +30,7 @@ def test_bad_variant_is_a_clear_error(tmp_path):
 def test_every_experiment_composes(tmp_path):
     for variant in cpu_proof.VARIANTS:
         cfg = cpu_proof.compose(variant, tmp_path, [])
-        assert [s.name for s in cfg.curriculum.stages] == ["mqar", "passkey", "hashhop"]
+        assert [s.name for s in cfg.curriculum.stages][:3] == ["mqar", "passkey", "hashhop"]
         assert cfg.memory.window == 64 or cfg.memory.variant == "mac"
         cpu_proof.scale_steps(cfg, 0.01)
         assert all(s.trainer.max_steps >= 2 for s in cfg.curriculum.stages)
