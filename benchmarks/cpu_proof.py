@@ -28,18 +28,14 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.reports import write_json, write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("mag", "mac", "mal", "swa", "mag_long")  # mag_long: MAG on the longer curriculum (cpu_proof_long)
 TASKS = {  # suite -> task parameters the curriculum trained with (noise haystack, no intro sentence)
     "passkey": {"intro": False},
     "hashhop": {"hops": 1, "intro": False},
 }
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def compose(variant: str, out_dir: Path, overrides: list[str]):
@@ -171,11 +167,11 @@ def main(argv: list[str] | None = None) -> dict:
         summary[variant] = evaluate(variant, cfg, ckpt, out / variant, args.lengths, args.samples,
                                     heatmap=(i == 0 and not args.no_heatmap))
         timings[variant] = {"train_s": trained - start, "eval_s": time.perf_counter() - trained}
-        _write_json(summary_path, summary)  # after every variant: nothing is lost if a later one fails
+        write_json(summary_path, summary)  # after every variant: nothing is lost if a later one fails
         print(f"\n{variant}: {summary[variant]}  ({timings[variant]['train_s']:.0f} s train, "
               f"{timings[variant]['eval_s']:.0f} s eval)", flush=True)
     table = markdown(summary, args.lengths)
-    (out / "results.md").write_text(table)
+    write_text(out / "results.md", table)
     with open(out / "commands.txt", "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m benchmarks.cpu_proof {' '.join(sys.argv[1:])}"
                 f"  # timings {json.dumps(timings)}\n")

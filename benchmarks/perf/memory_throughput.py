@@ -18,15 +18,14 @@ forward, backward and weighted gradient sums on its keys) — see `nominal_flops
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.reports import write_json
 from titans.memory import MemoryConfig, NeuralMemory
 
 CONFIGS = [
@@ -147,12 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{m['titans_pytorch']['tokens_per_s']:>11.0f} {m['speedup_median']:>7.2f}x "
                   f"{m['ours']['gflops']:>10.1f} {100 * m['ours']['gflops'] / peak:>6.1f}% "
                   f"{m['titans_pytorch']['gflops']:>10.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {write_json(args.out, results)}")
     return results
 
 

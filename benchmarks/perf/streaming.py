@@ -56,6 +56,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.reports import write_json
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONF = ROOT / "conf/model/qwen3_tiny.yaml"
 MEMORY_CONFS = {"mag": ROOT / "conf/memory/mag.yaml", "full": ROOT / "conf/memory/none.yaml"}
@@ -317,14 +319,6 @@ def summarize(cells: list[dict]) -> dict:
             entry["flat_target_met"] = entry["ratio_max_over_min"] <= FLAT_TARGET
         out[model_name] = entry
     return out
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Atomic write: a temporary file in the same directory, then `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -24,7 +24,6 @@ ratios to `swa` and `full`. One intra-op thread (`torch.set_num_threads(1)`) unl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.reports import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONF = ROOT / "conf/model/qwen3_tiny.yaml"
@@ -113,14 +114,6 @@ def measure(steppers: dict[str, Stepper], seq_len: int, batch: int, repeats: int
                 ratios = [a / b for a, b in zip(times[n], times[base])]
                 rows[n][f"time_ratio_vs_{base}"] = statistics.median(ratios)
     return {"seq_len": seq_len, "batch": batch, "rows": rows}
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Atomic write: a temporary file in the same directory, then `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
