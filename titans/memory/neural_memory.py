@@ -189,7 +189,7 @@ class NeuralMemory(nn.Module):
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             gates = (lr.to(dtype), log_eta.to(dtype), log_keep.to(dtype))
             scan = self._scan_linear if self._linear_fast_path else self._scan
-            retrieved, new_w, new_m, surprise, lr_used = scan(q, k, v, *gates, state, n_buf)
+            retrieved, new_w, new_m, surprise, lr_used = scan(q, k, v, *gates, state, n_buf, with_surprise=return_aux)
         # retrieved: (b, h, t, d) for the new tokens only
         out = retrieved
         if self.out_norm is not None:
@@ -237,7 +237,8 @@ class NeuralMemory(nn.Module):
         log_keep: Tensor,
         state: MemoryState,
         n_buf: int,
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
+        with_surprise: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor]:
         """Chunk loop. q/k/v: `[B, H, n, d]`, θ / log η / log(1−α): `[B, H, n]`; token 0 starts a chunk;
         reads only for tokens >= n_buf (the buffered ones were read by the previous call).
 
@@ -288,15 +289,17 @@ class NeuralMemory(nn.Module):
 
         retrieved = rearrange(torch.cat(reads, dim=1), "(b h) t d -> b h t d", b=B)
         # per-token surprise ‖∇ℓ_t‖ of the written chunks (NaN for tokens still waiting in the buffer)
-        surprise = torch.full((B * H, n), float("nan"), device=q.device, dtype=dtype)
+        surprise = torch.full((B * H, n), float("nan"), device=q.device, dtype=dtype) if with_surprise else None
         lr_used = lr.clone()
         if n_full:
+            lr_used[:, : n_full * C] = torch.cat(lr_chunks, dim=1)
+        if n_full and with_surprise:
             with torch.no_grad():
                 per_layer = [torch.cat([chunk[layer] for chunk in inputs_all], 1) for layer in range(mlp.depth)]
                 per_layer_d = [torch.cat([chunk[layer] for chunk in deltas_all], 1) for layer in range(mlp.depth)]
                 surprise[:, : n_full * C] = _surprise(per_layer, per_layer_d)
-            lr_used[:, : n_full * C] = torch.cat(lr_chunks, dim=1)
-        surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
+        if surprise is not None:
+            surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
         lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
         new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, weights)}
         new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, momentum)}
@@ -317,7 +320,8 @@ class NeuralMemory(nn.Module):
         log_keep: Tensor,
         state: MemoryState,
         n_buf: int,
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor, Tensor]:
+        with_surprise: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor]:
         """`_scan` for a linear memory M(k) = k W, with the same results and far fewer ops.
 
         With ∇ℓ_j = 2 k_j^T (k_j W − v_j) at the chunk-start W, one chunk of Eq. 13-14 is affine in
@@ -371,12 +375,15 @@ class NeuralMemory(nn.Module):
         pad = (nf + 1) * C - n
         qc = F.pad(q, (0, 0, 0, pad)).reshape(g, nf + 1, C, d)
         retrieved = (qc @ w_before).reshape(g, -1, d)[:, n_buf:n]
-        with torch.no_grad():  # per-token surprise ‖∇ℓ_t‖ = 2 ‖k_t‖ ‖k_t W − v_t‖ (NaN while buffered)
-            surprise = torch.full((g, n), float("nan"), device=q.device, dtype=dtype)
-            if nf:
-                kc = k[:, : nf * C].reshape(g, nf, C, d)
-                err = kc @ w_before[:, :nf] - v[:, : nf * C].reshape(g, nf, C, d)
-                surprise[:, : nf * C] = (2 * kc.norm(dim=-1) * err.norm(dim=-1)).reshape(g, -1)
+        surprise = None
+        if with_surprise:
+            with torch.no_grad():  # per-token surprise ‖∇ℓ_t‖ = 2 ‖k_t‖ ‖k_t W − v_t‖ (NaN while buffered)
+                surprise = torch.full((g, n), float("nan"), device=q.device, dtype=dtype)
+                if nf:
+                    kc = k[:, : nf * C].reshape(g, nf, C, d)
+                    err = kc @ w_before[:, :nf] - v[:, : nf * C].reshape(g, nf, C, d)
+                    surprise[:, : nf * C] = (2 * kc.norm(dim=-1) * err.norm(dim=-1)).reshape(g, -1)
+                surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
         w_last = x[:, :d]
         if momentum:
             s_last = x[:, d:]
@@ -389,7 +396,7 @@ class NeuralMemory(nn.Module):
             rearrange(retrieved, "(b h) t d -> b h t d", b=B),
             {name: rearrange(w_last, "(b h) i o -> b h i o", b=B)},
             {name: rearrange(s_last, "(b h) i o -> b h i o", b=B)},
-            rearrange(surprise, "(b h) n -> b h n", b=B),
+            surprise,
             rearrange(lr, "(b h) n -> b h n", b=B),
         )
 
