@@ -295,8 +295,10 @@ def test_select_reorders_batch():
         (dict(dim=16, activation="tanh"), "activation"),
         (dict(dim=16, fixed_forget=2.0), "fixed_forget"),
         (dict(dim=0), "dim"),
+        (dict(dim=16, qk_init="copy"), "qk_init"),
+        (dict(dim=16, qk_init="induction", conv_kernel=1), "conv_kernel"),
     ],
-    ids=["heads", "depth", "chunk", "activation", "forget", "dim"],
+    ids=["heads", "depth", "chunk", "activation", "forget", "dim", "qk_init", "induction-kernel"],
 )
 def test_config_errors_name_the_field(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -329,3 +331,38 @@ def test_linear_memory_recalls_stored_pair():
     grad = 2 * torch.outer(k, -v)
     w1 = weights["w0"][0, 0] - 0.5 * grad
     assert math.isclose(float((k @ w1 - v).abs().max()), 0.0, abs_tol=1e-12)
+
+
+def test_induction_init_key_is_previous_query_also_across_calls():
+    mem = make(qk_init="induction", conv_kernel=5, depth=1)
+    x = torch.randn(2, 23, 16)
+    _, _, aux = mem(x, return_aux=True)
+    assert torch.equal(aux["keys"][:, :, 1:], aux["queries"][:, :, :-1])
+    # split calls: the carried conv context keeps k_t = q_{t-1} at the seam
+    _, state, a1 = mem(x[:, :9], return_aux=True)
+    _, _, a2 = mem(x[:, 9:], state=state, return_aux=True)
+    torch.testing.assert_close(a2["keys"][:, :, 0], a1["queries"][:, :, -1])
+    # the random (paper) init has no such relation
+    _, _, r = make(conv_kernel=5, depth=1)(x, return_aux=True)
+    assert (r["keys"][:, :, 1:] - r["queries"][:, :, :-1]).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("qk_init,expect_recall", [("induction", True), ("random", False)])
+def test_induction_init_reads_back_what_followed_a_repeated_context(qk_init, expect_recall):
+    """Write a token sequence once (exact delta rule: chunk 1, θ = 1), then repeat a 3-token context:
+    the read at its last token is the value of the token that followed it the first time."""
+    torch.manual_seed(1)
+    cfg = MemoryConfig(dim=64, heads=1, depth=1, chunk_size=1, conv_kernel=4, qk_init=qk_init, fixed_lr=1.0,
+                       momentum=False, forgetting=False, chunk_step_cap=0.0)
+    mem = NeuralMemory(cfg)
+    vocab = torch.randn(40, 64)
+    seq = torch.randperm(40)[:12]
+    ids = torch.cat([seq, seq[3:6]])  # context seq[3:6] again; seq[6] followed it
+    _, _, aux = mem(vocab[ids][None], return_aux=True)
+    read = aux["retrieved"][0, 0, -1]
+    target = aux["values"][0, 0, 6]
+    others = torch.cat([aux["values"][0, 0, :6], aux["values"][0, 0, 7:12]])
+    cos = torch.nn.functional.cosine_similarity(read[None], target[None]).item()
+    best_other = torch.nn.functional.cosine_similarity(read[None], others).max().item()
+    recalled = cos > 0.6 and cos > best_other + 0.3  # neighbouring keys share context, so not exactly 1
+    assert recalled == expect_recall, (cos, best_other)

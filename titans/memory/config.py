@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 ACTIVATIONS = ("silu", "gelu", "relu")
+QK_INITS = ("random", "induction")
 
 
 def config_error(owner: str, key: str, value: object, allowed: str, fix: str = "") -> None:
@@ -58,6 +59,10 @@ class MemoryConfig(DictRoundTrip):
     input_norm: bool = True  # RMSNorm on the memory's input (scale invariance; keeps deep memories finite)
     qk_l2_norm: bool = True
     conv_kernel: int = 4  # causal depthwise conv after the q/k/v projections; 0 = off
+    # "random": the paper's init. "induction": start as an induction memory — the key projection equals the
+    # query projection and the key conv is the query conv shifted one token back, so token t is written under
+    # the context of tokens t-1..t-K+1 and a later query with the same context reads what followed it.
+    qk_init: str = "random"
 
     # data-dependent gates θ_t (lr), η_t (momentum_decay), α_t (forget)
     per_token_gates: bool = True  # False: one value per chunk, from the chunk's mean input
@@ -103,6 +108,11 @@ class MemoryConfig(DictRoundTrip):
             _fail("chunk_size", self.chunk_size, "a positive int (1 = exact token recurrence)")
         if not isinstance(self.conv_kernel, int) or self.conv_kernel < 0:
             _fail("conv_kernel", self.conv_kernel, "an int >= 0 (0 = no convolution)")
+        if self.qk_init not in QK_INITS:
+            _fail("qk_init", self.qk_init, f"one of {QK_INITS}")
+        if self.qk_init == "induction" and self.conv_kernel < 2:
+            _fail("conv_kernel", self.conv_kernel, "an int >= 2 when qk_init='induction'",
+                  "The shifted key needs at least one token of conv context.")
         if self.max_lr < 0:
             _fail("max_lr", self.max_lr, "a float >= 0")
         for key in ("fixed_lr", "fixed_momentum_decay", "fixed_forget"):

@@ -71,11 +71,33 @@ class NeuralMemory(nn.Module):
         if c.zero_init_output:
             nn.init.zeros_(self.to_out.weight)
         nn.init.normal_(self.to_gates.weight, std=c.init_std)
+        if self.conv is not None and c.qk_init == "induction":
+            self._induction_init()
         with torch.no_grad():
             bias = self.to_gates.bias.view(3, c.heads)
             bias[0].fill_(c.lr_bias_init)
             bias[1].fill_(c.momentum_bias_init)
             bias[2].fill_(c.forget_bias_init)
+
+    @torch.no_grad()
+    def _induction_init(self) -> None:
+        """k_t = q_{t-1}: W_k = W_q, the key conv is the query conv one tap later, the value conv is the identity.
+
+        Conv tap j of the causal conv multiplies token t-(K-1-j). The query conv gets random taps for lags
+        0..K-2 (the context it summarises), the key conv the same taps for lags 1..K-1 and nothing for lag 0,
+        so the key of token t equals the query of token t-1 exactly and the memory starts out storing
+        "context -> next token" pairs (an induction head over everything the attention window has lost).
+        """
+        c, inner, K = self.config, self.config.inner_dim, self.config.conv_kernel
+        w = self.to_qkv.weight  # (3*inner, dim): rows q | k | v
+        w[inner : 2 * inner].copy_(w[:inner])
+        taps = self.conv.weight[:, 0, :]  # (3*inner, K)
+        q_taps = torch.randn(inner, K - 1) / (K - 1) ** 0.5
+        taps.zero_()
+        taps[:inner, 1:] = q_taps  # lags K-2..0
+        taps[inner : 2 * inner, :-1] = q_taps  # lags K-1..1: shifted one token back
+        taps[2 * inner :, -1] = 1.0  # value of token t = its own projection
+        self.conv.bias.zero_()
 
     # ------------------------------------------------------------------ state
 
