@@ -386,8 +386,9 @@ class NeuralMemory(nn.Module):
             else:
                 trans, offset = p_ww, r_w
             states = []
-            for ci in range(nf):
-                x = torch.baddbmm(offset[:, ci], trans[:, ci], x)
+            # unbind, not trans[:, ci]: each indexing op would allocate a zero gradient of the whole tensor
+            for off_c, trans_c in zip(offset.unbind(1), trans.unbind(1)):
+                x = torch.baddbmm(off_c, trans_c, x)
                 states.append(x)
             weights_after = torch.stack(states, dim=1)[:, :, :d]  # (g, nf, d, d)
             lr = torch.cat([lr_c.reshape(g, -1), lr[:, nf * C :]], dim=1)
