@@ -109,6 +109,80 @@ def test_gate_regulariser_pulls_gates_toward_the_target():
         TitansLitModule(build_model(MODEL, None)[0], BPTTConfig(gate_reg=1.0))
 
 
+ALIGN_MEM = {"variant": "mag", "window": 8, "diagnostics": False,
+             "memory": {"heads": 2, "depth": 2, "chunk_size": 8, "max_lr": 0.02}}
+
+
+@pytest.fixture(scope="module")
+def mag():
+    pytest.importorskip("titans.patch")
+    return build_model(MODEL, ALIGN_MEM, freeze="none")[0].train()
+
+
+def _loss(model, ids, targets, **bptt):
+    module = TitansLitModule(model, BPTTConfig(segment_len=16, bptt_window=2, **bptt))
+    loss, ok = module.run_segments(ids, targets)
+    assert ok
+    return loss, module
+
+
+def test_alignment_term_is_off_by_default_and_adds_exactly_lambda_times_the_term(mag):
+    from titans.patch import collect_diagnostics
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 256, (2, 40))  # segments 16 + 16 + 8, chunk 8: every segment writes
+    targets = shift_targets(ids)
+    base, module = _loss(mag, ids, targets)
+    assert module.align_recorder is None and BPTTConfig().align_reg == 0.0
+    assert not any(m._forward_pre_hooks for m in mag.modules())  # off: nothing hooked, no aux computed
+    same, _ = _loss(mag, ids, targets, align_reg=0.0)
+    assert torch.equal(base, same)
+    one, module = _loss(mag, ids, targets, align_reg=1.0)
+    term = one - base
+    assert term.abs() > 1e-4, "the term must be non-trivial for this test to mean anything"
+    align_sum, align_weight = module.last_align
+    torch.testing.assert_close(term, -align_sum)  # exactly what train/align_loss logs
+    torch.testing.assert_close(align_weight, torch.tensor(1.0))  # every segment wrote (40 = 5 chunks of 8)
+    scaled, _ = _loss(mag, ids, targets, align_reg=0.3)  # the λ=1 module's hooks stay, inactive
+    torch.testing.assert_close(scaled - base, 0.3 * term, rtol=1e-4, atol=1e-6)
+    # independent check on one segment: the term is −mean over layers of each layer's query_grad_cos diagnostic
+    mag.model.layers[0].titans.diagnostics = True  # shared TitansConfig: every layer records
+    try:
+        with torch.no_grad():
+            mag(input_ids=ids[:, :16])
+        cos = [v for k, v in collect_diagnostics(mag).items() if k.endswith("query_grad_cos")]
+        module = TitansLitModule(mag, BPTTConfig(segment_len=16, align_reg=1.0))
+        with_term, _ = module.run_segments(ids[:, :16], targets[:, :16])
+        without, _ = TitansLitModule(mag, BPTTConfig(segment_len=16)).run_segments(ids[:, :16], targets[:, :16])
+    finally:
+        mag.model.layers[0].titans.diagnostics = False
+    assert len(cos) == 2
+    torch.testing.assert_close(float(with_term - without), -sum(cos) / len(cos), rtol=1e-4, atol=1e-6)
+
+
+def test_alignment_gradient_reaches_the_query_projection_only(mag):
+    """No LM targets: only the alignment term. Its gradient reaches the last memory layer's query rows of
+    to_qkv; the error side is detached, so the key/value rows (the write) get none from it."""
+    mag.zero_grad(set_to_none=True)
+    ids = torch.randint(0, 256, (1, 36))  # the last 4 tokens stay in the buffer (not written)
+    module = TitansLitModule(mag, BPTTConfig(segment_len=16, align_reg=1.0))
+    loss, ok = module.run_segments(ids, torch.full_like(ids, -100), backward=True)
+    assert ok and loss != 0
+    memory = mag.model.layers[-1].memory
+    inner = memory.config.inner_dim
+    grad = memory.to_qkv.weight.grad
+    assert grad is not None and torch.isfinite(grad).all()
+    assert grad[:inner].abs().sum() > 0  # query rows
+    assert grad[inner:].abs().sum() == 0  # key and value rows
+
+
+def test_alignment_term_needs_a_memory_and_a_valid_weight(plain):
+    with pytest.raises(ValueError, match="bptt.align_reg=0.5 but the model has no neural memory"):
+        TitansLitModule(plain, BPTTConfig(align_reg=0.5))
+    with pytest.raises(ValueError, match=r"bptt.align_reg=-1.0 is not allowed; allowed: a number >= 0"):
+        BPTTConfig(align_reg=-1.0)
+
+
 def test_bf16_autocast_keeps_the_memory_state_fp32(tiny_cfg):
     pytest.importorskip("titans.patch")
     from titans.training.run import train
@@ -124,3 +198,4 @@ def test_bf16_autocast_keeps_the_memory_state_fp32(tiny_cfg):
     metrics = train(tiny_cfg("trainer.precision=bf16-mixed", "memory=mag", "memory.memory.heads=2",
                              "memory.window=32", "trainer.max_steps=1"))
     assert metrics["skipped_steps"] == 0 and all(x == x for x in metrics["train/losses"])
+
