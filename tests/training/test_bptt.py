@@ -199,3 +199,45 @@ def test_bf16_autocast_keeps_the_memory_state_fp32(tiny_cfg):
                              "memory.window=32", "trainer.max_steps=1"))
     assert metrics["skipped_steps"] == 0 and all(x == x for x in metrics["train/losses"])
 
+
+def test_fp16_autocast_keeps_the_memory_state_fp32_and_loss_scaling_skips_overflows(tiny_cfg):
+    """fp16 AMP on CPU (Lightning would silently use bf16 there; `build_trainer` asks for fp16 with a CPU
+    GradScaler). The memory state stays fp32, losses are finite, and a gradient overflow (forced at batch 1
+    by an absurd loss scale) skips that step and lowers the scale instead of failing or stepping on inf."""
+    pytest.importorskip("titans.patch")
+    import lightning.pytorch as pl
+
+    from titans.training.run import train
+
+    mem = {"variant": "mag", "window": 8, "memory": {"heads": 2, "depth": 2, "chunk_size": 8, "max_lr": 0.02}}
+    model, _ = build_model(MODEL, mem)
+    ids = torch.randint(0, 256, (1, 24))
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model(input_ids=ids, use_cache=True)
+    assert out.logits.dtype == torch.float16
+    states = out.past_key_values.memory_states
+    assert states and all(w.dtype == torch.float32 for s in states.values() for w in s.weights.values())
+
+    seen = {"logits": set(), "state": set(), "scale": []}
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            pl_module.model.lm_head.register_forward_hook(lambda _m, _i, o: seen["logits"].add(o.dtype))
+            for layer in pl_module.model.model.layers:
+                layer.memory.register_forward_hook(
+                    lambda _m, _i, o: seen["state"].update(w.dtype for w in o[1].weights.values()))
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx in (1, 2):  # batch 1: scaled gradients overflow to inf; batch 2: a sane scale again
+                trainer.precision_plugin.scaler._scale.fill_(3e38 if batch_idx == 1 else 1024.0)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["scale"].append(trainer.precision_plugin.scaler.get_scale())
+
+    metrics = train(tiny_cfg("trainer.precision=16-mixed", "memory=mag", "memory.memory.heads=2",
+                             "memory.window=32", "trainer.max_steps=3"), extra_callbacks=[Spy()])
+    assert seen["logits"] == {torch.float16} and seen["state"] == {torch.float32}
+    assert all(x == x and abs(x) < float("inf") for x in metrics["train/losses"])
+    assert metrics["skipped_steps"] == 1 and seen["scale"] == pytest.approx([65536.0, 1.5e38, 1024.0])  # halved
+    # as in Lightning's automatic AMP, a step the scaler skipped still counts in global_step
+    assert metrics["global_step"] == 3 and len(metrics["train/losses"]) == 3

@@ -173,6 +173,7 @@ class TitansLitModule(pl.LightningModule):
         if self.align_recorder is not None and not self.align_recorder.handles:
             raise ValueError(f"bptt.align_reg={self.bptt.align_reg} but the model has no neural memory (memory=none); "
                              f"set bptt.align_reg=0 or use memory=mag|mal|mac.")
+        self._grad_norm: Tensor | None = None  # set in on_before_optimizer_step under fp16 loss scaling
         self.last_align: tuple[Tensor, Tensor] | None = None  # (Σ cos·(e−s)/T, Σ (e−s)/T) of the last batch
 
     # ------------------------------------------------------------------ forward over segments
@@ -278,18 +279,31 @@ class TitansLitModule(pl.LightningModule):
         input_ids = batch["input_ids"]
         targets = shift_targets(batch["labels"])
         loss, finite = self.run_segments(input_ids, targets, backward=True)
-        grad_norm = self._clip(opt) if finite else torch.tensor(float("nan"))
-        finite = finite and bool(torch.isfinite(grad_norm))
         self.batches_seen += 1
-        if finite:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        grad_norm = torch.tensor(float("nan"))
+        if finite and scaler is None:
+            grad_norm = self._clip()
+            finite = bool(torch.isfinite(grad_norm))
+            if finite:
+                opt.step()
+        elif finite:
+            # fp16 loss scaling: Lightning unscales inside opt.step(), then calls on_before_optimizer_step (we
+            # clip there, on true gradients), then the scaler skips the update if a gradient overflowed and
+            # lowers the scale. Unscaling here first would make Lightning's unscale_ fail.
+            self._grad_norm = None
             opt.step()
+            grad_norm = self._grad_norm if self._grad_norm is not None else grad_norm
+            finite = bool(torch.isfinite(grad_norm))
+        if finite:
             if sched is not None:
                 sched.step()
         else:
             opt.zero_grad(set_to_none=True)
             self.skipped_steps += 1
-            log.warning("non-finite loss or gradient at batch %d (loss=%s, grad_norm=%s): step skipped",
-                        self.batches_seen, float(loss), float(grad_norm))
+            scale = f", fp16 loss scale now {scaler.get_scale():g}" if scaler is not None else ""
+            log.warning("non-finite loss or gradient at batch %d (loss=%s, grad_norm=%s): step skipped%s",
+                        self.batches_seen, float(loss), float(grad_norm), scale)
         self.last_losses.append(float(loss))
         bs = input_ids.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
@@ -302,15 +316,16 @@ class TitansLitModule(pl.LightningModule):
             self.log("train/align_cos", align_sum / align_weight.clamp_min(1e-12), batch_size=bs)  # should rise
         return loss
 
-    def _clip(self, opt) -> Tensor:
+    def _clip(self) -> Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
         if not params:
             return torch.zeros(())
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None:  # fp16: unscale before measuring / clipping
-            scaler.unscale_(opt.optimizer if hasattr(opt, "optimizer") else opt)
         max_norm = self.bptt.grad_clip or math.inf
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:  # fp16: gradients unscaled by now
+            self._grad_norm = self._clip()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         input_ids, answer_mask = batch["input_ids"], batch["answer_mask"]
