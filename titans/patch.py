@@ -266,7 +266,8 @@ def collect_diagnostics(model: nn.Module) -> dict[str, float]:
     """`{"layer3/gate_mean": ..., "layer3/surprise_norm": ...}` from every patched layer's last forward.
 
     Keys per layer: gate_mean, gate_std, scale_abs_mean, surprise_norm, lr_mean (θ), momentum_decay_mean (η),
-    forget_mean (α), memory_weight_norm (MAC: of the last segment of the last forward). One host sync in all.
+    forget_mean (α), memory_weight_norm, query_grad_cos (mean cos(q_t, M(k_t) − v_t) over written tokens)
+    (MAC: of the last segment of the last forward). One host sync in all.
     """
     names, values = [], []
     for i, layer in titans_layers(model).items():

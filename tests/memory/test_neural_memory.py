@@ -65,6 +65,37 @@ def _oracle_weights(mem, aux, b=0, h=0):
     )[1]
 
 
+@pytest.mark.parametrize("depth", [2, 1], ids=["deep", "linear"])
+def test_errors_are_chunk_start_prediction_errors(depth):
+    """aux `errors` = M_{t'}(k_t) − v_t with M_{t'} the oracle's weights at the start of t's chunk; their
+    norms give `surprise` (‖∇ℓ_t‖ = 2‖error‖ for a linear memory); NaN for tokens not written yet."""
+    mem = make(chunk_size=4, depth=depth).double()
+    x = torch.randn(2, 14, 16, dtype=torch.float64)
+    _, _, aux = mem(x, return_aux=True)
+    assert aux["errors"].shape == aux["queries"].shape == (2, 2, 14, 8)
+    assert aux["errors"][:, :, 12:].isnan().all() and aux["errors"][:, :, :12].isfinite().all()
+    init = mem.init_state(2)
+    for start in (0, 4, 8):
+        w = reference_memory(
+            mem.memory_model, {n: t[1, 0] for n, t in init.weights.items()},
+            *(aux[key][1, 0, :start] for key in ("queries", "keys", "values", "lr", "momentum_decay", "forget")),
+            mem.config.chunk_size,
+        )[1] if start else {n: t[1, 0] for n, t in init.weights.items()}
+        k, v = aux["keys"][1, 0, start : start + 4], aux["values"][1, 0, start : start + 4]
+        expected = functional_call(mem.memory_model, w, (k,)) - v
+        torch.testing.assert_close(aux["errors"][1, 0, start : start + 4], expected, atol=1e-10, rtol=1e-9)
+    if depth == 1:
+        expected = 2 * aux["keys"].norm(dim=-1) * aux["errors"].norm(dim=-1)
+        torch.testing.assert_close(aux["surprise"], expected, equal_nan=True)
+
+
+def test_errors_keep_their_graph():
+    mem = make(chunk_size=4, depth=2)
+    _, _, aux = mem(torch.randn(1, 8, 16), return_aux=True)
+    aux["errors"].sum().backward()
+    assert mem.to_qkv.weight.grad is not None and mem.to_qkv.weight.grad.abs().sum() > 0
+
+
 def test_surprise_clip_scales_lr_and_matches_oracle():
     mem = make(surprise_clip=0.05, chunk_size=3, fixed_lr=0.3, chunk_step_cap=0.0).double()
     x = torch.randn(1, 9, 16, dtype=torch.float64)
@@ -126,7 +157,7 @@ def test_linear_fast_path_equals_general_chunk_loop(momentum, monkeypatch):
     torch.testing.assert_close(y_fast, y_loop, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(s_fast.weights["w0"], s_loop.weights["w0"], atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(s_fast.momentum["w0"], s_loop.momentum["w0"], atol=1e-12, rtol=1e-10)
-    for key in ("lr", "surprise", "retrieved"):
+    for key in ("lr", "surprise", "retrieved", "errors"):
         torch.testing.assert_close(aux_fast[key], aux_loop[key], atol=1e-12, rtol=1e-10, equal_nan=True)
     for a, b in zip(g_fast, g_loop):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)

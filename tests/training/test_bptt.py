@@ -109,6 +109,80 @@ def test_gate_regulariser_pulls_gates_toward_the_target():
         TitansLitModule(build_model(MODEL, None)[0], BPTTConfig(gate_reg=1.0))
 
 
+ALIGN_MEM = {"variant": "mag", "window": 8, "diagnostics": False,
+             "memory": {"heads": 2, "depth": 2, "chunk_size": 8, "max_lr": 0.02}}
+
+
+@pytest.fixture(scope="module")
+def mag():
+    pytest.importorskip("titans.patch")
+    return build_model(MODEL, ALIGN_MEM, freeze="none")[0].train()
+
+
+def _loss(model, ids, targets, **bptt):
+    module = TitansLitModule(model, BPTTConfig(segment_len=16, bptt_window=2, **bptt))
+    loss, ok = module.run_segments(ids, targets)
+    assert ok
+    return loss, module
+
+
+def test_alignment_term_is_off_by_default_and_adds_exactly_lambda_times_the_term(mag):
+    from titans.patch import collect_diagnostics
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 256, (2, 40))  # segments 16 + 16 + 8, chunk 8: every segment writes
+    targets = shift_targets(ids)
+    base, module = _loss(mag, ids, targets)
+    assert module.align_recorder is None and BPTTConfig().align_reg == 0.0
+    assert not any(m._forward_pre_hooks for m in mag.modules())  # off: nothing hooked, no aux computed
+    same, _ = _loss(mag, ids, targets, align_reg=0.0)
+    assert torch.equal(base, same)
+    one, module = _loss(mag, ids, targets, align_reg=1.0)
+    term = one - base
+    assert term.abs() > 1e-4, "the term must be non-trivial for this test to mean anything"
+    align_sum, align_weight = module.last_align
+    torch.testing.assert_close(term, -align_sum)  # exactly what train/align_loss logs
+    torch.testing.assert_close(align_weight, torch.tensor(1.0))  # every segment wrote (40 = 5 chunks of 8)
+    scaled, _ = _loss(mag, ids, targets, align_reg=0.3)  # the λ=1 module's hooks stay, inactive
+    torch.testing.assert_close(scaled - base, 0.3 * term, rtol=1e-4, atol=1e-6)
+    # independent check on one segment: the term is −mean over layers of each layer's query_grad_cos diagnostic
+    mag.model.layers[0].titans.diagnostics = True  # shared TitansConfig: every layer records
+    try:
+        with torch.no_grad():
+            mag(input_ids=ids[:, :16])
+        cos = [v for k, v in collect_diagnostics(mag).items() if k.endswith("query_grad_cos")]
+        module = TitansLitModule(mag, BPTTConfig(segment_len=16, align_reg=1.0))
+        with_term, _ = module.run_segments(ids[:, :16], targets[:, :16])
+        without, _ = TitansLitModule(mag, BPTTConfig(segment_len=16)).run_segments(ids[:, :16], targets[:, :16])
+    finally:
+        mag.model.layers[0].titans.diagnostics = False
+    assert len(cos) == 2
+    torch.testing.assert_close(float(with_term - without), -sum(cos) / len(cos), rtol=1e-4, atol=1e-6)
+
+
+def test_alignment_gradient_reaches_the_query_projection_only(mag):
+    """No LM targets: only the alignment term. Its gradient reaches the last memory layer's query rows of
+    to_qkv; the error side is detached, so the key/value rows (the write) get none from it."""
+    mag.zero_grad(set_to_none=True)
+    ids = torch.randint(0, 256, (1, 36))  # the last 4 tokens stay in the buffer (not written)
+    module = TitansLitModule(mag, BPTTConfig(segment_len=16, align_reg=1.0))
+    loss, ok = module.run_segments(ids, torch.full_like(ids, -100), backward=True)
+    assert ok and loss != 0
+    memory = mag.model.layers[-1].memory
+    inner = memory.config.inner_dim
+    grad = memory.to_qkv.weight.grad
+    assert grad is not None and torch.isfinite(grad).all()
+    assert grad[:inner].abs().sum() > 0  # query rows
+    assert grad[inner:].abs().sum() == 0  # key and value rows
+
+
+def test_alignment_term_needs_a_memory_and_a_valid_weight(plain):
+    with pytest.raises(ValueError, match="bptt.align_reg=0.5 but the model has no neural memory"):
+        TitansLitModule(plain, BPTTConfig(align_reg=0.5))
+    with pytest.raises(ValueError, match=r"bptt.align_reg=-1.0 is not allowed; allowed: a number >= 0"):
+        BPTTConfig(align_reg=-1.0)
+
+
 def test_bf16_autocast_keeps_the_memory_state_fp32(tiny_cfg):
     pytest.importorskip("titans.patch")
     from titans.training.run import train
@@ -124,3 +198,46 @@ def test_bf16_autocast_keeps_the_memory_state_fp32(tiny_cfg):
     metrics = train(tiny_cfg("trainer.precision=bf16-mixed", "memory=mag", "memory.memory.heads=2",
                              "memory.window=32", "trainer.max_steps=1"))
     assert metrics["skipped_steps"] == 0 and all(x == x for x in metrics["train/losses"])
+
+
+def test_fp16_autocast_keeps_the_memory_state_fp32_and_loss_scaling_skips_overflows(tiny_cfg):
+    """fp16 AMP on CPU (Lightning would silently use bf16 there; `build_trainer` asks for fp16 with a CPU
+    GradScaler). The memory state stays fp32, losses are finite, and a gradient overflow (forced at batch 1
+    by an absurd loss scale) skips that step and lowers the scale instead of failing or stepping on inf."""
+    pytest.importorskip("titans.patch")
+    import lightning.pytorch as pl
+
+    from titans.training.run import train
+
+    mem = {"variant": "mag", "window": 8, "memory": {"heads": 2, "depth": 2, "chunk_size": 8, "max_lr": 0.02}}
+    model, _ = build_model(MODEL, mem)
+    ids = torch.randint(0, 256, (1, 24))
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = model(input_ids=ids, use_cache=True)
+    assert out.logits.dtype == torch.float16
+    states = out.past_key_values.memory_states
+    assert states and all(w.dtype == torch.float32 for s in states.values() for w in s.weights.values())
+
+    seen = {"logits": set(), "state": set(), "scale": []}
+
+    class Spy(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            pl_module.model.lm_head.register_forward_hook(lambda _m, _i, o: seen["logits"].add(o.dtype))
+            for layer in pl_module.model.model.layers:
+                layer.memory.register_forward_hook(
+                    lambda _m, _i, o: seen["state"].update(w.dtype for w in o[1].weights.values()))
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx in (1, 2):  # batch 1: scaled gradients overflow to inf; batch 2: a sane scale again
+                trainer.precision_plugin.scaler._scale.fill_(3e38 if batch_idx == 1 else 1024.0)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["scale"].append(trainer.precision_plugin.scaler.get_scale())
+
+    metrics = train(tiny_cfg("trainer.precision=16-mixed", "memory=mag", "memory.memory.heads=2",
+                             "memory.window=32", "trainer.max_steps=3"), extra_callbacks=[Spy()])
+    assert seen["logits"] == {torch.float16} and seen["state"] == {torch.float32}
+    assert all(x == x and abs(x) < float("inf") for x in metrics["train/losses"])
+    assert metrics["skipped_steps"] == 1 and seen["scale"] == pytest.approx([65536.0, 1.5e38, 1024.0])  # halved
+    # as in Lightning's automatic AMP, a step the scaler skipped still counts in global_step
+    assert metrics["global_step"] == 3 and len(metrics["train/losses"]) == 3

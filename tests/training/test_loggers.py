@@ -29,3 +29,11 @@ def test_read_wandb_run_rejects_other_files(tmp_path):
     (tmp_path / "run-x.wandb").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a W&B run file"):
         loggers.read_wandb_run(tmp_path)
+
+
+def test_tensorboard_logger_names_the_missing_package(monkeypatch, tmp_path):
+    logger = loggers.tensorboard_logger(save_dir=tmp_path)
+    assert type(logger).__name__ == "TensorBoardLogger" and str(tmp_path) in logger.log_dir
+    monkeypatch.setattr(loggers, "_importable", lambda module: False)
+    with pytest.raises(ModuleNotFoundError, match=r"logger=tensorboard needs the tensorboardX package.*logger=csv"):
+        loggers.tensorboard_logger(save_dir=tmp_path)

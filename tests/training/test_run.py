@@ -47,6 +47,15 @@ def test_short_run_per_variant_trains_the_memory(tiny_cfg, memory, extra):
         assert 0 < n_trained < len(names)
 
 
+def test_alignment_term_is_logged(tiny_cfg):
+    pytest.importorskip("titans.patch")
+    metrics = train(tiny_cfg("memory=mag", *MEM, "memory.window=32", "bptt.align_reg=0.1", "trainer.max_steps=1"))
+    cos = metrics["train/align_cos"]
+    assert -1.0 <= cos <= 1.0 and cos != 0.0
+    assert metrics["train/align_loss"] == pytest.approx(-0.1 * cos)  # every segment wrote: weight 1
+    assert math.isfinite(metrics["train/losses"][0])
+
+
 def test_non_finite_loss_skips_the_step_and_is_logged(tiny_cfg, monkeypatch, caplog):
     """Batch 2 of 3 gets NaN logits: its step is skipped (weights unchanged), training goes on."""
     import titans.training.run as run_mod
@@ -100,7 +109,8 @@ def test_wandb_offline_run_logs_config_losses_and_diagnostics(tiny_cfg, tmp_path
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     keys = set().union(*run["history"])
     assert {"train/lr", "train/tokens_per_s", "train/grad_norm"} <= keys
-    for name in ("gate_mean", "surprise_norm", "lr_mean", "momentum_decay_mean", "forget_mean", "memory_weight_norm"):
+    for name in ("gate_mean", "surprise_norm", "lr_mean", "momentum_decay_mean", "forget_mean", "memory_weight_norm",
+                 "query_grad_cos"):
         assert f"diag/layer0/{name}" in keys, name
 
 

@@ -176,7 +176,7 @@ def test_diagnostics(base, ids):
     model(ids)
     diag = collect_diagnostics(model)
     keys = {"gate_mean", "gate_std", "scale_abs_mean", "surprise_norm", "lr_mean", "momentum_decay_mean",
-            "forget_mean", "memory_weight_norm"}
+            "forget_mean", "memory_weight_norm", "query_grad_cos"}
     assert {k.split("/")[1] for k in diag} == keys and {k.split("/")[0] for k in diag} == {"layer0", "layer1"}
     assert all(isinstance(v, float) and v == v and abs(v) < float("inf") for v in diag.values())
     assert 0 < diag["layer0/gate_mean"] < 1 and diag["layer0/scale_abs_mean"] == 1.0

@@ -5,7 +5,7 @@ Pure torch + einops: nothing here imports transformers, Lightning, Hydra or W&B.
 
 from titans.memory.config import MemoryConfig
 from titans.memory.mlp import MemoryMLP
-from titans.memory.neural_memory import NeuralMemory
+from titans.memory.neural_memory import NeuralMemory, query_error_cosine
 from titans.memory.state import MemoryState
 
-__all__ = ["MemoryConfig", "MemoryMLP", "MemoryState", "NeuralMemory"]
+__all__ = ["MemoryConfig", "MemoryMLP", "MemoryState", "NeuralMemory", "query_error_cosine"]

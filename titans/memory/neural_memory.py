@@ -180,8 +180,11 @@ class NeuralMemory(nn.Module):
 
         x: `[B, T, dim]`. Returns `y` `[B, T, dim]`, the new state, and with `return_aux` a dict of
         `keys`, `values`, `queries`, `retrieved` (`[B, H, T, head_dim]`), `lr`, `momentum_decay`,
-        `forget` (`[B, H, T]`, the gate values used) and `surprise` (`[B, H, T]`: the norm of each
-        token's inner gradient, NaN for tokens whose chunk is still unfinished after this call).
+        `forget` (`[B, H, T]`, the gate values used), `surprise` (`[B, H, T]`: the norm of each token's
+        inner gradient) and `errors` (`[B, H, T, head_dim]`: M_{t'}(k_t) − v_t at the chunk-start weights,
+        the value-space direction of the inner gradient, dℓ/dM(k_t) = 2·error; with its graph). Tokens whose
+        chunk is still unfinished after this call are not written yet: NaN in `surprise` and `errors`.
+        Nothing of this is computed without `return_aux`.
         """
         self._check(x, state)
         c = self.config
@@ -211,7 +214,9 @@ class NeuralMemory(nn.Module):
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
             gates = (lr.to(dtype), log_eta.to(dtype), log_keep.to(dtype))
             scan = self._scan_linear if self._linear_fast_path else self._scan
-            retrieved, new_w, new_m, surprise, lr_used = scan(q, k, v, *gates, state, n_buf, with_surprise=return_aux)
+            retrieved, new_w, new_m, surprise, errors, lr_used = scan(
+                q, k, v, *gates, state, n_buf, with_aux=return_aux
+            )
         # retrieved: (b, h, t, d) for the new tokens only
         out = retrieved
         if self.out_norm is not None:
@@ -244,6 +249,7 @@ class NeuralMemory(nn.Module):
             "momentum_decay": eta[:, :, new],
             "forget": alpha[:, :, new],
             "surprise": surprise[:, :, new],
+            "errors": errors[:, :, new],
         }
         return y, new_state, aux
 
@@ -259,8 +265,8 @@ class NeuralMemory(nn.Module):
         log_keep: Tensor,
         state: MemoryState,
         n_buf: int,
-        with_surprise: bool = True,
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor]:
+        with_aux: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None, Tensor]:
         """Chunk loop. q/k/v: `[B, H, n, d]`, θ / log η / log(1−α): `[B, H, n]`; token 0 starts a chunk;
         reads only for tokens >= n_buf (the buffered ones were read by the previous call).
 
@@ -283,7 +289,7 @@ class NeuralMemory(nn.Module):
         clip = c.surprise_clip > 0
         coef = self._chunk_coefficients(lr[:, : n_full * C], log_eta[:, : n_full * C], log_keep[:, : n_full * C])
 
-        reads, inputs_all, deltas_all, lr_chunks = [], [], [], []
+        reads, inputs_all, deltas_all, errors_all, lr_chunks = [], [], [], [], []
         for ci in range(n_full):
             s, e = ci * C, (ci + 1) * C
             rs = max(s, n_buf)
@@ -296,7 +302,8 @@ class NeuralMemory(nn.Module):
                 out = out[:, n_read:]
                 inputs = [h[:, n_read:] for h in inputs]
                 pre = [z[:, n_read:] for z in pre]
-            deltas = mlp.backward_batched(weights, pre, 2.0 * (out - v[:, s:e]))  # dℓ/dM(k) of Eq. 12
+            err = out - v[:, s:e]  # (g, c, d): M(k) − v
+            deltas = mlp.backward_batched(weights, pre, 2.0 * err)  # dℓ/dM(k) of Eq. 12
             u, s_coef, decay, carry_m, carry_s, lr_c = (t[:, ci] if t is not None else None for t in coef)
             if clip:
                 scale = (c.surprise_clip / _surprise(inputs, deltas).clamp_min(1e-12)).clamp(max=1.0)
@@ -304,6 +311,8 @@ class NeuralMemory(nn.Module):
             weights, momentum = _apply_update(weights, momentum, inputs, deltas, u, s_coef, decay, carry_m, carry_s)
             inputs_all.append(inputs)
             deltas_all.append(deltas)
+            if with_aux:
+                errors_all.append(err)
             lr_chunks.append(lr_c)
         if n_full * C < n:  # unfinished chunk: read only; its tokens wait in the buffer
             rs = max(n_full * C, n_buf)
@@ -311,11 +320,14 @@ class NeuralMemory(nn.Module):
 
         retrieved = rearrange(torch.cat(reads, dim=1), "(b h) t d -> b h t d", b=B)
         # per-token surprise ‖∇ℓ_t‖ of the written chunks (NaN for tokens still waiting in the buffer)
-        surprise = torch.full((B * H, n), float("nan"), device=q.device, dtype=dtype) if with_surprise else None
+        surprise = torch.full((B * H, n), float("nan"), device=q.device, dtype=dtype) if with_aux else None
+        errors = None
+        if with_aux:  # (b h n d), NaN for tokens still waiting in the buffer
+            errors = rearrange(_pad_nan(errors_all, q), "(b h) n d -> b h n d", b=B)
         lr_used = lr.clone()
         if n_full:
             lr_used[:, : n_full * C] = torch.cat(lr_chunks, dim=1)
-        if n_full and with_surprise:
+        if n_full and with_aux:
             with torch.no_grad():
                 per_layer = [torch.cat([chunk[layer] for chunk in inputs_all], 1) for layer in range(mlp.depth)]
                 per_layer_d = [torch.cat([chunk[layer] for chunk in deltas_all], 1) for layer in range(mlp.depth)]
@@ -325,7 +337,7 @@ class NeuralMemory(nn.Module):
         lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
         new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, weights)}
         new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, momentum)}
-        return retrieved, new_w, new_m, surprise, lr_used
+        return retrieved, new_w, new_m, surprise, errors, lr_used
 
     @property
     def _linear_fast_path(self) -> bool:
@@ -342,8 +354,8 @@ class NeuralMemory(nn.Module):
         log_keep: Tensor,
         state: MemoryState,
         n_buf: int,
-        with_surprise: bool = True,
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor]:
+        with_aux: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None, Tensor]:
         """`_scan` for a linear memory M(k) = k W, with the same results and far fewer ops.
 
         With ∇ℓ_j = 2 k_j^T (k_j W − v_j) at the chunk-start W, one chunk of Eq. 13-14 is affine in
@@ -398,14 +410,15 @@ class NeuralMemory(nn.Module):
         pad = (nf + 1) * C - n
         qc = F.pad(q, (0, 0, 0, pad)).reshape(g, nf + 1, C, d)
         retrieved = (qc @ w_before).reshape(g, -1, d)[:, n_buf:n]
-        surprise = None
-        if with_surprise:
+        surprise = errors = None
+        if with_aux:
+            err = []  # per-token M(k_t) − v_t = k_t W − v_t at the chunk-start W, with its graph
+            if nf:
+                kc = k[:, : nf * C].reshape(g, nf, C, d)
+                err = [(kc @ w_before[:, :nf] - v[:, : nf * C].reshape(g, nf, C, d)).reshape(g, nf * C, d)]
+            errors = rearrange(_pad_nan(err, q), "(b h) n d -> b h n d", b=B)
             with torch.no_grad():  # per-token surprise ‖∇ℓ_t‖ = 2 ‖k_t‖ ‖k_t W − v_t‖ (NaN while buffered)
-                surprise = torch.full((g, n), float("nan"), device=q.device, dtype=dtype)
-                if nf:
-                    kc = k[:, : nf * C].reshape(g, nf, C, d)
-                    err = kc @ w_before[:, :nf] - v[:, : nf * C].reshape(g, nf, C, d)
-                    surprise[:, : nf * C] = (2 * kc.norm(dim=-1) * err.norm(dim=-1)).reshape(g, -1)
+                surprise = 2 * k.norm(dim=-1) * errors.detach().reshape(g, n, d).norm(dim=-1)
                 surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
         w_last = x[:, :d]
         if momentum:
@@ -420,6 +433,7 @@ class NeuralMemory(nn.Module):
             {name: rearrange(w_last, "(b h) i o -> b h i o", b=B)},
             {name: rearrange(s_last, "(b h) i o -> b h i o", b=B)},
             surprise,
+            errors,
             rearrange(lr, "(b h) n -> b h n", b=B),
         )
 
@@ -466,6 +480,24 @@ class NeuralMemory(nn.Module):
             scale = (cap / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, k, 1)
             u, s_coef, lr = u * scale, s_coef * scale, lr * scale
         return u, s_coef, decay, carry_m, carry_s, lr
+
+
+def query_error_cosine(aux: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """cos(q_t, M_{t'}(k_t) − v_t) per token, `[B, H, T]`, from `NeuralMemory(..., return_aux=True)`'s aux:
+    the alignment of each token's query with the value-space direction of its inner gradient ∇ℓ (the
+    MemoryMAG "query vs memory gradient" cosine). Returns (cosine, 0 where not written yet; written mask).
+    The graph of both aux tensors is kept; detach `aux["errors"]` first to train only the query side."""
+    errors = aux["errors"]
+    written = ~errors.isnan().any(-1)  # (b, h, t)
+    cos = F.cosine_similarity(aux["queries"], torch.where(written[..., None], errors, 0.0), dim=-1)
+    return torch.where(written, cos, 0.0), written
+
+
+def _pad_nan(chunks: list[Tensor], like: Tensor) -> Tensor:
+    """Concatenate per-chunk `[g, c, d]` tensors along tokens and pad with NaN to `like`'s `[g, n, d]`."""
+    g, n, d = like.shape
+    done = torch.cat(chunks, dim=1) if chunks else like.new_zeros(g, 0, d)
+    return torch.cat([done, like.new_full((g, n - done.shape[1], d), float("nan"))], dim=1)
 
 
 def _surprise(inputs: list[Tensor], deltas: list[Tensor]) -> Tensor:

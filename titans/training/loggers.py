@@ -1,4 +1,5 @@
-"""Logger factories. `wandb_logger(mode="auto")` never hangs: offline without an API key or network."""
+"""Logger factories. `wandb_logger(mode="auto")` never hangs: offline without an API key or network;
+`tensorboard_logger` says which package to install when neither tensorboardX nor tensorboard is there."""
 
 from __future__ import annotations
 
@@ -62,6 +63,26 @@ def wandb_logger(project: str = "titans", save_dir: str = ".", mode: str = "auto
                                                               x_disable_stats=True)
     return WandbLogger(project=project, save_dir=str(save_dir), mode=mode, name=name, group=group,
                        tags=list(tags or []), settings=settings, **kwargs)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def tensorboard_logger(save_dir: str = ".", name: str = "tensorboard", version: str | int | None = "", **kwargs):
+    """A Lightning `TensorBoardLogger` writing with tensorboardX (a titans dependency) or tensorboard; a clear
+    error naming the package and the alternatives when neither is installed (Lightning's would not)."""
+    if not (_importable("tensorboardX") or _importable("tensorboard")):
+        raise ModuleNotFoundError(
+            "logger=tensorboard needs the tensorboardX package (a dependency of titans in pyproject.toml; "
+            "`pip install -e .` or `pip install 'tensorboardX>=2.6'`) or the full tensorboard package; "
+            "or pick another logger: logger=csv | wandb | none."
+        )
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir=str(save_dir), name=name, version=version, **kwargs)
 
 
 _WANDB_BLOCK = 32768

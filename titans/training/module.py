@@ -4,7 +4,7 @@ training_step, per batch `input_ids [B, T]`:
     cache = None
     for each segment (segment_len tokens, the last may be shorter):
         logits, cache = model(segment, past_key_values=cache)      # memory state + KV carried
-        loss += CE(logits, targets) / (loss targets in the sequence) (+ regularisers)
+        loss += CE(logits, targets) / (loss targets in the sequence) (+ gate / alignment regularisers)
         every bptt_window segments: backward(loss), detach(cache)   # gradient stops here
     clip, skip the step if the loss or gradient norm is not finite, optimizer step, scheduler step
 One optimizer step per batch: gradients of all bptt windows of the batch accumulate. Logits are only
@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from titans.memory import NeuralMemory, query_error_cosine
 from titans.training.bptt import detach_cache, needed_positions, segment_bounds, segment_loss_sum, shift_targets
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,12 @@ class BPTTConfig:
     the cache is detached (1 = only within a segment); grad_clip: max gradient norm (None/0 = off);
     strict_segments: require seq_len % segment_len == 0; gate_reg: weight of the gate regulariser
     (mean squared distance of the memory gates g to `gate_target`, weighted by segment length; keeps
-    gates away from stuck-at-0/1, the MemoryMAG red flag), 0 = off. Training loss only.
+    gates away from stuck-at-0/1, the MemoryMAG red flag), 0 = off; align_reg: weight λ of the MemoryMAG
+    alignment term (SPEC §3.3, L_align = −cos(query, memory gradient)): minus the mean, over the tokens
+    every memory layer wrote in the segment, of cos(q_t, M_{t'}(k_t) − v_t), the query against the
+    value-space direction of the token's inner gradient ∇ℓ (Eq. 12), weighted by segment length; the error
+    side is detached, so the term trains the query path (how to ask), not the write; 0 = off.
+    Regularisers change the training loss only.
     """
 
     segment_len: int = 128
@@ -44,6 +50,7 @@ class BPTTConfig:
     strict_segments: bool = False
     gate_reg: float = 0.0
     gate_target: float = 0.5
+    align_reg: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.segment_len, int) or self.segment_len <= 0:
@@ -56,15 +63,21 @@ class BPTTConfig:
         if self.gate_reg < 0 or not 0.0 <= self.gate_target <= 1.0:
             raise ValueError(f"bptt.gate_reg={self.gate_reg!r} / bptt.gate_target={self.gate_target!r}: gate_reg "
                              f"must be >= 0 and gate_target in [0, 1].")
+        if isinstance(self.align_reg, bool) or not isinstance(self.align_reg, int | float) or self.align_reg < 0:
+            raise ValueError(f"bptt.align_reg={self.align_reg!r} is not allowed; allowed: a number >= 0 (the weight "
+                             f"of the MemoryMAG query/memory-gradient alignment term; 0 = off).")
 
 
 class GateRecorder:
     """Records the gate activations g `[B, S, D]` of every memory gate during a forward (with their graph),
-    for the gate regulariser. Hooks modules that return `(contribution, g)`: the patch's `MemoryGate`."""
+    for the gate regulariser. Hooks modules that return `(contribution, g)`: the patch's `MemoryGate`.
+    Records only while `active` (inside its module's `run_segments`), so a recorder left behind by another
+    module on the same model neither records nor holds graphs."""
 
     def __init__(self, model: nn.Module) -> None:
         self.gates: list[Tensor] = []
         self.handles = []
+        self.active = False
         try:
             from titans.variants.common import MemoryGate
         except ImportError:
@@ -74,11 +87,59 @@ class GateRecorder:
                 self.handles.append(m.register_forward_hook(self._hook))
 
     def _hook(self, _module, _inputs, output) -> None:
-        self.gates.append(output[1])
+        if self.active:
+            self.gates.append(output[1])
 
     def pop(self) -> list[Tensor]:
         gates, self.gates = self.gates, []
         return gates
+
+
+class MemoryAuxRecorder:
+    """Records the aux dict (queries, errors, ...) of every `NeuralMemory` call made with gradients enabled,
+    for the alignment term. Asks the memory for aux (`return_aux=True`) and hands the caller the output it
+    asked for, so the layers need not know; without gradients (validation) nothing is asked or recorded.
+    Active only inside its module's `run_segments` (like `GateRecorder`); the output hook is prepended, so
+    several recorders on one memory nest (the last to force aux is the first to see it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.records: list[dict[str, Tensor]] = []
+        self.handles = []
+        self.active = False
+        self._forced: dict[int, bool] = {}
+        for m in model.modules():
+            if isinstance(m, NeuralMemory):
+                self.handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
+                self.handles.append(m.register_forward_hook(self._post, prepend=True))
+
+    def _pre(self, module, args, kwargs):
+        asked = bool(args[2]) if len(args) > 2 else bool(kwargs.get("return_aux", False))
+        force = self.active and torch.is_grad_enabled() and not asked
+        self._forced[id(module)] = force
+        return (args[:2], {**kwargs, "return_aux": True}) if force else None
+
+    def _post(self, module, _inputs, output):
+        if self.active and len(output) == 3 and torch.is_grad_enabled():
+            self.records.append(output[2])
+        return output[:2] if self._forced.pop(id(module), False) else None
+
+    def pop(self) -> list[dict[str, Tensor]]:
+        records, self.records = self.records, []
+        return records
+
+
+def alignment_cosine(records: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor] | None:
+    """Mean cos(q_t, M_{t'}(k_t) − v_t) over the written tokens of all recorded memory calls, the error side
+    detached (a scalar with the query's graph; 0 when no token was written: a segment shorter than a chunk),
+    and whether any token was written (a 0/1 scalar; tensors, so no host sync). None without records."""
+    if not records:
+        return None
+    total, count = 0.0, 0
+    for aux in records:
+        cos, written = query_error_cosine({"queries": aux["queries"], "errors": aux["errors"].detach()})
+        total = total + cos.float().sum()
+        count = count + written.sum()
+    return total / count.clamp_min(1), (count > 0).float()
 
 
 class TitansLitModule(pl.LightningModule):
@@ -108,6 +169,12 @@ class TitansLitModule(pl.LightningModule):
         if self.gate_recorder is not None and not self.gate_recorder.handles:
             raise ValueError(f"bptt.gate_reg={self.bptt.gate_reg} but the model has no memory gates (memory=none, "
                              f"or gate='none'); set bptt.gate_reg=0 or use memory=mag|mal|mac.")
+        self.align_recorder = MemoryAuxRecorder(model) if self.bptt.align_reg > 0 else None
+        if self.align_recorder is not None and not self.align_recorder.handles:
+            raise ValueError(f"bptt.align_reg={self.bptt.align_reg} but the model has no neural memory (memory=none); "
+                             f"set bptt.align_reg=0 or use memory=mag|mal|mac.")
+        self._grad_norm: Tensor | None = None  # set in on_before_optimizer_step under fp16 loss scaling
+        self.last_align: tuple[Tensor, Tensor] | None = None  # (Σ cos·(e−s)/T, Σ (e−s)/T) of the last batch
 
     # ------------------------------------------------------------------ forward over segments
 
@@ -121,18 +188,34 @@ class TitansLitModule(pl.LightningModule):
         backpropagate every `bptt_window` segments and detach the cache. Returns (loss, finite): the
         mean token loss of the sequence (detached) and whether every window's loss was finite.
         """
+        recorders = [r for r in (self.gate_recorder, self.align_recorder) if r is not None]
+        for r in recorders:
+            r.active = True
+        try:
+            return self._run_segments(input_ids, targets, extra_mask, backward, on_logits)
+        finally:
+            for r in recorders:
+                r.active = False
+                r.pop()
+
+    def _run_segments(self, input_ids: Tensor, targets: Tensor, extra_mask: Tensor | None, backward: bool,
+                      on_logits: Callable[[int, Tensor, Tensor], None] | None) -> tuple[Tensor, bool]:
         B, T = input_ids.shape
         n_targets = (targets != -100).sum().clamp_min(1)
         bounds = segment_bounds(T, self.bptt.segment_len, self.bptt.strict_segments)
         cache = None
         window_loss: Tensor | None = None
         total = torch.zeros((), device=input_ids.device)
+        align_sum = align_weight = torch.zeros((), device=input_ids.device)  # Σ cos·(e−s)/T, Σ (e−s)/T
         finite = True
+        recorders = [r for r in (self.gate_recorder, self.align_recorder) if r is not None]
         for k, (s, e) in enumerate(bounds):
             seg_targets = targets[:, s:e]
             masks = [seg_targets != -100] + ([extra_mask[:, s:e]] if extra_mask is not None else [])
             positions = needed_positions(*masks)
             keep = positions if positions is not None else 1  # 1: cheapest (last position only)
+            for r in recorders:
+                r.pop()  # drop what a recomputation (gradient checkpointing) recorded in the last backward
             out = self.model(input_ids=input_ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=keep)
             cache = out.past_key_values
             if cache is None and k < len(bounds) - 1:
@@ -153,6 +236,13 @@ class TitansLitModule(pl.LightningModule):
                 if gates and torch.is_grad_enabled():
                     reg = torch.stack([(g.float() - self.bptt.gate_target).pow(2).mean() for g in gates]).mean()
                     loss_k = loss_k + self.bptt.gate_reg * reg * (e - s) / T
+            if self.align_recorder is not None:
+                align = alignment_cosine(self.align_recorder.pop())
+                if align is not None:  # MemoryMAG SPEC §3.3: L_align = −cos(query, memory gradient)
+                    cos, written = align
+                    loss_k = loss_k - self.bptt.align_reg * cos * (e - s) / T
+                    align_sum = align_sum + cos.detach() * (e - s) / T
+                    align_weight = align_weight + written * (e - s) / T
             window_loss = loss_k if window_loss is None else window_loss + loss_k
             if (k + 1) % self.bptt.bptt_window == 0 or k == len(bounds) - 1:
                 if not torch.isfinite(window_loss):
@@ -166,6 +256,8 @@ class TitansLitModule(pl.LightningModule):
                 total = total + window_loss.detach()
                 window_loss = None
                 cache = detach_cache(cache)
+        if self.align_recorder is not None and torch.is_grad_enabled():
+            self.last_align = (align_sum, align_weight)
         return total, finite
 
     def _backward(self, loss: Tensor) -> None:
@@ -187,35 +279,53 @@ class TitansLitModule(pl.LightningModule):
         input_ids = batch["input_ids"]
         targets = shift_targets(batch["labels"])
         loss, finite = self.run_segments(input_ids, targets, backward=True)
-        grad_norm = self._clip(opt) if finite else torch.tensor(float("nan"))
-        finite = finite and bool(torch.isfinite(grad_norm))
         self.batches_seen += 1
-        if finite:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        grad_norm = torch.tensor(float("nan"))
+        if finite and scaler is None:
+            grad_norm = self._clip()
+            finite = bool(torch.isfinite(grad_norm))
+            if finite:
+                opt.step()
+        elif finite:
+            # fp16 loss scaling: Lightning unscales inside opt.step(), then calls on_before_optimizer_step (we
+            # clip there, on true gradients), then the scaler skips the update if a gradient overflowed and
+            # lowers the scale. Unscaling here first would make Lightning's unscale_ fail.
+            self._grad_norm = None
             opt.step()
+            grad_norm = self._grad_norm if self._grad_norm is not None else grad_norm
+            finite = bool(torch.isfinite(grad_norm))
+        if finite:
             if sched is not None:
                 sched.step()
         else:
             opt.zero_grad(set_to_none=True)
             self.skipped_steps += 1
-            log.warning("non-finite loss or gradient at batch %d (loss=%s, grad_norm=%s): step skipped",
-                        self.batches_seen, float(loss), float(grad_norm))
+            scale = f", fp16 loss scale now {scaler.get_scale():g}" if scaler is not None else ""
+            log.warning("non-finite loss or gradient at batch %d (loss=%s, grad_norm=%s): step skipped%s",
+                        self.batches_seen, float(loss), float(grad_norm), scale)
         self.last_losses.append(float(loss))
         bs = input_ids.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/grad_norm", grad_norm, batch_size=bs)
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=bs)
         self.log("train/lr", opt.param_groups[0]["lr"], batch_size=bs)
+        if self.align_recorder is not None and self.last_align is not None:
+            align_sum, align_weight = self.last_align
+            self.log("train/align_loss", -self.bptt.align_reg * align_sum, batch_size=bs)  # its part of train/loss
+            self.log("train/align_cos", align_sum / align_weight.clamp_min(1e-12), batch_size=bs)  # should rise
         return loss
 
-    def _clip(self, opt) -> Tensor:
+    def _clip(self) -> Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
         if not params:
             return torch.zeros(())
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is not None:  # fp16: unscale before measuring / clipping
-            scaler.unscale_(opt.optimizer if hasattr(opt, "optimizer") else opt)
         max_norm = self.bptt.grad_clip or math.inf
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:  # fp16: gradients unscaled by now
+            self._grad_norm = self._clip()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         input_ids, answer_mask = batch["input_ids"], batch["answer_mask"]

@@ -95,7 +95,16 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list 
     callbacks = _instantiate_all(cfg.get("callbacks")) if callbacks is None else callbacks
     loggers = _instantiate_all(cfg.get("logger")) if loggers is None else loggers
     plugins = [AtomicCheckpointIO()] if "deepspeed" not in str(cfg.trainer.get("strategy", "")) else None
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    overrides = {}
+    if str(cfg.trainer.get("precision")) in ("16-mixed", "16") and cfg.trainer.get("accelerator") == "cpu":
+        # Lightning turns fp16 AMP on CPU into bf16 (with a warning); torch's CPU autocast and GradScaler do
+        # fp16, so build the plugin ourselves and the run gets the precision it asked for.
+        import torch
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        plugins = [*(plugins or []), MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
+        overrides["precision"] = None
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides)
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> None:

@@ -22,7 +22,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3Decode
 
 from titans.cache import LayerState, TitansCache
 from titans.config import TitansConfig
-from titans.memory import MemoryState, NeuralMemory
+from titans.memory import MemoryState, NeuralMemory, query_error_cosine
 
 BASE_PREFIXES = ("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")
 
@@ -261,6 +261,7 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         """Detached scalars of the last forward (no host sync: `collect_diagnostics` converts them)."""
         surprise = aux["surprise"]
         finite = torch.isfinite(surprise)
+        cos, written = query_error_cosine(aux)
         wsq = sum(w.detach().float().pow(2).flatten(1).sum(1) for w in state.weights.values())  # (B,)
         self.diagnostics = {
             "gate_mean": g.detach().float().mean(),
@@ -271,4 +272,5 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
             "momentum_decay_mean": aux["momentum_decay"].detach().float().mean(),
             "forget_mean": aux["forget"].detach().float().mean(),
             "memory_weight_norm": wsq.sqrt().mean(),
+            "query_grad_cos": cos.sum() / written.sum().clamp_min(1),  # MemoryMAG §6.1: should rise in training
         }
