@@ -26,7 +26,7 @@ install: $(STAMP)
 # the heatmap and curves under outputs/demo (results/cpu_proof holds the committed run of all variants)
 demo: $(STAMP)
 	$(PY) -m titans.memory.demo
-	$(PY) -m benchmarks.cpu_proof --variants mag_long --out outputs/demo --train-dir outputs/demo/train
+	$(PY) -m benchmarks.cpu_proof --variants mag --out outputs/demo --train-dir outputs/demo/train
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -31,7 +31,7 @@ from pathlib import Path
 from benchmarks.reports import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("mag", "mac", "mal", "swa", "mag_long", "mal_long", "mac_long")  # *_long: the longer curriculum
+VARIANTS = ("mag", "mac", "mal", "swa")
 TASKS = {  # suite -> task parameters the curriculum trained with (noise haystack, no intro sentence)
     "passkey": {"intro": False},
     "hashhop": {"hops": 1, "intro": False},
