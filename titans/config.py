@@ -14,6 +14,7 @@ from titans.memory.config import DictRoundTrip, config_error
 VARIANTS = ("mac", "mag", "mal", "swa")
 GATES = ("sigmoid", "scalar", "none")
 FREEZE = ("memory", "lora", "none")
+MAC_MEMORY_INPUTS = ("attention", "residual")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -36,6 +37,11 @@ class TitansConfig(DictRoundTrip):
               aligned to absolute positions; token j of a segment also sees the long-term tokens
               (memory reads) of the `num_longterm` most recent segment tokens up to and including j
               (None = all of them, the paper's setting).
+    mac_memory_input: MAC only. What the memory learns from and is read with in Eq. 24-25:
+              "attention" (y_t = Attn(S̃), the paper's equations read literally) or "residual" (h_t + y_t,
+              the residual stream after attention — titans-pytorch's MAC also feeds the memory from the
+              residual stream). The attention output alone is a blend of the segment and carries the
+              token's own identity only weakly; the CPU proof's MAC learns recall only with "residual".
     num_persistent: learned input-independent tokens (Eq. 19) visible to every query.
     gate:     "sigmoid" (g = σ(W_g x̃ + b), per token and channel, MemoryMAG), "scalar" (g = σ(b) per
               channel) or "none" (g = 1). The memory contributes `scale ⊙ g ⊙ memory(x̃)`.
@@ -58,6 +64,7 @@ class TitansConfig(DictRoundTrip):
     window: int | None = None
     segment_len: int = 64
     num_longterm: int | None = None
+    mac_memory_input: str = "attention"
     num_persistent: int = 0
     gate: str = "sigmoid"
     gate_bias_init: float = -3.0
@@ -92,6 +99,8 @@ class TitansConfig(DictRoundTrip):
             _fail("segment_len", self.segment_len, "an int > 0")
         if self.num_longterm is not None and (not isinstance(self.num_longterm, int) or self.num_longterm < 0):
             _fail("num_longterm", self.num_longterm, "None (= segment_len) or an int >= 0")
+        if self.mac_memory_input not in MAC_MEMORY_INPUTS:
+            _fail("mac_memory_input", self.mac_memory_input, f"one of {MAC_MEMORY_INPUTS}")
         if not isinstance(self.num_persistent, int) or self.num_persistent < 0:
             _fail("num_persistent", self.num_persistent, "an int >= 0")
         if self.gate not in GATES:

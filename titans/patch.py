@@ -178,8 +178,8 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
         model: a `Qwen3ForCausalLM`, a local directory, or a hub name (offline: a clear error, no hang).
         variant: "mag", "mal", "mac", or "swa" (sliding window only, the no-memory baseline).
         **options: `TitansConfig` fields: memory (MemoryConfig or dict), layers, window, segment_len,
-            num_longterm, num_persistent, gate, gate_bias_init, identity_init, cross_layer_query, freeze,
-            lora_r, lora_alpha, lora_dropout, lora_targets, diagnostics.
+            num_longterm, mac_memory_input, num_persistent, gate, gate_bias_init, identity_init, cross_layer_query,
+            freeze, lora_r, lora_alpha, lora_dropout, lora_targets, diagnostics.
     Returns:
         The same model, patched in place (a peft `PeftModel` around it when freeze="lora"). Inputs
         `input_ids [B, T]` -> logits `[B, T, vocab]` as before.

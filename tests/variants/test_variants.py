@@ -5,6 +5,7 @@ import pytest
 import torch
 from titans_tiny import MEMORY, VOCAB
 from titans_tiny import patched as make
+from transformers import Qwen3ForCausalLM
 
 from titans.cache import TitansCache, TitansCacheLayer
 from titans.patch import collect_diagnostics, patch_qwen3, titans_layers
@@ -269,8 +270,9 @@ def test_window_one_and_persistent_tokens(base, ids):
     assert (moved > 1e-5).all()
 
 
-@pytest.mark.parametrize("opts", [dict(window=3), dict(num_longterm=None), dict(num_longterm=0, num_persistent=0)],
-                         ids=["window3", "all-longterm", "no-longterm"])
+@pytest.mark.parametrize("opts", [dict(window=3), dict(num_longterm=None), dict(num_longterm=0, num_persistent=0),
+                                  dict(mac_memory_input="residual")],
+                         ids=["window3", "all-longterm", "no-longterm", "residual-memory-input"])
 def test_mac_settings_split_exact(base, ids, opts):
     model = make(base, "mac", **opts)
     with torch.no_grad():
@@ -279,3 +281,30 @@ def test_mac_settings_split_exact(base, ids, opts):
             first = model(ids[:, :a], use_cache=True)
             second = model(ids[:, a:], past_key_values=first.past_key_values)
             torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5, rtol=0)
+
+
+def test_mac_memory_input_is_what_the_memory_sees(tiny_path, ids):
+    """mac_memory_input="attention": the memory learns from y_t = Attn(...); "residual": from h_t + y_t."""
+    seen = {}
+    for mode in ("attention", "residual"):
+        base = Qwen3ForCausalLM.from_pretrained(tiny_path).eval()
+        torch.manual_seed(0)  # the same memory weights for both modes
+        model = make(base, "mac", mac_memory_input=mode)
+        layer = titans_layers(model)[0]
+
+        def grab_memory_input(module, args, out, mode=mode):
+            seen.setdefault(mode, args[0])  # the first segment's call
+
+        def grab_layer_input(module, args, kwargs, mode=mode):
+            seen.setdefault(mode + "_h", args[0] if args else kwargs["hidden_states"])
+
+        hook = layer.memory.register_forward_hook(grab_memory_input)
+        h = layer.register_forward_pre_hook(grab_layer_input, with_kwargs=True)
+        with torch.no_grad():
+            model(ids)
+        hook.remove()
+        h.remove()
+    # same weights (same seed), same attention output y; the residual input adds the layer input h
+    torch.testing.assert_close(seen["residual"] - seen["attention"], seen["residual_h"][:, : seen["residual"].shape[1]])
+    with pytest.raises(ValueError, match="mac_memory_input"):
+        make(Qwen3ForCausalLM.from_pretrained(tiny_path), "mac", mac_memory_input="both")

@@ -88,7 +88,7 @@ class NeuralMemory(nn.Module):
         so the key of token t equals the query of token t-1 exactly and the memory starts out storing
         "context -> next token" pairs (an induction head over everything the attention window has lost).
         """
-        c, inner, K = self.config, self.config.inner_dim, self.config.conv_kernel
+        inner, K = self.config.inner_dim, self.config.conv_kernel
         w = self.to_qkv.weight  # (3*inner, dim): rows q | k | v
         w[inner : 2 * inner].copy_(w[:inner])
         taps = self.conv.weight[:, 0, :]  # (3*inner, K)
