@@ -14,7 +14,7 @@ from titans.memory.config import DictRoundTrip, config_error
 VARIANTS = ("mac", "mag", "mal", "swa")
 GATES = ("sigmoid", "scalar", "none")
 FREEZE = ("memory", "lora", "none")
-MAC_MEMORY_INPUTS = ("attention", "residual")
+MAC_MEMORY_INPUTS = ("attention", "residual", "input")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -38,10 +38,10 @@ class TitansConfig(DictRoundTrip):
               (memory reads) of the `num_longterm` most recent segment tokens up to and including j
               (None = all of them, the paper's setting).
     mac_memory_input: MAC only. What the memory learns from and is read with in Eq. 24-25:
-              "attention" (y_t = Attn(S̃), the paper's equations read literally) or "residual" (h_t + y_t,
-              the residual stream after attention — titans-pytorch's MAC also feeds the memory from the
-              residual stream). The attention output alone is a blend of the segment and carries the
-              token's own identity only weakly; the CPU proof's MAC learns recall only with "residual".
+              "attention" (y_t = Attn(S̃), the paper's equations read literally), "residual" (h_t + y_t,
+              the residual stream after attention) or "input" (x̃_t = input_layernorm(h_t), the layer
+              input: where titans-pytorch's MAC places its memory, and what MAG's memory sees). The
+              attention output blends the segment and carries a token's own identity only weakly.
     num_persistent: learned input-independent tokens (Eq. 19) visible to every query.
     gate:     "sigmoid" (g = σ(W_g x̃ + b), per token and channel, MemoryMAG), "scalar" (g = σ(b) per
               channel) or "none" (g = 1). The memory contributes `scale ⊙ g ⊙ memory(x̃)`.

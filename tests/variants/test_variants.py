@@ -271,8 +271,8 @@ def test_window_one_and_persistent_tokens(base, ids):
 
 
 @pytest.mark.parametrize("opts", [dict(window=3), dict(num_longterm=None), dict(num_longterm=0, num_persistent=0),
-                                  dict(mac_memory_input="residual")],
-                         ids=["window3", "all-longterm", "no-longterm", "residual-memory-input"])
+                                  dict(mac_memory_input="residual"), dict(mac_memory_input="input")],
+                         ids=["window3", "all-longterm", "no-longterm", "residual-memory-input", "input-memory-input"])
 def test_mac_settings_split_exact(base, ids, opts):
     model = make(base, "mac", **opts)
     with torch.no_grad():
@@ -284,9 +284,10 @@ def test_mac_settings_split_exact(base, ids, opts):
 
 
 def test_mac_memory_input_is_what_the_memory_sees(tiny_path, ids):
-    """mac_memory_input="attention": the memory learns from y_t = Attn(...); "residual": from h_t + y_t."""
+    """mac_memory_input="attention": the memory learns from y_t = Attn(...); "residual": from h_t + y_t;
+    "input": from x̃_t = input_layernorm(h_t)."""
     seen = {}
-    for mode in ("attention", "residual"):
+    for mode in ("attention", "residual", "input"):
         base = Qwen3ForCausalLM.from_pretrained(tiny_path).eval()
         torch.manual_seed(0)  # the same memory weights for both modes
         model = make(base, "mac", mac_memory_input=mode)
@@ -305,6 +306,8 @@ def test_mac_memory_input_is_what_the_memory_sees(tiny_path, ids):
         hook.remove()
         h.remove()
     # same weights (same seed), same attention output y; the residual input adds the layer input h
-    torch.testing.assert_close(seen["residual"] - seen["attention"], seen["residual_h"][:, : seen["residual"].shape[1]])
+    n = seen["residual"].shape[1]  # the first segment
+    torch.testing.assert_close(seen["residual"] - seen["attention"], seen["residual_h"][:, :n])
+    torch.testing.assert_close(seen["input"], titans_layers(model)[0].input_layernorm(seen["input_h"][:, :n]))
     with pytest.raises(ValueError, match="mac_memory_input"):
         make(Qwen3ForCausalLM.from_pretrained(tiny_path), "mac", mac_memory_input="both")

@@ -19,7 +19,8 @@ Choices where the paper is ambiguous (all in docs/variants.md):
 - `segment_len` must be a multiple of the memory's chunk size, so a segment's last token completes a
   chunk and the next segment's retrieval sees every write of this one.
 - What the memory learns from (Eq. 24) and is read with (Eq. 25): `mac_memory_input="attention"` (y_t, the
-  default) or `"residual"` (h_t + y_t, the residual stream after attention, as titans-pytorch's MAC).
+  default), `"residual"` (h_t + y_t, the residual stream after attention) or `"input"` (x̃_t =
+  input_layernorm(h_t), the layer's input, where titans-pytorch's MAC places its memory; as MAG's memory).
 - The retrieval query W_Q is its own projection (`longterm_query`), the read is the memory MLP at the
   segment-start weights, and `longterm_out` maps it back to the hidden size.
 
@@ -48,7 +49,7 @@ class MACDecoderLayer(TitansDecoderLayer):
         super().__init__(config, layer_idx, titans)
         mem = self.memory.config
         self.segment_len = titans.segment_len
-        self.memory_input = titans.mac_memory_input  # "attention": y_t (Eq. 24 literally); "residual": h_t + y_t
+        self.memory_input = titans.mac_memory_input  # attention: y_t (Eq. 24); residual: h_t + y_t; input: x̃_t
         self.num_longterm = titans.segment_len if titans.num_longterm is None else titans.num_longterm
         self.longterm_query: nn.Linear | None = None
         self.longterm_out: nn.Linear | None = None
@@ -122,7 +123,7 @@ class MACDecoderLayer(TitansDecoderLayer):
             masks.append(window_mask(q_idx, k_idx, self.window))
             y = attend(attn, q, torch.cat(parts_k, 2), torch.cat(parts_v, 2), torch.cat(masks, 1))  # Eq. 23
             prev = None if prev_read is None else prev_read[:, start : start + n]
-            mem_in = hp + y if self.memory_input == "residual" else y
+            mem_in = {"attention": y, "residual": hp + y, "input": x}[self.memory_input]
             mem, read, mem_state = self.memory_branch(mem_in, mem_state, prev)  # Eq. 24-25
             hp = hp + y + mem
             outs.append(hp + self.mlp(self.post_attention_layernorm(hp)))
