@@ -76,7 +76,7 @@ def test_trainer_configs_compose_with_strategy(name):
     if name in ("ddp", "fsdp", "deepspeed"):
         assert cfg.trainer.strategy._target_ and cfg.trainer.devices == 2
     if name in ("ddp", "fsdp"):  # instantiable without a GPU or a process group
-        expected = {"ddp": "DDPStrategy", "fsdp": "FSDPStrategy"}[name]
+        expected = {"ddp": "DDPStrategy", "fsdp": "FSDP2Strategy"}[name]
         assert type(instantiate(cfg.trainer.strategy)).__name__ == expected
 
 

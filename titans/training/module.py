@@ -321,11 +321,18 @@ class TitansLitModule(pl.LightningModule):
         if not params:
             return torch.zeros(())
         max_norm = self.bptt.grad_clip or math.inf
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        # FSDP2: sharded (DTensor) gradients give a DTensor norm, already reduced over the ranks' shards
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:  # fp16: gradients unscaled by now
             self._grad_norm = self._clip()
+
+    def configure_model(self) -> None:
+        shard = getattr(self._trainer.strategy, "shard_model", None) if self._trainer is not None else None
+        if shard is not None:  # trainer=fsdp (titans.training.strategies.FSDP2Strategy)
+            shard(self.model)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         input_ids, answer_mask = batch["input_ids"], batch["answer_mask"]
