@@ -30,7 +30,7 @@ def test_bad_variant_is_a_clear_error(tmp_path):
 def test_every_experiment_composes(tmp_path):
     for variant in cpu_proof.VARIANTS:
         cfg = cpu_proof.compose(variant, tmp_path, [])
-        assert [s.name for s in cfg.curriculum.stages] == ["short", "1k", "2k"]
+        assert [s.name for s in cfg.curriculum.stages] == ["short", "1k", "2k", "4k"]
         assert cfg.memory.window == 64 or cfg.memory.variant == "mac"
         if variant != "swa":  # the proof's memory: induction init with a 16-byte conv context
             assert cfg.memory.memory.qk_init == "induction" and cfg.memory.memory.conv_kernel == 16
