@@ -31,9 +31,27 @@ log = logging.getLogger(__name__)
 SAMPLES_FILE = "samples.jsonl"
 
 
-def _fingerprint(model_name: str, seed: int, segment_len: int, max_new_tokens: int | None, stop) -> dict:
-    return {"model": model_name, "seed": seed, "segment_len": segment_len, "max_new_tokens": max_new_tokens,
-            "stop": list(stop)}
+def weights_fingerprint(model) -> str:
+    """A short hash of the model's parameters (names, shapes and up to 4,096 evenly spaced values of each), so a
+    resumed run never reuses answers of other weights — e.g. the same model name after more training."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            h.update(f"{name}{tuple(p.shape)}".encode())
+            h.update(flat[::step].to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(model_name: str, seed: int, segment_len: int, max_new_tokens: int | None, stop,
+                 weights: str | None = None) -> dict:
+    return {"model": model_name, "weights": weights, "seed": seed, "segment_len": segment_len,
+            "max_new_tokens": max_new_tokens, "stop": list(stop)}
 
 
 def read_records(path: str | Path, fingerprint: Mapping[str, Any] | None = None) -> list[dict]:
@@ -58,7 +76,7 @@ def read_records(path: str | Path, fingerprint: Mapping[str, Any] | None = None)
             continue
         out.append(rec)
     if other:
-        log.warning("%s: %d record(s) made with other settings (model/seed/segment_len/max_new_tokens/stop) "
+        log.warning("%s: %d record(s) made with other settings (model/weights/seed/segment_len/max_new_tokens/stop) "
                     "are ignored; use another output_dir to keep runs apart", path, other)
     return out
 
@@ -158,7 +176,8 @@ def run_suite(model, tokenizer, suite: str, *, output_dir: str | Path, lengths: 
         seed: evaluation seed (data_gen's eval split).
         max_new_tokens: answer budget; None = the task's own (RULER's tokens_to_generate, else the
             gold completion's length).
-        model_name: recorded with each sample; resume only reuses samples of the same name/settings.
+        model_name: recorded with each sample; resume only reuses samples of the same name, weights (a hash of
+            the parameters) and settings.
         wandb_run: a wandb run or Lightning WandbLogger to log the table and images to (None: no W&B).
         **options: suite options (depths, tasks, hops, columns, threshold, task_params, ...).
     Returns:
@@ -186,7 +205,7 @@ def run_suite(model, tokenizer, suite: str, *, output_dir: str | Path, lengths: 
     out.mkdir(parents=True, exist_ok=True)
     counter = Counter(tokenizer)
     _preflight(cells, counter, seed)
-    fp = _fingerprint(model_name, seed, segment_len, max_new_tokens, spec.stop)
+    fp = _fingerprint(model_name, seed, segment_len, max_new_tokens, spec.stop, weights_fingerprint(model))
     path = out / SAMPLES_FILE
     records = read_records(path, fp)
     done = {(r["cell"], r["index"]) for r in records}

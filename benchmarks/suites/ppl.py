@@ -101,7 +101,7 @@ def run_ppl(model, tokenizer, *, output_dir: str | Path, lengths: Sequence[int] 
     from tqdm.auto import tqdm
 
     from benchmarks.inference import token_nll
-    from benchmarks.runner import read_records
+    from benchmarks.runner import read_records, weights_fingerprint
 
     unknown = sorted(set(options) - set(PPL_DEFAULTS))
     if unknown:
@@ -114,7 +114,8 @@ def run_ppl(model, tokenizer, *, output_dir: str | Path, lengths: Sequence[int] 
                          f"lengths must be >= 2 tokens and samples >= 1")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fp = {"model": model_name, "segment_len": segment_len, "source": o["source"], "split": o["split"]}
+    fp = {"model": model_name, "weights": weights_fingerprint(model), "segment_len": segment_len,
+          "source": o["source"], "split": o["split"]}
     path = out / "samples.jsonl"
     records = [r for r in read_records(path, fp) if r.get("suite") == "ppl"]
     done = {(r["length"], r["index"]) for r in records}

@@ -2,6 +2,7 @@ import json
 import re
 
 import pytest
+import torch
 
 import benchmarks.runner as runner
 from benchmarks.inference import Generation
@@ -72,6 +73,15 @@ def test_resume_skips_finished_samples_and_survives_a_torn_line(model, tok, tmp_
     # other settings (another model name) do not reuse the records
     run_suite(model, tok, "passkey", lengths=[300], samples=1, output_dir=tmp_path, progress=False, model_name="other")
     assert calls["n"] == 8
+    # the same name with other weights (e.g. after more training) does not reuse them either
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    try:
+        run_suite(model, tok, "passkey", lengths=[300], samples=1, output_dir=tmp_path, progress=False)
+        assert calls["n"] == 9, "answers of other weights were reused"
+    finally:
+        with torch.no_grad():
+            next(model.parameters()).sub_(1e-3)
 
 
 def test_niah_grid_heatmap(model, tok, tmp_path, monkeypatch):
