@@ -397,3 +397,21 @@ def test_induction_init_reads_back_what_followed_a_repeated_context(qk_init, exp
     best_other = torch.nn.functional.cosine_similarity(read[None], others).max().item()
     recalled = cos > 0.6 and cos > best_other + 0.3  # neighbouring keys share context, so not exactly 1
     assert recalled == expect_recall, (cos, best_other)
+
+
+def test_chunk_step_cap_holds_under_strong_forgetting():
+    """The chunk transition of a linear memory along a unit key is A − 2Σu (A = Π(1−α)): with strong forgetting
+    (A → 0) a cap of Σu ≤ 1 still allowed −2 per chunk, and a trained MAC memory grew 12× per 64 tokens to NaN.
+    The cap is cap·(1 + A)/2, so the transition stays in [−1, 1]."""
+    torch.manual_seed(0)
+    cfg = MemoryConfig(dim=32, heads=1, depth=1, chunk_size=16, momentum=False, fixed_lr=1.0, fixed_forget=0.3)
+    mem = NeuralMemory(cfg)
+    x = torch.randn(1, 1, 32).expand(1, 1024, 32) + 0.1 * torch.randn(1, 1024, 32)  # near-identical keys
+    with torch.no_grad():
+        y, state, aux = mem(x, return_aux=True)
+    assert torch.isfinite(y).all()
+    assert state.weights["w0"].abs().max() < 50, state.weights["w0"].abs().max()
+    decay = (1 - 0.3) ** 16
+    beta = 0.7 ** torch.arange(15, -1, -1, dtype=torch.float32)  # β_j = Π_{i>j} (1 − α_i)
+    u_sum = (aux["lr"].reshape(-1, 16) * beta).sum(-1)
+    torch.testing.assert_close(u_sum, torch.full_like(u_sum, (1 + decay) / 2))  # the cap binds at (1 + A)/2

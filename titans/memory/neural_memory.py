@@ -473,11 +473,15 @@ class NeuralMemory(nn.Module):
             # is u_j now plus s_j·c_S·(1 + E + E² + …) later (assuming the same gates); capping the chunk's
             # sum at `cap` keeps a linear memory with unit keys a contraction (heavy ball: α/(1−β) ≤ 1).
             # Equivalent to scaling every θ_j of the chunk by the same factor ≤ 1.
+            # Forgetting shifts the bound: along a unit key the chunk maps W to A·W − 2Σu·(k·W), so the factor
+            # A − 2Σu stays in [−1, 1] only if Σu ≤ (1 + A)/2. With A → 0 (strong forgetting) a plain Σu ≤ 1
+            # allowed −2 per chunk, and a trained MAC memory grew 12× per 64 tokens to NaN.
             total = u.sum(-1, keepdim=True)
             if carry_m is not None:
                 later = carry_m / (1 - carry_s).clamp_min(1e-6)  # c_S / (1 − E)
                 total = total + s_coef.sum(-1, keepdim=True) * later.unsqueeze(-1)
-            scale = (cap / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, k, 1)
+            limit = cap * (1 + decay.unsqueeze(-1)) / 2  # (g, k, 1); = cap without forgetting
+            scale = (limit / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, k, 1)
             u, s_coef, lr = u * scale, s_coef * scale, lr * scale
         return u, s_coef, decay, carry_m, carry_s, lr
 
