@@ -56,6 +56,24 @@ def test_alignment_term_is_logged(tiny_cfg):
     assert math.isfinite(metrics["train/losses"][0])
 
 
+def test_a_run_that_stays_non_finite_stops_with_a_clear_error(tiny_cfg, monkeypatch):
+    """Skipped steps do not count toward max_steps: without the limit a diverged run would never end."""
+    import titans.training.run as run_mod
+
+    real = run_mod.build_model
+
+    def poisoned(*args, **kwargs):
+        model, tok = real(*args, **kwargs)
+        model.lm_head.register_forward_hook(lambda _m, _inp, out: out * float("nan"))
+        return model, tok
+
+    monkeypatch.setattr(run_mod, "build_model", poisoned)
+    with pytest.raises(RuntimeError, match=r"3 non-finite steps in a row.*max_consecutive_skips=2"):
+        train(tiny_cfg("trainer.max_steps=5", "bptt.max_consecutive_skips=2"))
+    with pytest.raises(ValueError, match="max_consecutive_skips"):
+        train(tiny_cfg("bptt.max_consecutive_skips=-1"))
+
+
 def test_non_finite_loss_skips_the_step_and_is_logged(tiny_cfg, monkeypatch, caplog):
     """Batch 2 of 3 gets NaN logits: its step is skipped (weights unchanged), training goes on."""
     import titans.training.run as run_mod

@@ -41,7 +41,9 @@ class BPTTConfig:
     every memory layer wrote in the segment, of cos(q_t, M_{t'}(k_t) − v_t), the query against the
     value-space direction of the token's inner gradient ∇ℓ (Eq. 12), weighted by segment length; the error
     side is detached, so the term trains the query path (how to ask), not the write; 0 = off.
-    Regularisers change the training loss only.
+    Regularisers change the training loss only. max_consecutive_skips: stop with an error after this many
+    non-finite steps in a row (skipped steps do not count toward max_steps, so a run that has diverged
+    for good would otherwise never end); 0 = never stop.
     """
 
     segment_len: int = 128
@@ -51,6 +53,7 @@ class BPTTConfig:
     gate_reg: float = 0.0
     gate_target: float = 0.5
     align_reg: float = 0.0
+    max_consecutive_skips: int = 50
 
     def __post_init__(self) -> None:
         if not isinstance(self.segment_len, int) or self.segment_len <= 0:
@@ -63,6 +66,10 @@ class BPTTConfig:
         if self.gate_reg < 0 or not 0.0 <= self.gate_target <= 1.0:
             raise ValueError(f"bptt.gate_reg={self.gate_reg!r} / bptt.gate_target={self.gate_target!r}: gate_reg "
                              f"must be >= 0 and gate_target in [0, 1].")
+        if isinstance(self.max_consecutive_skips, bool) or not isinstance(self.max_consecutive_skips, int) \
+                or self.max_consecutive_skips < 0:
+            raise ValueError(f"bptt.max_consecutive_skips={self.max_consecutive_skips!r} is not allowed; allowed: an "
+                             f"int >= 0 (0 = never stop on non-finite steps).")
         if isinstance(self.align_reg, bool) or not isinstance(self.align_reg, int | float) or self.align_reg < 0:
             raise ValueError(f"bptt.align_reg={self.align_reg!r} is not allowed; allowed: a number >= 0 (the weight "
                              f"of the MemoryMAG query/memory-gradient alignment term; 0 = off).")
@@ -164,6 +171,7 @@ class TitansLitModule(pl.LightningModule):
         self.automatic_optimization = False
         self.batches_seen = 0  # batches consumed, including skipped ones (the data stream resumes here)
         self.skipped_steps = 0
+        self.consecutive_skips = 0
         self.last_losses: list[float] = []  # per-batch training loss of this process (tests, curriculum logs)
         self.gate_recorder = GateRecorder(model) if self.bptt.gate_reg > 0 else None
         if self.gate_recorder is not None and not self.gate_recorder.handles:
@@ -296,14 +304,24 @@ class TitansLitModule(pl.LightningModule):
             grad_norm = self._grad_norm if self._grad_norm is not None else grad_norm
             finite = bool(torch.isfinite(grad_norm))
         if finite:
+            self.consecutive_skips = 0
             if sched is not None:
                 sched.step()
         else:
             opt.zero_grad(set_to_none=True)
             self.skipped_steps += 1
+            self.consecutive_skips += 1
             scale = f", fp16 loss scale now {scaler.get_scale():g}" if scaler is not None else ""
             log.warning("non-finite loss or gradient at batch %d (loss=%s, grad_norm=%s): step skipped%s",
                         self.batches_seen, float(loss), float(grad_norm), scale)
+            limit = self.bptt.max_consecutive_skips
+            if limit and self.consecutive_skips > limit:
+                raise RuntimeError(
+                    f"{self.consecutive_skips} non-finite steps in a row (batches {self.batches_seen - limit}-"
+                    f"{self.batches_seen}; bptt.max_consecutive_skips={limit}): training has diverged and cannot "
+                    f"recover by skipping. The weights are finite (skipped steps never update them) and the last "
+                    f"checkpoint holds them; look at the per-layer diagnostics (surprise, memory_weight_norm, "
+                    f"forget) and lower optimizer.lr or memory.max_lr, or raise the limit (0 = never stop).")
         self.last_losses.append(float(loss))
         bs = input_ids.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
