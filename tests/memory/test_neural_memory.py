@@ -132,6 +132,27 @@ def test_linear_fast_path_equals_general_chunk_loop(momentum, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("kw", [dict(depth=1), dict(depth=1, momentum=False), dict(depth=2, momentum=False)],
+                         ids=["linear", "linear-no-momentum", "deep-no-momentum"])
+def test_training_path_without_aux_equals_the_aux_path(kw):
+    """return_aux=False skips the gate values, surprise and θ used; outputs, state and gradients are unchanged."""
+    mem = make(chunk_size=4, **kw).double()
+    x = torch.randn(2, 14, 16, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for aux in (False, True):
+        y1, s1, *_ = mem(x[:, :9], return_aux=aux)
+        y2, s2, *_ = mem(x[:, 9:], s1, return_aux=aux)
+        y = torch.cat([y1, y2], 1)
+        outs.append((y, s2, torch.autograd.grad(y.pow(2).sum(), [x, *mem.parameters()])))
+    (y_a, s_a, g_a), (y_b, s_b, g_b) = outs
+    torch.testing.assert_close(y_a, y_b, atol=1e-12, rtol=1e-10)
+    for n in s_a.weights:
+        torch.testing.assert_close(s_a.weights[n], s_b.weights[n], atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(s_a.momentum[n], s_b.momentum[n], atol=1e-12, rtol=1e-10)
+    for a, b in zip(g_a, g_b):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
 def test_token_by_token_streaming_equals_whole():
     mem = make(chunk_size=3).double()
     x = torch.randn(1, 10, 16, dtype=torch.float64)

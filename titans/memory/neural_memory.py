@@ -139,9 +139,18 @@ class NeuralMemory(nn.Module):
                     f"state weights {sorted(state.weights)} do not match this memory's {self.memory_model.names}"
                 )
 
-    def _gates(self, xt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """θ, η, α `[B, H, n]` for tokens `xt` (`[B, n, dim]`, token 0 starts a chunk), plus log η and
-        log(1 − α) computed from the logits (log-sigmoid), so saturated gates give no inf/NaN gradients."""
+    @property
+    def _has_momentum(self) -> bool:
+        """Whether S carries from token to token (η_t not identically 0)."""
+        return self.config.momentum and self.config.fixed_momentum_decay != 0.0
+
+    def _gates(self, xt: Tensor, with_values: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+        """Gates `[B, H, n]` for tokens `xt` (`[B, n, dim]`, token 0 starts a chunk): θ, log η, log(1 − α),
+        and with `with_values` η and α (else None; only aux reports them).
+
+        log η and log(1 − α) come from the logits (log-sigmoid), so saturated gates give no inf/NaN
+        gradients. log η is None without momentum: no coefficient depends on it then.
+        """
         c = self.config
         if not c.per_token_gates:  # one value per chunk from the chunk's mean input
             n = xt.shape[1]
@@ -151,27 +160,36 @@ class NeuralMemory(nn.Module):
             counts = torch.full((sums.shape[1],), float(c.chunk_size), device=xt.device, dtype=xt.dtype)
             counts[-1] = c.chunk_size - pad
             xt = (sums / counts[:, None]).repeat_interleave(c.chunk_size, dim=1)[:, :n]
-        logits = rearrange(self.to_gates(xt), "b n (g h) -> g b h n", g=3).to(self.state_dtype)
-        lr = c.max_lr * torch.sigmoid(logits[0])
-        momentum_decay, log_eta = torch.sigmoid(logits[1]), F.logsigmoid(logits[1])
-        forget, log_keep = torch.sigmoid(logits[2]), F.logsigmoid(-logits[2])
+        # one copy to gate-major, so every gate below is a contiguous [B, H, n] that the scan reshapes for free
+        logits = rearrange(self.to_gates(xt), "b n (g h) -> g b h n", g=3).to(self.state_dtype).contiguous()
         if c.fixed_lr is not None:
-            lr = torch.full_like(lr, c.fixed_lr)
-        if c.fixed_momentum_decay is not None:
-            momentum_decay = torch.full_like(momentum_decay, c.fixed_momentum_decay)
-            log_eta = torch.log(momentum_decay)
-        if not c.momentum:
-            momentum_decay = torch.zeros_like(momentum_decay)
-            log_eta = torch.full_like(log_eta, float("-inf"))
-        if c.fixed_forget is not None:
-            forget = torch.full_like(forget, c.fixed_forget)
-            log_keep = torch.log1p(-forget)
+            lr = torch.full_like(logits[0], c.fixed_lr)
+        else:
+            lr = torch.sigmoid(logits[0]) * c.max_lr
+        log_eta = eta = None
+        if not self._has_momentum:
+            if with_values:
+                eta = torch.zeros_like(logits[1])
+        elif c.fixed_momentum_decay is not None:
+            eta = torch.full_like(logits[1], c.fixed_momentum_decay)
+            log_eta = torch.log(eta).clamp_min(_LOG_FLOOR)
+        else:
+            log_eta = F.logsigmoid(logits[1]).clamp_min(_LOG_FLOOR)
+            if with_values:
+                eta = torch.sigmoid(logits[1])
+        alpha = None
         if not c.forgetting:
-            forget = torch.zeros_like(forget)
-            log_keep = torch.zeros_like(log_keep)
-        log_eta = log_eta.clamp_min(_LOG_FLOOR)
-        log_keep = log_keep.clamp_min(_LOG_FLOOR)
-        return lr, momentum_decay, forget, log_eta, log_keep
+            log_keep = torch.zeros_like(logits[2])
+            if with_values:
+                alpha = torch.zeros_like(logits[2])
+        elif c.fixed_forget is not None:
+            alpha = torch.full_like(logits[2], c.fixed_forget)
+            log_keep = torch.log1p(-alpha).clamp_min(_LOG_FLOOR)
+        else:
+            log_keep = F.logsigmoid(-logits[2]).clamp_min(_LOG_FLOOR)
+            if with_values:
+                alpha = torch.sigmoid(logits[2])
+        return lr, log_eta, log_keep, eta, alpha
 
     def forward(
         self, x: Tensor, state: MemoryState | None = None, return_aux: bool = False
@@ -201,17 +219,20 @@ class NeuralMemory(nn.Module):
         else:
             qkv = qkv[:, n_ctx:]
         qkv = F.silu(qkv)  # (b, n, 3*inner); token 0 starts a chunk
-        q, k, v = rearrange(qkv, "b n (s h d) -> s b h n d", s=3, h=c.heads)
-        if c.qk_l2_norm:
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        lr, eta, alpha, log_eta, log_keep = self._gates(xs[:, n_ctx:])  # (b, h, n)
+        lr, log_eta, log_keep, eta, alpha = self._gates(xs[:, n_ctx:], with_values=return_aux)  # (b, h, n)
 
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = self.state_dtype
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-            gates = (lr.to(dtype), log_eta.to(dtype), log_keep.to(dtype))
+            # one copy to head-major; q, k, v are then contiguous and the scan's (b h) reshapes are free
+            qkv = rearrange(qkv, "b n (s h d) -> s b h n d", s=3, h=c.heads).to(dtype).contiguous()
+            if c.qk_l2_norm:
+                q, k = F.normalize(qkv[:2], dim=-1).unbind(0)  # (b, h, n, d) each
+                v = qkv[2]
+            else:
+                q, k, v = qkv.unbind(0)
             scan = self._scan_linear if self._linear_fast_path else self._scan
-            retrieved, new_w, new_m, surprise, lr_used = scan(q, k, v, *gates, state, n_buf, with_surprise=return_aux)
+            retrieved, new_w, new_m, surprise, lr_used = scan(q, k, v, lr, log_eta, log_keep, state, n_buf,
+                                                              with_aux=return_aux)
         # retrieved: (b, h, t, d) for the new tokens only
         out = retrieved
         if self.out_norm is not None:
@@ -275,8 +296,8 @@ class NeuralMemory(nn.Module):
         log_keep: Tensor,
         state: MemoryState,
         n_buf: int,
-        with_surprise: bool = True,
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor]:
+        with_aux: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None]:
         """Chunk loop. q/k/v: `[B, H, n, d]`, θ / log η / log(1−α): `[B, H, n]`; token 0 starts a chunk;
         reads only for tokens >= n_buf (the buffered ones were read by the previous call).
 
@@ -294,10 +315,14 @@ class NeuralMemory(nn.Module):
         weights = [rearrange(state.weights[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
         momentum = [rearrange(state.momentum[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
         q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
-        lr, log_eta, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_eta, log_keep))
+        lr, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_keep))
         n_full = n // C
         clip = c.surprise_clip > 0
-        coef = self._chunk_coefficients(lr[:, : n_full * C], log_eta[:, : n_full * C], log_keep[:, : n_full * C])
+        coef = self._chunk_coefficients(
+            lr[:, : n_full * C],
+            None if log_eta is None else rearrange(log_eta, "b h n -> (b h) n")[:, : n_full * C],
+            log_keep[:, : n_full * C],
+        )
 
         reads, inputs_all, deltas_all, lr_chunks = [], [], [], []
         for ci in range(n_full):
@@ -327,18 +352,20 @@ class NeuralMemory(nn.Module):
 
         retrieved = rearrange(torch.cat(reads, dim=1), "(b h) t d -> b h t d", b=B)
         # per-token surprise ‖∇ℓ_t‖ of the written chunks (NaN for tokens still waiting in the buffer)
-        surprise = torch.full((B * H, n), float("nan"), device=q.device, dtype=dtype) if with_surprise else None
-        lr_used = lr.clone()
-        if n_full:
-            lr_used[:, : n_full * C] = torch.cat(lr_chunks, dim=1)
-        if n_full and with_surprise:
+        surprise = torch.full((B * H, n), float("nan"), device=q.device, dtype=dtype) if with_aux else None
+        lr_used = None
+        if with_aux:
+            lr_used = lr.clone()
+            if n_full:
+                lr_used[:, : n_full * C] = torch.cat(lr_chunks, dim=1)
+            lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
+        if n_full and with_aux:
             with torch.no_grad():
                 per_layer = [torch.cat([chunk[layer] for chunk in inputs_all], 1) for layer in range(mlp.depth)]
                 per_layer_d = [torch.cat([chunk[layer] for chunk in deltas_all], 1) for layer in range(mlp.depth)]
                 surprise[:, : n_full * C] = _surprise(per_layer, per_layer_d)
         if surprise is not None:
             surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
-        lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
         new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, weights)}
         new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, momentum)}
         return retrieved, new_w, new_m, surprise, lr_used
@@ -354,19 +381,20 @@ class NeuralMemory(nn.Module):
         k: Tensor,
         v: Tensor,
         lr: Tensor,
-        log_eta: Tensor,
+        log_eta: Tensor | None,
         log_keep: Tensor,
         state: MemoryState,
         n_buf: int,
-        with_surprise: bool = True,
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor]:
+        with_aux: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None]:
         """`_scan` for a linear memory M(k) = k W, with the same results and far fewer ops.
 
         With ∇ℓ_j = 2 k_j^T (k_j W − v_j) at the chunk-start W, one chunk of Eq. 13-14 is affine in
         (W, S):   W' = (A·I − 2 Kᵀ diag(u) K) W + c_S·S + 2 Kᵀ diag(u) V
                   S' = −2 Kᵀ diag(s) K W + E·S + 2 Kᵀ diag(s) V
         so every chunk's transition [W'; S'] = P [W; S] + R is built for all chunks at once, the loop
-        is one batched matmul-add per chunk, and all reads are one matmul at the end.
+        is one batched matmul-add per chunk, and all reads are one matmul at the end. Without momentum
+        the state is W alone. Surprise and θ used (aux) only `with_aux`, else None.
         """
         c = self.config
         name = self.memory_model.names[0]
@@ -376,59 +404,68 @@ class NeuralMemory(nn.Module):
         w0 = rearrange(state.weights[name].to(dtype), "b h i o -> (b h) i o")
         s0 = rearrange(state.momentum[name].to(dtype), "b h i o -> (b h) i o")
         q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
-        lr, log_eta, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_eta, log_keep))
+        lr, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_keep))
         g = q.shape[0]
-        nf = n // C
-        momentum = c.momentum and c.fixed_momentum_decay != 0.0
-        eye = torch.eye(d, device=q.device, dtype=dtype)
+        nf = n // C  # complete chunks: written
+        nr = -(-n // C)  # chunks with tokens: read (the last may be unfinished)
+        momentum = self._has_momentum
 
-        weights_after = w0.new_zeros(g, 0, d, d)
         x = torch.cat([w0, s0], dim=1) if momentum else w0  # (g, 2d | d, d)
+        states = [x]  # the state before chunk 0, 1, ...
+        lr_used = lr
         if nf:
             u, s_coef, decay, carry_m, carry_s, lr_c = self._chunk_coefficients(
-                lr[:, : nf * C], log_eta[:, : nf * C], log_keep[:, : nf * C]
+                lr[:, : nf * C], None if log_eta is None else rearrange(log_eta, "b h n -> (b h) n")[:, : nf * C],
+                log_keep[:, : nf * C],
             )
-            kc = k[:, : nf * C].reshape(g, nf, C, d)
-            vc = v[:, : nf * C].reshape(g, nf, C, d)
-            ku = (2 * u).unsqueeze(-1) * kc  # (g, nf, c, d)
-            p_ww = decay[..., None, None] * eye - ku.transpose(-1, -2) @ kc  # (g, nf, d, d)
-            r_w = ku.transpose(-1, -2) @ vc
+            kc = k[:, : nf * C].reshape(g * nf, C, d)
+            vc = v[:, : nf * C].reshape(g * nf, C, d)
+            eye = torch.eye(d, device=q.device, dtype=dtype)
+            ku_t = ((2 * u).reshape(g * nf, C, 1) * kc).transpose(1, 2)  # (g·nf, d, c): 2 Kᵀ diag(u)
+            # A·I − 2 Kᵀ diag(u) K, in one op
+            p_ww = torch.baddbmm(decay.reshape(g * nf, 1, 1) * eye, ku_t, kc, alpha=-1).view(g, nf, d, d)
+            r_w = torch.bmm(ku_t, vc).view(g, nf, d, d)
             if momentum:
-                ks = (2 * s_coef).unsqueeze(-1) * kc
+                ks_t = ((2 * s_coef).reshape(g * nf, C, 1) * kc).transpose(1, 2)
                 top = torch.cat([p_ww, carry_m[..., None, None] * eye], dim=-1)  # (g, nf, d, 2d)
-                bottom = torch.cat([-(ks.transpose(-1, -2) @ kc), carry_s[..., None, None] * eye], dim=-1)
+                bottom = torch.cat([-(ks_t @ kc).view(g, nf, d, d), carry_s[..., None, None] * eye], dim=-1)
                 trans = torch.cat([top, bottom], dim=-2)  # (g, nf, 2d, 2d)
-                offset = torch.cat([r_w, ks.transpose(-1, -2) @ vc], dim=-2)  # (g, nf, 2d, d)
+                offset = torch.cat([r_w, (ks_t @ vc).view(g, nf, d, d)], dim=-2)  # (g, nf, 2d, d)
             else:
                 trans, offset = p_ww, r_w
-            states = []
             # unbind, not trans[:, ci]: each indexing op would allocate a zero gradient of the whole tensor
             for off_c, trans_c in zip(offset.unbind(1), trans.unbind(1)):
                 x = torch.baddbmm(off_c, trans_c, x)
                 states.append(x)
-            weights_after = torch.stack(states, dim=1)[:, :, :d]  # (g, nf, d, d)
-            lr = torch.cat([lr_c.reshape(g, -1), lr[:, nf * C :]], dim=1)
+            if with_aux:
+                lr_used = torch.cat([lr_c.reshape(g, -1), lr[:, nf * C :]], dim=1)
 
         # reads: chunk c with the weights after chunk c-1 (Eq. 15); the unfinished chunk with the last ones
-        w_before = torch.cat([w0.unsqueeze(1), weights_after], dim=1)  # (g, nf+1, d, d)
-        pad = (nf + 1) * C - n
-        qc = F.pad(q, (0, 0, 0, pad)).reshape(g, nf + 1, C, d)
-        retrieved = (qc @ w_before).reshape(g, -1, d)[:, n_buf:n]
+        w_before = torch.stack(states[:nr], dim=1)[:, :, :d]  # (g, nr, d, d)
+        pad = nr * C - n
+        qc = (F.pad(q, (0, 0, 0, pad)) if pad else q).reshape(g, nr, C, d)
+        retrieved = (qc @ w_before).reshape(g, nr * C, d)[:, n_buf:n]
         surprise = None
-        if with_surprise:
+        if with_aux:
             with torch.no_grad():  # per-token surprise ‖∇ℓ_t‖ = 2 ‖k_t‖ ‖k_t W − v_t‖ (NaN while buffered)
                 surprise = torch.full((g, n), float("nan"), device=q.device, dtype=dtype)
                 if nf:
-                    kc = k[:, : nf * C].reshape(g, nf, C, d)
-                    err = kc @ w_before[:, :nf] - v[:, : nf * C].reshape(g, nf, C, d)
-                    surprise[:, : nf * C] = (2 * kc.norm(dim=-1) * err.norm(dim=-1)).reshape(g, -1)
+                    kc4 = k[:, : nf * C].reshape(g, nf, C, d)
+                    err = kc4 @ w_before[:, :nf] - v[:, : nf * C].reshape(g, nf, C, d)
+                    surprise[:, : nf * C] = (2 * kc4.norm(dim=-1) * err.norm(dim=-1)).reshape(g, -1)
                 surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
+            lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
+        else:
+            lr_used = None
         w_last = x[:, :d]
         if momentum:
             s_last = x[:, d:]
-        elif nf:  # no momentum: S is the last chunk's −Σ s_j ∇ℓ_j (it is not carried into W)
-            ks_last = (2 * s_coef[:, -1]).unsqueeze(-1) * kc[:, -1]  # (g, c, d)
-            s_last = ks_last.transpose(1, 2) @ (vc[:, -1] - kc[:, -1] @ w_before[:, nf - 1])
+        elif nf:
+            # no momentum: S is the last chunk's −Σ s_j ∇ℓ_j, and s_j = 0 but for its last token, where
+            # s_C = θ_C (capped) = u_C (β_C = 1): S = 2 u_C k_Cᵀ (v_C − k_C W) at the chunk-start W
+            last = slice(nf * C - 1, nf * C)
+            err = v[:, last] - k[:, last] @ w_before[:, nf - 1]  # (g, 1, d)
+            s_last = (2 * u[:, -1, -1:, None] * k[:, last]).transpose(1, 2) @ err  # (g, d, d)
         else:
             s_last = s0
         return (
@@ -436,31 +473,31 @@ class NeuralMemory(nn.Module):
             {name: rearrange(w_last, "(b h) i o -> b h i o", b=B)},
             {name: rearrange(s_last, "(b h) i o -> b h i o", b=B)},
             surprise,
-            rearrange(lr, "(b h) n -> b h n", b=B),
+            lr_used,
         )
 
-    def _chunk_coefficients(self, lr: Tensor, log_eta: Tensor, log_keep: Tensor) -> tuple:
+    def _chunk_coefficients(self, lr: Tensor, log_eta: Tensor | None, log_keep: Tensor) -> tuple:
         """Per-chunk coefficients of Eq. 13-14 with gradients at the chunk-start weights (Eq. 16-18).
 
-        Gates `[g, k*C]` for k complete chunks. Returns (u, s_coef `[g, k, C]`; decay, carry_m, carry_s
-        `[g, k]` (carry_* None without momentum); θ used `[g, k, C]`) such that for each chunk
+        Gates `[g, k*C]` for k complete chunks (log η None without momentum). Returns (u, s_coef `[g, k, C]`;
+        decay, carry_m, carry_s `[g, k]` (carry_* None without momentum); θ used `[g, k, C]`) such that for each chunk
             M_end = decay·M_0 + carry_m·S_0 − Σ_j u_j ∇ℓ_j      S_end = carry_s·S_0 − Σ_j s_j ∇ℓ_j
         """
         c = self.config
         C = c.chunk_size
         g = lr.shape[0]
-        lr, log_eta, log_keep = (t.reshape(g, -1, C) for t in (lr, log_eta, log_keep))  # (g, k, c)
+        lr, log_keep = (t.reshape(g, -1, C) for t in (lr, log_keep))  # (g, k, c)
         keep_cum = torch.cumsum(log_keep, dim=-1)  # Σ_{i≤t} log(1−α_i)
         keep_all = keep_cum[..., -1:]  # (g, k, 1)
         beta = torch.exp(keep_all - keep_cum)  # β_t = Π_{i>t} (1−α_i)
         decay = torch.exp(keep_all).squeeze(-1)  # A = Π (1−α)
-        if not c.momentum or c.fixed_momentum_decay == 0.0:
+        if not self._has_momentum:
             u = lr * beta  # S_t = −θ_t ∇ℓ_t: D = I, E = 0
             s_coef = torch.zeros_like(lr)
             s_coef[..., -1] = lr[..., -1]
             carry_m = carry_s = None
         else:
-            L = torch.cumsum(log_eta, dim=-1)  # log Π_{i≤t} η_i
+            L = torch.cumsum(log_eta.reshape(g, -1, C), dim=-1)  # log Π_{i≤t} η_i
             diff = L[..., :, None] - L[..., None, :]  # (g, k, t, j): log D_tj for t ≥ j
             causal = torch.ones(C, C, dtype=torch.bool, device=lr.device).tril()
             D = torch.exp(torch.where(causal, diff, torch.full_like(diff, float("-inf"))))
