@@ -18,6 +18,8 @@ Rows (the tiny random-init `conf/model/qwen3_tiny.yaml`, 2 layers, hidden 128):
     mag_layer1  mag with memory only in decoder layer 1 (`layers: [1]`)
     mag_proof   what the CPU proof trains: mag_linear without momentum, max_lr 0.5, conv kernel 16,
                 qk_init induction, identity_init false, gate_bias_init 0
+    *_compiled  mag and mag_proof with `memory.compile=true` (the memory's forward under torch.compile);
+                `warmup_s` of the first step at each (batch, T) includes compiling for its shapes
 Every parameter trains (`--freeze none`, so the rows do the same backbone work; `--freeze default`
 uses training's default, memory-only for MAG). Timings are interleaved (one step of each row in turn,
 the order rotated each repeat) after one warm-up step per row, and the medians are reported with the
@@ -54,6 +56,9 @@ ROWS = {
                                "memory": {"depth": 1, "chunk_size": 16, "momentum": False, "max_lr": 0.5,
                                           "conv_kernel": 16, "qk_init": "induction"}}),
 }
+# the same rows with the memory's forward under torch.compile (memory.compile=true; compiled in the warm-up step)
+ROWS.update({f"{name}_compiled": (conf, {**over, "memory": {**over.get("memory", {}), "compile": True}})
+             for name, (conf, over) in list(ROWS.items()) if name in ("mag", "mag_proof")})
 BASELINES = ("swa", "full")
 OVERHEAD_TARGET = 1.5  # issue 7: MAG costs at most 1.5x the baseline's time
 
@@ -104,8 +109,7 @@ def measure(steppers: dict[str, Stepper], seq_len: int, batch: int, repeats: int
     names = list(steppers)
     times: dict[str, list[float]] = {n: [] for n in names}
     losses: dict[str, list[float]] = {n: [] for n in names}
-    for n in names:  # warm-up
-        steppers[n].step(ids)
+    warmup = {n: steppers[n].step(ids)[0] for n in names}  # warm-up (and compile, for the *_compiled rows)
     for rep in range(repeats):
         for n in names[rep % len(names):] + names[: rep % len(names)]:
             seconds, loss = steppers[n].step(ids)
@@ -115,6 +119,7 @@ def measure(steppers: dict[str, Stepper], seq_len: int, batch: int, repeats: int
     for n in names:
         med = statistics.median(times[n])
         rows[n] = {"step_s_median": med, "step_s_all": times[n], "tokens_per_s": batch * seq_len / med,
+                   "warmup_s": warmup[n],
                    "finite_losses": sum(1 for x in losses[n] if x == x and abs(x) != float("inf")),
                    "trainable_params": sum(p.numel() for p in steppers[n].params)}
     for n in names:
@@ -162,6 +167,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    # the *_compiled rows compile one graph per (config, batch, state layout) in this one process: more than
+    # dynamo's default limit of 8 per function, past which it would silently run eager
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     steppers = {r: Stepper(build(r, args.freeze), args.segment_len, args.bptt_window) for r in args.rows}
     runs = []
     head = f"{'T':>6} {'row':<11} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'vs full':>8} {'params':>8}"

@@ -387,3 +387,35 @@ def test_induction_init_reads_back_what_followed_a_repeated_context(qk_init, exp
     best_other = torch.nn.functional.cosine_similarity(read[None], others).max().item()
     recalled = cos > 0.6 and cos > best_other + 0.3  # neighbouring keys share context, so not exactly 1
     assert recalled == expect_recall, (cos, best_other)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [1, 2], ids=["linear", "deep"])
+def test_compiled_forward_equals_eager_with_autograd_and_varying_lengths(depth):
+    """memory.compile=True: outputs, state and gradients equal eager to 1e-5 over calls of different lengths
+    (a buffered partial chunk, a state that carries the graph, a detached one)."""
+    kw = dict(dim=16, heads=2, depth=depth, expansion=2, chunk_size=4, conv_kernel=3, max_lr=0.5)
+    torch.manual_seed(0)
+    eager = NeuralMemory(MemoryConfig(**kw))
+    compiled = NeuralMemory(MemoryConfig(**kw, compile=True))
+    compiled.load_state_dict(eager.state_dict())
+    xs = torch.randn(2, 31, 16).split([8, 8, 5, 10], dim=1)
+    results = []
+    for mem in (eager, compiled):
+        state, ys = None, []
+        for i, x in enumerate(xs):
+            y, state = mem(x, state)
+            ys.append(y)
+            if i == 1:
+                state = state.detach()
+        y = torch.cat(ys, 1)
+        results.append((y, state, torch.autograd.grad(y.pow(2).sum(), list(mem.parameters()))))
+    (y_e, s_e, g_e), (y_c, s_c, g_c) = results
+    torch.testing.assert_close(y_c, y_e, atol=1e-5, rtol=1e-5)
+    for n in s_e.weights:
+        torch.testing.assert_close(s_c.weights[n], s_e.weights[n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(s_c.momentum[n], s_e.momentum[n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_c.buffer, s_e.buffer)
+    assert s_c.offset == s_e.offset == 31
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -202,12 +202,31 @@ class NeuralMemory(nn.Module):
         token's inner gradient, NaN for tokens whose chunk is still unfinished after this call).
         """
         self._check(x, state)
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device)
+        # the tensor work is a function of tensors only (no offset, no MemoryState), so torch.compile
+        # specialises on shapes and layouts but not on how many tokens were seen
+        step = _compiled_forward() if self.config.compile and not torch.compiler.is_compiling() else type(self)._forward
+        y, weights, momentum, buffer, conv_context, aux = step(
+            self, x, state.weights, state.momentum, state.conv_context, state.buffer, return_aux
+        )
+        new_state = MemoryState(weights, momentum, buffer, conv_context, offset=state.offset + x.shape[1])
+        return (y, new_state, aux) if return_aux else (y, new_state)
+
+    def _forward(
+        self,
+        x: Tensor,
+        weights: dict[str, Tensor],
+        momentum: dict[str, Tensor],
+        conv_context: Tensor,
+        buffer: Tensor,
+        return_aux: bool,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor, Tensor, dict[str, Tensor] | None]:
+        """`forward` on the state's tensors: (y, new weights, new momentum, new buffer, new conv context, aux)."""
         c = self.config
         B, T, _ = x.shape
-        if state is None:
-            state = self.init_state(B, device=x.device)
-        n_ctx, n_buf = state.conv_context.shape[1], state.buffer.shape[1]
-        xs = torch.cat([state.conv_context.to(x.dtype), state.buffer.to(x.dtype), x], dim=1)  # (b, ctx+buf+t, d)
+        n_ctx, n_buf = conv_context.shape[1], buffer.shape[1]
+        xs = torch.cat([conv_context.to(x.dtype), buffer.to(x.dtype), x], dim=1)  # (b, ctx+buf+t, d)
         raw = xs  # what the state carries: raw inputs (normalising twice would not be exact)
         if self.input_norm is not None:  # RMSNorm: the memory sees inputs of a fixed scale
             rms = torch.rsqrt(xs.to(self.state_dtype).pow(2).mean(-1, keepdim=True) + 1e-6)
@@ -231,8 +250,8 @@ class NeuralMemory(nn.Module):
             else:
                 q, k, v = qkv.unbind(0)
             scan = self._scan_linear if self._linear_fast_path else self._scan
-            retrieved, new_w, new_m, surprise, lr_used = scan(q, k, v, lr, log_eta, log_keep, state, n_buf,
-                                                              with_aux=return_aux)
+            retrieved, new_w, new_m, surprise, lr_used = scan(q, k, v, lr, log_eta, log_keep, weights, momentum,
+                                                              n_buf, with_aux=return_aux)
         # retrieved: (b, h, t, d) for the new tokens only
         out = retrieved
         if self.out_norm is not None:
@@ -246,15 +265,9 @@ class NeuralMemory(nn.Module):
         n_keep = n % c.chunk_size  # tokens of the unfinished chunk
         start = n_ctx + n - n_keep  # where the new buffer starts in xs
         ctx_len = min(max(c.conv_kernel - 1, 0), start)
-        new_state = MemoryState(
-            weights=new_w,
-            momentum=new_m,
-            buffer=raw[:, start:],
-            conv_context=raw[:, start - ctx_len : start],
-            offset=state.offset + T,
-        )
+        new_buffer, new_context = raw[:, start:], raw[:, start - ctx_len : start]
         if not return_aux:
-            return y, new_state
+            return y, new_w, new_m, new_buffer, new_context, None
         new = slice(n_buf, n)
         aux = {
             "queries": q[:, :, new],
@@ -266,7 +279,7 @@ class NeuralMemory(nn.Module):
             "forget": alpha[:, :, new],
             "surprise": surprise[:, :, new],
         }
-        return y, new_state, aux
+        return y, new_w, new_m, new_buffer, new_context, aux
 
     def _causal_conv(self, qkv: Tensor, n_ctx: int) -> Tensor:
         """The causal depthwise conv of `qkv` `[B, ctx+n, C]` (its first `n_ctx` tokens are carried context)
@@ -294,7 +307,8 @@ class NeuralMemory(nn.Module):
         lr: Tensor,
         log_eta: Tensor,
         log_keep: Tensor,
-        state: MemoryState,
+        weights: dict[str, Tensor],
+        momentum: dict[str, Tensor],
         n_buf: int,
         with_aux: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None]:
@@ -312,8 +326,8 @@ class NeuralMemory(nn.Module):
         C = c.chunk_size
         dtype = q.dtype
         names = mlp.names
-        weights = [rearrange(state.weights[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
-        momentum = [rearrange(state.momentum[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+        weights = [rearrange(weights[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+        momentum = [rearrange(momentum[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
         q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
         lr, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_keep))
         n_full = n // C
@@ -383,7 +397,8 @@ class NeuralMemory(nn.Module):
         lr: Tensor,
         log_eta: Tensor | None,
         log_keep: Tensor,
-        state: MemoryState,
+        weights: dict[str, Tensor],
+        momentum: dict[str, Tensor],
         n_buf: int,
         with_aux: bool = True,
     ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None]:
@@ -401,8 +416,8 @@ class NeuralMemory(nn.Module):
         B, H, n, d = q.shape
         C = c.chunk_size
         dtype = q.dtype
-        w0 = rearrange(state.weights[name].to(dtype), "b h i o -> (b h) i o")
-        s0 = rearrange(state.momentum[name].to(dtype), "b h i o -> (b h) i o")
+        w0 = rearrange(weights[name].to(dtype), "b h i o -> (b h) i o")
+        s0 = rearrange(momentum[name].to(dtype), "b h i o -> (b h) i o")
         q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
         lr, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_keep))
         g = q.shape[0]
@@ -519,6 +534,16 @@ class NeuralMemory(nn.Module):
             scale = (cap / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, k, 1)
             u, s_coef, lr = u * scale, s_coef * scale, lr * scale
         return u, s_coef, decay, carry_m, carry_s, lr
+
+
+_COMPILED: list = []  # torch.compile(NeuralMemory._forward), made on first use
+
+
+def _compiled_forward():
+    """`NeuralMemory._forward` under torch.compile, shared by every memory (parameters are graph inputs)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(NeuralMemory._forward, dynamic=False))
+    return _COMPILED[0]
 
 
 def _surprise(inputs: list[Tensor], deltas: list[Tensor]) -> Tensor:
