@@ -338,21 +338,24 @@ class NeuralMemory(nn.Module):
             log_keep[:, : n_full * C],
         )
 
+        # split / unbind once, not t[:, s:e] per chunk: each indexing op's backward allocates a zero gradient
+        # of the whole tensor
+        q_chunks, k_chunks, v_chunks = (t.split(C, dim=1) for t in (q, k, v))  # (g, c, d) each
+        q_chunks = [q_chunks[0][:, n_buf:], *q_chunks[1:]]  # the buffered tokens were read by the previous call
+        coef_chunks = [t.unbind(1) if t is not None else [None] * n_full for t in coef]
         reads, inputs_all, deltas_all, lr_chunks = [], [], [], []
         for ci in range(n_full):
-            s, e = ci * C, (ci + 1) * C
-            rs = max(s, n_buf)
-            n_read = e - rs
+            n_read = q_chunks[ci].shape[1]
             # Eq. 15 reads and the chunk's inner forward both use the weights after the previous chunk
-            x_in = torch.cat([q[:, rs:e], k[:, s:e]], dim=1) if n_read else k[:, s:e]
+            x_in = torch.cat([q_chunks[ci], k_chunks[ci]], dim=1) if n_read else k_chunks[ci]
             out, inputs, pre = mlp.forward_batched(weights, x_in)
             if n_read:
                 reads.append(out[:, :n_read])
                 out = out[:, n_read:]
                 inputs = [h[:, n_read:] for h in inputs]
                 pre = [z[:, n_read:] for z in pre]
-            deltas = mlp.backward_batched(weights, pre, 2.0 * (out - v[:, s:e]))  # dℓ/dM(k) of Eq. 12
-            u, s_coef, decay, carry_m, carry_s, lr_c = (t[:, ci] if t is not None else None for t in coef)
+            deltas = mlp.backward_batched(weights, pre, 2.0 * (out - v_chunks[ci]))  # dℓ/dM(k) of Eq. 12
+            u, s_coef, decay, carry_m, carry_s, lr_c = (t[ci] for t in coef_chunks)
             if clip:
                 scale = (c.surprise_clip / _surprise(inputs, deltas).clamp_min(1e-12)).clamp(max=1.0)
                 u, s_coef, lr_c = u * scale, s_coef * scale, lr_c * scale
@@ -361,8 +364,7 @@ class NeuralMemory(nn.Module):
             deltas_all.append(deltas)
             lr_chunks.append(lr_c)
         if n_full * C < n:  # unfinished chunk: read only; its tokens wait in the buffer
-            rs = max(n_full * C, n_buf)
-            reads.append(mlp.forward_batched(weights, q[:, rs:])[0])
+            reads.append(mlp.forward_batched(weights, q_chunks[n_full])[0])
 
         retrieved = rearrange(torch.cat(reads, dim=1), "(b h) t d -> b h t d", b=B)
         # per-token surprise ‖∇ℓ_t‖ of the written chunks (NaN for tokens still waiting in the buffer)
