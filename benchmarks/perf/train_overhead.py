@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     steppers = {r: Stepper(build(r, args.freeze), args.segment_len, args.bptt_window) for r in args.rows}
     runs = []
-    head = f"{'T':>6} {'row':<11} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'vs full':>8} {'params':>8}"
+    head = f"{'T':>6} {'row':<18} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'vs full':>8} {'params':>8}"
     for batch in args.batch:
         print(f"\ntraining steps, batch {batch}, segment {args.segment_len}, bptt window {args.bptt_window}, "
               f"freeze {args.freeze}, {args.threads} thread(s), median of {args.repeats}\n")
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
             run = measure(steppers, seq_len, batch, args.repeats, args.seed)
             for name, r in run["rows"].items():
                 vs = [f"{r[k]:.2f}x" if k in r else "-" for k in ("time_ratio_vs_swa", "time_ratio_vs_full")]
-                print(f"{seq_len:>6} {name:<11} {r['step_s_median']:>8.3f} {r['tokens_per_s']:>9.0f} {vs[0]:>7} "
+                print(f"{seq_len:>6} {name:<18} {r['step_s_median']:>8.3f} {r['tokens_per_s']:>9.0f} {vs[0]:>7} "
                       f"{vs[1]:>8} {r['trainable_params']:>8}", flush=True)
             runs.append(run)
     target = {}
