@@ -1,13 +1,14 @@
 """Training cost of the memory: time per optimizer step of the tiny MAG model against the same model without memory.
 
-    python benchmarks/perf/train_overhead.py [--seq-lens 2048 8192] [--repeats 7] [--segment-len 128]
+    python benchmarks/perf/train_overhead.py [--seq-lens 2048 8192] [--batch 1 8] [--repeats 7] [--segment-len 128]
                                              [--out results/perf/train_overhead.json]
 
 What is measured: one training step exactly as `titans.training.module.TitansLitModule.training_step`
 does it, without the Lightning Trainer around it — `run_segments(backward=True)` (the sequence in
 segments of `--segment-len` tokens carrying the cache; backward and `detach_cache` every `--bptt-window`
-segments), gradient clipping to 1.0 and an AdamW step — on `[--batch, T]` random byte ids with the loss
-on every token. Wall-clock time per step; tokens/s = batch·T / that time.
+segments), gradient clipping to 1.0 and an AdamW step — on `[batch, T]` random byte ids with the loss
+on every token, for every batch size of `--batch` and every T of `--seq-lens`. Wall-clock time per step;
+tokens/s = batch·T / that time.
 
 Rows (the tiny random-init `conf/model/qwen3_tiny.yaml`, 2 layers, hidden 128):
     full        conf/memory/none.yaml: the unpatched Qwen3, full attention
@@ -15,10 +16,17 @@ Rows (the tiny random-init `conf/model/qwen3_tiny.yaml`, 2 layers, hidden 128):
     mag         conf/memory/mag.yaml (window 64, 4 heads, depth 2, chunk 16, memory in both layers)
     mag_linear  mag with memory.depth=1 (linear memory: the `_scan_linear` fast path)
     mag_layer1  mag with memory only in decoder layer 1 (`layers: [1]`)
+    mag_proof   what the CPU proof trains: mag_linear without momentum, max_lr 0.5, conv kernel 16,
+                qk_init induction, identity_init false, gate_bias_init 0
+    *_compiled  mag and mag_proof with `memory.compile=true` (the memory's forward under torch.compile);
+                `warmup_s` of the first step at each (batch, T) includes compiling for its shapes
 Every parameter trains (`--freeze none`, so the rows do the same backbone work; `--freeze default`
 uses training's default, memory-only for MAG). Timings are interleaved (one step of each row in turn,
 the order rotated each repeat) after one warm-up step per row, and the medians are reported with the
 ratios to `swa` and `full`. One intra-op thread (`torch.set_num_threads(1)`) unless `--threads`.
+
+JSON: `runs` has one entry per (batch, T), each with its `batch`; `target.cells` is keyed `row@T` for the
+first batch of `--batch` (the headline, `settings.batch`) and `row@T/bN` for batch N of the others.
 """
 
 from __future__ import annotations
@@ -43,7 +51,14 @@ ROWS = {
     "mag": ("mag.yaml", {"window": 64}),
     "mag_linear": ("mag.yaml", {"window": 64, "memory": {"depth": 1}}),
     "mag_layer1": ("mag.yaml", {"window": 64, "layers": [1]}),
+    # what the CPU proof trains (conf/experiment/cpu_proof_mag.yaml with the induction-initialised memory)
+    "mag_proof": ("mag.yaml", {"window": 64, "identity_init": False, "gate_bias_init": 0.0,
+                               "memory": {"depth": 1, "chunk_size": 16, "momentum": False, "max_lr": 0.5,
+                                          "conv_kernel": 16, "qk_init": "induction"}}),
 }
+# the same rows with the memory's forward under torch.compile (memory.compile=true; compiled in the warm-up step)
+ROWS.update({f"{name}_compiled": (conf, {**over, "memory": {**over.get("memory", {}), "compile": True}})
+             for name, (conf, over) in list(ROWS.items()) if name in ("mag", "mag_proof")})
 BASELINES = ("swa", "full")
 OVERHEAD_TARGET = 1.5  # issue 7: MAG costs at most 1.5x the baseline's time
 
@@ -94,8 +109,7 @@ def measure(steppers: dict[str, Stepper], seq_len: int, batch: int, repeats: int
     names = list(steppers)
     times: dict[str, list[float]] = {n: [] for n in names}
     losses: dict[str, list[float]] = {n: [] for n in names}
-    for n in names:  # warm-up
-        steppers[n].step(ids)
+    warmup = {n: steppers[n].step(ids)[0] for n in names}  # warm-up (and compile, for the *_compiled rows)
     for rep in range(repeats):
         for n in names[rep % len(names):] + names[: rep % len(names)]:
             seconds, loss = steppers[n].step(ids)
@@ -105,6 +119,7 @@ def measure(steppers: dict[str, Stepper], seq_len: int, batch: int, repeats: int
     for n in names:
         med = statistics.median(times[n])
         rows[n] = {"step_s_median": med, "step_s_all": times[n], "tokens_per_s": batch * seq_len / med,
+                   "warmup_s": warmup[n],
                    "finite_losses": sum(1 for x in losses[n] if x == x and abs(x) != float("inf")),
                    "trainable_params": sum(p.numel() for p in steppers[n].params)}
     for n in names:
@@ -120,7 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lens", nargs="+", type=int, default=[2048, 8192], help="sequence lengths T")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"of {list(ROWS)}")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8], help="batch sizes (each gets its ratios)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--segment-len", type=int, default=128, help="bptt.segment_len (conf/train.yaml default)")
     parser.add_argument("--bptt-window", type=int, default=2, help="bptt.bptt_window (conf/train.yaml default)")
@@ -128,6 +143,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/perf/train_overhead.json")
+    parser.add_argument("--note", default="shared machine: other jobs ran on the other core during the run",
+                        help="machine.note in the JSON (say whether the machine was shared)")
     args = parser.parse_args(argv)
     bad = [r for r in args.rows if r not in ROWS]
     if bad:
@@ -135,10 +152,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.freeze not in ("none", "default"):
         raise ValueError(f"--freeze {args.freeze!r}: allowed 'none' (every parameter trains) or 'default' "
                          f"(memory-only for MAG, everything for the baselines)")
-    for flag, value in (("--batch", args.batch), ("--repeats", args.repeats), ("--segment-len", args.segment_len),
-                        ("--bptt-window", args.bptt_window), ("--threads", args.threads)):
+    for flag, value in (("--batch", min(args.batch)), ("--repeats", args.repeats),
+                        ("--segment-len", args.segment_len), ("--bptt-window", args.bptt_window),
+                        ("--threads", args.threads)):
         if value <= 0:
             raise ValueError(f"{flag} {value}: allowed an int > 0")
+    if len(set(args.batch)) != len(args.batch):
+        raise ValueError(f"--batch {args.batch}: allowed distinct batch sizes")
     if any(t <= 1 for t in args.seq_lens):
         raise ValueError(f"--seq-lens {args.seq_lens}: allowed ints > 1 (a loss needs two tokens)")
     return args
@@ -147,36 +167,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    # the *_compiled rows compile one graph per (config, batch, state layout) in this one process: more than
+    # dynamo's default limit of 8 per function, past which it would silently run eager
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     steppers = {r: Stepper(build(r, args.freeze), args.segment_len, args.bptt_window) for r in args.rows}
     runs = []
-    head = f"{'T':>6} {'row':<11} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'vs full':>8} {'params':>8}"
-    print(f"training steps, batch {args.batch}, segment {args.segment_len}, bptt window {args.bptt_window}, "
-          f"freeze {args.freeze}, {args.threads} thread(s), median of {args.repeats}\n")
-    print(head)
-    print("-" * len(head))
-    for seq_len in args.seq_lens:
-        run = measure(steppers, seq_len, args.batch, args.repeats, args.seed)
-        for name, r in run["rows"].items():
-            vs = [f"{r[k]:.2f}x" if k in r else "-" for k in ("time_ratio_vs_swa", "time_ratio_vs_full")]
-            print(f"{seq_len:>6} {name:<11} {r['step_s_median']:>8.3f} {r['tokens_per_s']:>9.0f} {vs[0]:>7} "
-                  f"{vs[1]:>8} {r['trainable_params']:>8}", flush=True)
-        runs.append(run)
+    head = f"{'T':>6} {'row':<18} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'vs full':>8} {'params':>8}"
+    for batch in args.batch:
+        print(f"\ntraining steps, batch {batch}, segment {args.segment_len}, bptt window {args.bptt_window}, "
+              f"freeze {args.freeze}, {args.threads} thread(s), median of {args.repeats}\n")
+        print(head)
+        print("-" * len(head))
+        for seq_len in args.seq_lens:
+            run = measure(steppers, seq_len, batch, args.repeats, args.seed)
+            for name, r in run["rows"].items():
+                vs = [f"{r[k]:.2f}x" if k in r else "-" for k in ("time_ratio_vs_swa", "time_ratio_vs_full")]
+                print(f"{seq_len:>6} {name:<18} {r['step_s_median']:>8.3f} {r['tokens_per_s']:>9.0f} {vs[0]:>7} "
+                      f"{vs[1]:>8} {r['trainable_params']:>8}", flush=True)
+            runs.append(run)
     target = {}
     for run in runs:
+        suffix = "" if run["batch"] == args.batch[0] else f"/b{run['batch']}"
         for name, r in run["rows"].items():
             if name.startswith("mag") and "time_ratio_vs_swa" in r:
-                target[f"{name}@{run['seq_len']}"] = {"time_ratio_vs_swa": r["time_ratio_vs_swa"],
-                                                      "met": r["time_ratio_vs_swa"] <= OVERHEAD_TARGET}
+                target[f"{name}@{run['seq_len']}{suffix}"] = {"time_ratio_vs_swa": r["time_ratio_vs_swa"],
+                                                              "met": r["time_ratio_vs_swa"] <= OVERHEAD_TARGET}
     results = {
         "benchmark": "train_overhead",
         "command": "python benchmarks/perf/train_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"torch_threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__,
                     "platform": platform.platform(),
-                    "note": "shared machine: another training process ran on the other core during the run"},
+                    "note": args.note},
         "settings": {"model": "conf/model/qwen3_tiny.yaml (random init)", "rows": {k: list(v) for k, v in ROWS.items()
                                                                                  if k in args.rows},
                      "input": f"random byte ids in [0, 256), seed {args.seed}, loss on every token",
-                     "batch": args.batch, "segment_len": args.segment_len, "bptt_window": args.bptt_window,
+                     "batch": args.batch[0], "batches": args.batch, "segment_len": args.segment_len,
+                     "bptt_window": args.bptt_window,
                      "freeze": args.freeze, "optimizer": "AdamW lr 1e-3, grad clip 1.0", "repeats": args.repeats},
         "runs": runs,
         "target": {"max_time_ratio_vs_swa": OVERHEAD_TARGET, "cells": target},

@@ -163,6 +163,27 @@ def test_linear_fast_path_equals_general_chunk_loop(momentum, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("kw", [dict(depth=1), dict(depth=1, momentum=False), dict(depth=2, momentum=False)],
+                         ids=["linear", "linear-no-momentum", "deep-no-momentum"])
+def test_training_path_without_aux_equals_the_aux_path(kw):
+    """return_aux=False skips the gate values, surprise and θ used; outputs, state and gradients are unchanged."""
+    mem = make(chunk_size=4, **kw).double()
+    x = torch.randn(2, 14, 16, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for aux in (False, True):
+        y1, s1, *_ = mem(x[:, :9], return_aux=aux)
+        y2, s2, *_ = mem(x[:, 9:], s1, return_aux=aux)
+        y = torch.cat([y1, y2], 1)
+        outs.append((y, s2, torch.autograd.grad(y.pow(2).sum(), [x, *mem.parameters()])))
+    (y_a, s_a, g_a), (y_b, s_b, g_b) = outs
+    torch.testing.assert_close(y_a, y_b, atol=1e-12, rtol=1e-10)
+    for n in s_a.weights:
+        torch.testing.assert_close(s_a.weights[n], s_b.weights[n], atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(s_a.momentum[n], s_b.momentum[n], atol=1e-12, rtol=1e-10)
+    for a, b in zip(g_a, g_b):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
 def test_token_by_token_streaming_equals_whole():
     mem = make(chunk_size=3).double()
     x = torch.randn(1, 10, 16, dtype=torch.float64)
@@ -415,3 +436,35 @@ def test_chunk_step_cap_holds_under_strong_forgetting():
     beta = 0.7 ** torch.arange(15, -1, -1, dtype=torch.float32)  # β_j = Π_{i>j} (1 − α_i)
     u_sum = (aux["lr"].reshape(-1, 16) * beta).sum(-1)
     torch.testing.assert_close(u_sum, torch.full_like(u_sum, (1 + decay) / 2))  # the cap binds at (1 + A)/2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [1, 2], ids=["linear", "deep"])
+def test_compiled_forward_equals_eager_with_autograd_and_varying_lengths(depth):
+    """memory.compile=True: outputs, state and gradients equal eager to 1e-5 over calls of different lengths
+    (a buffered partial chunk, a state that carries the graph, a detached one)."""
+    kw = dict(dim=16, heads=2, depth=depth, expansion=2, chunk_size=4, conv_kernel=3, max_lr=0.5)
+    torch.manual_seed(0)
+    eager = NeuralMemory(MemoryConfig(**kw))
+    compiled = NeuralMemory(MemoryConfig(**kw, compile=True))
+    compiled.load_state_dict(eager.state_dict())
+    xs = torch.randn(2, 31, 16).split([8, 8, 5, 10], dim=1)
+    results = []
+    for mem in (eager, compiled):
+        state, ys = None, []
+        for i, x in enumerate(xs):
+            y, state = mem(x, state)
+            ys.append(y)
+            if i == 1:
+                state = state.detach()
+        y = torch.cat(ys, 1)
+        results.append((y, state, torch.autograd.grad(y.pow(2).sum(), list(mem.parameters()))))
+    (y_e, s_e, g_e), (y_c, s_c, g_c) = results
+    torch.testing.assert_close(y_c, y_e, atol=1e-5, rtol=1e-5)
+    for n in s_e.weights:
+        torch.testing.assert_close(s_c.weights[n], s_e.weights[n], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(s_c.momentum[n], s_e.momentum[n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_c.buffer, s_e.buffer)
+    assert s_c.offset == s_e.offset == 31
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -87,6 +87,11 @@ class MemoryConfig(DictRoundTrip):
     init_std: float = 0.02  # std of the projections; memory MLP init is scaled by fan-in
     zero_init_output: bool = False  # zero the output projection (identity-at-init when patched)
 
+    # execution
+    # torch.compile the forward (inductor; fused forward and backward kernels). Same results to float rounding;
+    # each new input shape / state layout compiles once (minutes for a deep memory), so it pays off in training.
+    compile: bool = False
+
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim <= 0:
             _fail("dim", self.dim, "a positive int")
@@ -123,6 +128,8 @@ class MemoryConfig(DictRoundTrip):
             _fail("chunk_step_cap", self.chunk_step_cap, "a float >= 0 (0 = off)")
         if self.surprise_clip < 0:
             _fail("surprise_clip", self.surprise_clip, "a float >= 0 (0 = off)")
+        if not isinstance(self.compile, bool):
+            _fail("compile", self.compile, "True or False")
         if self.init_std <= 0:
             _fail("init_std", self.init_std, "a float > 0")
 

@@ -139,9 +139,18 @@ class NeuralMemory(nn.Module):
                     f"state weights {sorted(state.weights)} do not match this memory's {self.memory_model.names}"
                 )
 
-    def _gates(self, xt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """θ, η, α `[B, H, n]` for tokens `xt` (`[B, n, dim]`, token 0 starts a chunk), plus log η and
-        log(1 − α) computed from the logits (log-sigmoid), so saturated gates give no inf/NaN gradients."""
+    @property
+    def _has_momentum(self) -> bool:
+        """Whether S carries from token to token (η_t not identically 0)."""
+        return self.config.momentum and self.config.fixed_momentum_decay != 0.0
+
+    def _gates(self, xt: Tensor, with_values: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+        """Gates `[B, H, n]` for tokens `xt` (`[B, n, dim]`, token 0 starts a chunk): θ, log η, log(1 − α),
+        and with `with_values` η and α (else None; only aux reports them).
+
+        log η and log(1 − α) come from the logits (log-sigmoid), so saturated gates give no inf/NaN
+        gradients. log η is None without momentum: no coefficient depends on it then.
+        """
         c = self.config
         if not c.per_token_gates:  # one value per chunk from the chunk's mean input
             n = xt.shape[1]
@@ -151,27 +160,36 @@ class NeuralMemory(nn.Module):
             counts = torch.full((sums.shape[1],), float(c.chunk_size), device=xt.device, dtype=xt.dtype)
             counts[-1] = c.chunk_size - pad
             xt = (sums / counts[:, None]).repeat_interleave(c.chunk_size, dim=1)[:, :n]
-        logits = rearrange(self.to_gates(xt), "b n (g h) -> g b h n", g=3).to(self.state_dtype)
-        lr = c.max_lr * torch.sigmoid(logits[0])
-        momentum_decay, log_eta = torch.sigmoid(logits[1]), F.logsigmoid(logits[1])
-        forget, log_keep = torch.sigmoid(logits[2]), F.logsigmoid(-logits[2])
+        # one copy to gate-major, so every gate below is a contiguous [B, H, n] that the scan reshapes for free
+        logits = rearrange(self.to_gates(xt), "b n (g h) -> g b h n", g=3).to(self.state_dtype).contiguous()
         if c.fixed_lr is not None:
-            lr = torch.full_like(lr, c.fixed_lr)
-        if c.fixed_momentum_decay is not None:
-            momentum_decay = torch.full_like(momentum_decay, c.fixed_momentum_decay)
-            log_eta = torch.log(momentum_decay)
-        if not c.momentum:
-            momentum_decay = torch.zeros_like(momentum_decay)
-            log_eta = torch.full_like(log_eta, float("-inf"))
-        if c.fixed_forget is not None:
-            forget = torch.full_like(forget, c.fixed_forget)
-            log_keep = torch.log1p(-forget)
+            lr = torch.full_like(logits[0], c.fixed_lr)
+        else:
+            lr = torch.sigmoid(logits[0]) * c.max_lr
+        log_eta = eta = None
+        if not self._has_momentum:
+            if with_values:
+                eta = torch.zeros_like(logits[1])
+        elif c.fixed_momentum_decay is not None:
+            eta = torch.full_like(logits[1], c.fixed_momentum_decay)
+            log_eta = torch.log(eta).clamp_min(_LOG_FLOOR)
+        else:
+            log_eta = F.logsigmoid(logits[1]).clamp_min(_LOG_FLOOR)
+            if with_values:
+                eta = torch.sigmoid(logits[1])
+        alpha = None
         if not c.forgetting:
-            forget = torch.zeros_like(forget)
-            log_keep = torch.zeros_like(log_keep)
-        log_eta = log_eta.clamp_min(_LOG_FLOOR)
-        log_keep = log_keep.clamp_min(_LOG_FLOOR)
-        return lr, momentum_decay, forget, log_eta, log_keep
+            log_keep = torch.zeros_like(logits[2])
+            if with_values:
+                alpha = torch.zeros_like(logits[2])
+        elif c.fixed_forget is not None:
+            alpha = torch.full_like(logits[2], c.fixed_forget)
+            log_keep = torch.log1p(-alpha).clamp_min(_LOG_FLOOR)
+        else:
+            log_keep = F.logsigmoid(-logits[2]).clamp_min(_LOG_FLOOR)
+            if with_values:
+                alpha = torch.sigmoid(logits[2])
+        return lr, log_eta, log_keep, eta, alpha
 
     def forward(
         self, x: Tensor, state: MemoryState | None = None, return_aux: bool = False
@@ -187,36 +205,56 @@ class NeuralMemory(nn.Module):
         Nothing of this is computed without `return_aux`.
         """
         self._check(x, state)
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device)
+        # the tensor work is a function of tensors only (no offset, no MemoryState), so torch.compile
+        # specialises on shapes and layouts but not on how many tokens were seen
+        step = _compiled_forward() if self.config.compile and not torch.compiler.is_compiling() else type(self)._forward
+        y, weights, momentum, buffer, conv_context, aux = step(
+            self, x, state.weights, state.momentum, state.conv_context, state.buffer, return_aux
+        )
+        new_state = MemoryState(weights, momentum, buffer, conv_context, offset=state.offset + x.shape[1])
+        return (y, new_state, aux) if return_aux else (y, new_state)
+
+    def _forward(
+        self,
+        x: Tensor,
+        weights: dict[str, Tensor],
+        momentum: dict[str, Tensor],
+        conv_context: Tensor,
+        buffer: Tensor,
+        return_aux: bool,
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor, Tensor, dict[str, Tensor] | None]:
+        """`forward` on the state's tensors: (y, new weights, new momentum, new buffer, new conv context, aux)."""
         c = self.config
         B, T, _ = x.shape
-        if state is None:
-            state = self.init_state(B, device=x.device)
-        n_ctx, n_buf = state.conv_context.shape[1], state.buffer.shape[1]
-        xs = torch.cat([state.conv_context.to(x.dtype), state.buffer.to(x.dtype), x], dim=1)  # (b, ctx+buf+t, d)
+        n_ctx, n_buf = conv_context.shape[1], buffer.shape[1]
+        xs = torch.cat([conv_context.to(x.dtype), buffer.to(x.dtype), x], dim=1)  # (b, ctx+buf+t, d)
         raw = xs  # what the state carries: raw inputs (normalising twice would not be exact)
         if self.input_norm is not None:  # RMSNorm: the memory sees inputs of a fixed scale
             rms = torch.rsqrt(xs.to(self.state_dtype).pow(2).mean(-1, keepdim=True) + 1e-6)
             xs = xs * rms.to(xs.dtype) * self.input_norm
 
-        qkv = self.to_qkv(xs)  # (b, n_all, 3*inner)
+        qkv = self.to_qkv(xs)  # (b, ctx+n, 3*inner), n = buf + t
         if self.conv is not None:
-            k_sz = c.conv_kernel
-            # causal: pad K-1 zeros on the left; the carried context makes split calls exact
-            qkv = self.conv(F.pad(qkv.transpose(1, 2), (k_sz - 1, 0))).transpose(1, 2)
-        qkv = F.silu(qkv[:, n_ctx:])  # (b, n, 3*inner), n = buf + t; token 0 starts a chunk
-        q, k, v = rearrange(qkv, "b n (s h d) -> s b h n d", s=3, h=c.heads)
-        if c.qk_l2_norm:
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        lr, eta, alpha, log_eta, log_keep = self._gates(xs[:, n_ctx:])  # (b, h, n)
+            qkv = self._causal_conv(qkv, n_ctx)  # (b, n, 3*inner)
+        else:
+            qkv = qkv[:, n_ctx:]
+        qkv = F.silu(qkv)  # (b, n, 3*inner); token 0 starts a chunk
+        lr, log_eta, log_keep, eta, alpha = self._gates(xs[:, n_ctx:], with_values=return_aux)  # (b, h, n)
 
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = self.state_dtype
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-            gates = (lr.to(dtype), log_eta.to(dtype), log_keep.to(dtype))
+            # one copy to head-major; q, k, v are then contiguous and the scan's (b h) reshapes are free
+            qkv = rearrange(qkv, "b n (s h d) -> s b h n d", s=3, h=c.heads).to(dtype).contiguous()
+            if c.qk_l2_norm:
+                q, k = F.normalize(qkv[:2], dim=-1).unbind(0)  # (b, h, n, d) each
+                v = qkv[2]
+            else:
+                q, k, v = qkv.unbind(0)
             scan = self._scan_linear if self._linear_fast_path else self._scan
-            retrieved, new_w, new_m, surprise, errors, lr_used = scan(
-                q, k, v, *gates, state, n_buf, with_aux=return_aux
-            )
+            retrieved, new_w, new_m, surprise, errors, lr_used = scan(q, k, v, lr, log_eta, log_keep, weights,
+                                                                      momentum, n_buf, with_aux=return_aux)
         # retrieved: (b, h, t, d) for the new tokens only
         out = retrieved
         if self.out_norm is not None:
@@ -230,15 +268,9 @@ class NeuralMemory(nn.Module):
         n_keep = n % c.chunk_size  # tokens of the unfinished chunk
         start = n_ctx + n - n_keep  # where the new buffer starts in xs
         ctx_len = min(max(c.conv_kernel - 1, 0), start)
-        new_state = MemoryState(
-            weights=new_w,
-            momentum=new_m,
-            buffer=raw[:, start:],
-            conv_context=raw[:, start - ctx_len : start],
-            offset=state.offset + T,
-        )
+        new_buffer, new_context = raw[:, start:], raw[:, start - ctx_len : start]
         if not return_aux:
-            return y, new_state
+            return y, new_w, new_m, new_buffer, new_context, None
         new = slice(n_buf, n)
         aux = {
             "queries": q[:, :, new],
@@ -251,7 +283,23 @@ class NeuralMemory(nn.Module):
             "surprise": surprise[:, :, new],
             "errors": errors[:, :, new],
         }
-        return y, new_state, aux
+        return y, new_w, new_m, new_buffer, new_context, aux
+
+    def _causal_conv(self, qkv: Tensor, n_ctx: int) -> Tensor:
+        """The causal depthwise conv of `qkv` `[B, ctx+n, C]` (its first `n_ctx` tokens are carried context)
+        for the last n tokens, `[B, n, C]`.
+
+        Zeros stand in for the context a first call lacks, so split calls equal one long call. Run as a
+        conv2d on a channels-last `[B, C, 1, ctx+n]` view of the token-major tensor: no transposed copies
+        in or out, and 2.5x faster forward+backward than conv1d on the transposed tensor (mkldnn).
+        """
+        K = self.config.conv_kernel
+        pad = K - 1 - n_ctx  # the context carries at most K-1 tokens
+        if pad:
+            qkv = F.pad(qkv, (0, 0, pad, 0))  # (b, K-1+n, C)
+        out = F.conv2d(qkv.transpose(1, 2).unsqueeze(2), self.conv.weight.unsqueeze(2), self.conv.bias,
+                       groups=self.conv.groups)  # (b, C, 1, n), channels-last
+        return out.squeeze(2).transpose(1, 2)  # (b, n, C)
 
     # ------------------------------------------------------------------ the chunked scan
 
@@ -263,10 +311,11 @@ class NeuralMemory(nn.Module):
         lr: Tensor,
         log_eta: Tensor,
         log_keep: Tensor,
-        state: MemoryState,
+        weights: dict[str, Tensor],
+        momentum: dict[str, Tensor],
         n_buf: int,
         with_aux: bool = True,
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None, Tensor]:
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None, Tensor | None]:
         """Chunk loop. q/k/v: `[B, H, n, d]`, θ / log η / log(1−α): `[B, H, n]`; token 0 starts a chunk;
         reads only for tokens >= n_buf (the buffered ones were read by the previous call).
 
@@ -281,30 +330,37 @@ class NeuralMemory(nn.Module):
         C = c.chunk_size
         dtype = q.dtype
         names = mlp.names
-        weights = [rearrange(state.weights[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
-        momentum = [rearrange(state.momentum[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+        weights = [rearrange(weights[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+        momentum = [rearrange(momentum[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
         q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
-        lr, log_eta, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_eta, log_keep))
+        lr, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_keep))
         n_full = n // C
         clip = c.surprise_clip > 0
-        coef = self._chunk_coefficients(lr[:, : n_full * C], log_eta[:, : n_full * C], log_keep[:, : n_full * C])
+        coef = self._chunk_coefficients(
+            lr[:, : n_full * C],
+            None if log_eta is None else rearrange(log_eta, "b h n -> (b h) n")[:, : n_full * C],
+            log_keep[:, : n_full * C],
+        )
 
+        # split / unbind once, not t[:, s:e] per chunk: each indexing op's backward allocates a zero gradient
+        # of the whole tensor
+        q_chunks, k_chunks, v_chunks = (t.split(C, dim=1) for t in (q, k, v))  # (g, c, d) each
+        q_chunks = [q_chunks[0][:, n_buf:], *q_chunks[1:]]  # the buffered tokens were read by the previous call
+        coef_chunks = [t.unbind(1) if t is not None else [None] * n_full for t in coef]
         reads, inputs_all, deltas_all, errors_all, lr_chunks = [], [], [], [], []
         for ci in range(n_full):
-            s, e = ci * C, (ci + 1) * C
-            rs = max(s, n_buf)
-            n_read = e - rs
+            n_read = q_chunks[ci].shape[1]
             # Eq. 15 reads and the chunk's inner forward both use the weights after the previous chunk
-            x_in = torch.cat([q[:, rs:e], k[:, s:e]], dim=1) if n_read else k[:, s:e]
+            x_in = torch.cat([q_chunks[ci], k_chunks[ci]], dim=1) if n_read else k_chunks[ci]
             out, inputs, pre = mlp.forward_batched(weights, x_in)
             if n_read:
                 reads.append(out[:, :n_read])
                 out = out[:, n_read:]
                 inputs = [h[:, n_read:] for h in inputs]
                 pre = [z[:, n_read:] for z in pre]
-            err = out - v[:, s:e]  # (g, c, d): M(k) − v
+            err = out - v_chunks[ci]  # (g, c, d): M(k) − v
             deltas = mlp.backward_batched(weights, pre, 2.0 * err)  # dℓ/dM(k) of Eq. 12
-            u, s_coef, decay, carry_m, carry_s, lr_c = (t[:, ci] if t is not None else None for t in coef)
+            u, s_coef, decay, carry_m, carry_s, lr_c = (t[ci] for t in coef_chunks)
             if clip:
                 scale = (c.surprise_clip / _surprise(inputs, deltas).clamp_min(1e-12)).clamp(max=1.0)
                 u, s_coef, lr_c = u * scale, s_coef * scale, lr_c * scale
@@ -315,18 +371,18 @@ class NeuralMemory(nn.Module):
                 errors_all.append(err)
             lr_chunks.append(lr_c)
         if n_full * C < n:  # unfinished chunk: read only; its tokens wait in the buffer
-            rs = max(n_full * C, n_buf)
-            reads.append(mlp.forward_batched(weights, q[:, rs:])[0])
+            reads.append(mlp.forward_batched(weights, q_chunks[n_full])[0])
 
         retrieved = rearrange(torch.cat(reads, dim=1), "(b h) t d -> b h t d", b=B)
         # per-token surprise ‖∇ℓ_t‖ of the written chunks (NaN for tokens still waiting in the buffer)
         surprise = torch.full((B * H, n), float("nan"), device=q.device, dtype=dtype) if with_aux else None
-        errors = None
-        if with_aux:  # (b h n d), NaN for tokens still waiting in the buffer
+        lr_used = errors = None
+        if with_aux:  # errors: (b h n d), NaN for tokens still waiting in the buffer
             errors = rearrange(_pad_nan(errors_all, q), "(b h) n d -> b h n d", b=B)
-        lr_used = lr.clone()
-        if n_full:
-            lr_used[:, : n_full * C] = torch.cat(lr_chunks, dim=1)
+            lr_used = lr.clone()
+            if n_full:
+                lr_used[:, : n_full * C] = torch.cat(lr_chunks, dim=1)
+            lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
         if n_full and with_aux:
             with torch.no_grad():
                 per_layer = [torch.cat([chunk[layer] for chunk in inputs_all], 1) for layer in range(mlp.depth)]
@@ -334,7 +390,6 @@ class NeuralMemory(nn.Module):
                 surprise[:, : n_full * C] = _surprise(per_layer, per_layer_d)
         if surprise is not None:
             surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
-        lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
         new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, weights)}
         new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, momentum)}
         return retrieved, new_w, new_m, surprise, errors, lr_used
@@ -350,82 +405,93 @@ class NeuralMemory(nn.Module):
         k: Tensor,
         v: Tensor,
         lr: Tensor,
-        log_eta: Tensor,
+        log_eta: Tensor | None,
         log_keep: Tensor,
-        state: MemoryState,
+        weights: dict[str, Tensor],
+        momentum: dict[str, Tensor],
         n_buf: int,
         with_aux: bool = True,
-    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None, Tensor]:
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None, Tensor | None]:
         """`_scan` for a linear memory M(k) = k W, with the same results and far fewer ops.
 
         With ∇ℓ_j = 2 k_j^T (k_j W − v_j) at the chunk-start W, one chunk of Eq. 13-14 is affine in
         (W, S):   W' = (A·I − 2 Kᵀ diag(u) K) W + c_S·S + 2 Kᵀ diag(u) V
                   S' = −2 Kᵀ diag(s) K W + E·S + 2 Kᵀ diag(s) V
         so every chunk's transition [W'; S'] = P [W; S] + R is built for all chunks at once, the loop
-        is one batched matmul-add per chunk, and all reads are one matmul at the end.
+        is one batched matmul-add per chunk, and all reads are one matmul at the end. Without momentum
+        the state is W alone. Surprise and θ used (aux) only `with_aux`, else None.
         """
         c = self.config
         name = self.memory_model.names[0]
         B, H, n, d = q.shape
         C = c.chunk_size
         dtype = q.dtype
-        w0 = rearrange(state.weights[name].to(dtype), "b h i o -> (b h) i o")
-        s0 = rearrange(state.momentum[name].to(dtype), "b h i o -> (b h) i o")
+        w0 = rearrange(weights[name].to(dtype), "b h i o -> (b h) i o")
+        s0 = rearrange(momentum[name].to(dtype), "b h i o -> (b h) i o")
         q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
-        lr, log_eta, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_eta, log_keep))
+        lr, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_keep))
         g = q.shape[0]
-        nf = n // C
-        momentum = c.momentum and c.fixed_momentum_decay != 0.0
-        eye = torch.eye(d, device=q.device, dtype=dtype)
+        nf = n // C  # complete chunks: written
+        nr = -(-n // C)  # chunks with tokens: read (the last may be unfinished)
+        momentum = self._has_momentum
 
-        weights_after = w0.new_zeros(g, 0, d, d)
         x = torch.cat([w0, s0], dim=1) if momentum else w0  # (g, 2d | d, d)
+        states = [x]  # the state before chunk 0, 1, ...
+        lr_used = lr
         if nf:
             u, s_coef, decay, carry_m, carry_s, lr_c = self._chunk_coefficients(
-                lr[:, : nf * C], log_eta[:, : nf * C], log_keep[:, : nf * C]
+                lr[:, : nf * C], None if log_eta is None else rearrange(log_eta, "b h n -> (b h) n")[:, : nf * C],
+                log_keep[:, : nf * C],
             )
-            kc = k[:, : nf * C].reshape(g, nf, C, d)
-            vc = v[:, : nf * C].reshape(g, nf, C, d)
-            ku = (2 * u).unsqueeze(-1) * kc  # (g, nf, c, d)
-            p_ww = decay[..., None, None] * eye - ku.transpose(-1, -2) @ kc  # (g, nf, d, d)
-            r_w = ku.transpose(-1, -2) @ vc
+            kc = k[:, : nf * C].reshape(g * nf, C, d)
+            vc = v[:, : nf * C].reshape(g * nf, C, d)
+            eye = torch.eye(d, device=q.device, dtype=dtype)
+            ku_t = ((2 * u).reshape(g * nf, C, 1) * kc).transpose(1, 2)  # (g·nf, d, c): 2 Kᵀ diag(u)
+            # A·I − 2 Kᵀ diag(u) K, in one op
+            p_ww = torch.baddbmm(decay.reshape(g * nf, 1, 1) * eye, ku_t, kc, alpha=-1).view(g, nf, d, d)
+            r_w = torch.bmm(ku_t, vc).view(g, nf, d, d)
             if momentum:
-                ks = (2 * s_coef).unsqueeze(-1) * kc
+                ks_t = ((2 * s_coef).reshape(g * nf, C, 1) * kc).transpose(1, 2)
                 top = torch.cat([p_ww, carry_m[..., None, None] * eye], dim=-1)  # (g, nf, d, 2d)
-                bottom = torch.cat([-(ks.transpose(-1, -2) @ kc), carry_s[..., None, None] * eye], dim=-1)
+                bottom = torch.cat([-(ks_t @ kc).view(g, nf, d, d), carry_s[..., None, None] * eye], dim=-1)
                 trans = torch.cat([top, bottom], dim=-2)  # (g, nf, 2d, 2d)
-                offset = torch.cat([r_w, ks.transpose(-1, -2) @ vc], dim=-2)  # (g, nf, 2d, d)
+                offset = torch.cat([r_w, (ks_t @ vc).view(g, nf, d, d)], dim=-2)  # (g, nf, 2d, d)
             else:
                 trans, offset = p_ww, r_w
-            states = []
             # unbind, not trans[:, ci]: each indexing op would allocate a zero gradient of the whole tensor
             for off_c, trans_c in zip(offset.unbind(1), trans.unbind(1)):
                 x = torch.baddbmm(off_c, trans_c, x)
                 states.append(x)
-            weights_after = torch.stack(states, dim=1)[:, :, :d]  # (g, nf, d, d)
-            lr = torch.cat([lr_c.reshape(g, -1), lr[:, nf * C :]], dim=1)
+            if with_aux:
+                lr_used = torch.cat([lr_c.reshape(g, -1), lr[:, nf * C :]], dim=1)
 
         # reads: chunk c with the weights after chunk c-1 (Eq. 15); the unfinished chunk with the last ones
-        w_before = torch.cat([w0.unsqueeze(1), weights_after], dim=1)  # (g, nf+1, d, d)
-        pad = (nf + 1) * C - n
-        qc = F.pad(q, (0, 0, 0, pad)).reshape(g, nf + 1, C, d)
-        retrieved = (qc @ w_before).reshape(g, -1, d)[:, n_buf:n]
+        w_before = torch.stack(states[:nr], dim=1)[:, :, :d]  # (g, nr, d, d)
+        pad = nr * C - n
+        qc = (F.pad(q, (0, 0, 0, pad)) if pad else q).reshape(g, nr, C, d)
+        retrieved = (qc @ w_before).reshape(g, nr * C, d)[:, n_buf:n]
         surprise = errors = None
         if with_aux:
             err = []  # per-token M(k_t) − v_t = k_t W − v_t at the chunk-start W, with its graph
             if nf:
-                kc = k[:, : nf * C].reshape(g, nf, C, d)
-                err = [(kc @ w_before[:, :nf] - v[:, : nf * C].reshape(g, nf, C, d)).reshape(g, nf * C, d)]
+                kc4 = k[:, : nf * C].reshape(g, nf, C, d)
+                err = [(kc4 @ w_before[:, :nf] - v[:, : nf * C].reshape(g, nf, C, d)).reshape(g, nf * C, d)]
             errors = rearrange(_pad_nan(err, q), "(b h) n d -> b h n d", b=B)
             with torch.no_grad():  # per-token surprise ‖∇ℓ_t‖ = 2 ‖k_t‖ ‖k_t W − v_t‖ (NaN while buffered)
                 surprise = 2 * k.norm(dim=-1) * errors.detach().reshape(g, n, d).norm(dim=-1)
                 surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
+            lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
+        else:
+            lr_used = None
         w_last = x[:, :d]
         if momentum:
             s_last = x[:, d:]
-        elif nf:  # no momentum: S is the last chunk's −Σ s_j ∇ℓ_j (it is not carried into W)
-            ks_last = (2 * s_coef[:, -1]).unsqueeze(-1) * kc[:, -1]  # (g, c, d)
-            s_last = ks_last.transpose(1, 2) @ (vc[:, -1] - kc[:, -1] @ w_before[:, nf - 1])
+        elif nf:
+            # no momentum: S is the last chunk's −Σ s_j ∇ℓ_j, and s_j = 0 but for its last token, where
+            # s_C = θ_C (capped) = u_C (β_C = 1): S = 2 u_C k_Cᵀ (v_C − k_C W) at the chunk-start W
+            last = slice(nf * C - 1, nf * C)
+            err = v[:, last] - k[:, last] @ w_before[:, nf - 1]  # (g, 1, d)
+            s_last = (2 * u[:, -1, -1:, None] * k[:, last]).transpose(1, 2) @ err  # (g, d, d)
         else:
             s_last = s0
         return (
@@ -434,31 +500,31 @@ class NeuralMemory(nn.Module):
             {name: rearrange(s_last, "(b h) i o -> b h i o", b=B)},
             surprise,
             errors,
-            rearrange(lr, "(b h) n -> b h n", b=B),
+            lr_used,
         )
 
-    def _chunk_coefficients(self, lr: Tensor, log_eta: Tensor, log_keep: Tensor) -> tuple:
+    def _chunk_coefficients(self, lr: Tensor, log_eta: Tensor | None, log_keep: Tensor) -> tuple:
         """Per-chunk coefficients of Eq. 13-14 with gradients at the chunk-start weights (Eq. 16-18).
 
-        Gates `[g, k*C]` for k complete chunks. Returns (u, s_coef `[g, k, C]`; decay, carry_m, carry_s
-        `[g, k]` (carry_* None without momentum); θ used `[g, k, C]`) such that for each chunk
+        Gates `[g, k*C]` for k complete chunks (log η None without momentum). Returns (u, s_coef `[g, k, C]`;
+        decay, carry_m, carry_s `[g, k]` (carry_* None without momentum); θ used `[g, k, C]`) such that for each chunk
             M_end = decay·M_0 + carry_m·S_0 − Σ_j u_j ∇ℓ_j      S_end = carry_s·S_0 − Σ_j s_j ∇ℓ_j
         """
         c = self.config
         C = c.chunk_size
         g = lr.shape[0]
-        lr, log_eta, log_keep = (t.reshape(g, -1, C) for t in (lr, log_eta, log_keep))  # (g, k, c)
+        lr, log_keep = (t.reshape(g, -1, C) for t in (lr, log_keep))  # (g, k, c)
         keep_cum = torch.cumsum(log_keep, dim=-1)  # Σ_{i≤t} log(1−α_i)
         keep_all = keep_cum[..., -1:]  # (g, k, 1)
         beta = torch.exp(keep_all - keep_cum)  # β_t = Π_{i>t} (1−α_i)
         decay = torch.exp(keep_all).squeeze(-1)  # A = Π (1−α)
-        if not c.momentum or c.fixed_momentum_decay == 0.0:
+        if not self._has_momentum:
             u = lr * beta  # S_t = −θ_t ∇ℓ_t: D = I, E = 0
             s_coef = torch.zeros_like(lr)
             s_coef[..., -1] = lr[..., -1]
             carry_m = carry_s = None
         else:
-            L = torch.cumsum(log_eta, dim=-1)  # log Π_{i≤t} η_i
+            L = torch.cumsum(log_eta.reshape(g, -1, C), dim=-1)  # log Π_{i≤t} η_i
             diff = L[..., :, None] - L[..., None, :]  # (g, k, t, j): log D_tj for t ≥ j
             causal = torch.ones(C, C, dtype=torch.bool, device=lr.device).tril()
             D = torch.exp(torch.where(causal, diff, torch.full_like(diff, float("-inf"))))
@@ -484,6 +550,16 @@ class NeuralMemory(nn.Module):
             scale = (limit / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, k, 1)
             u, s_coef, lr = u * scale, s_coef * scale, lr * scale
         return u, s_coef, decay, carry_m, carry_s, lr
+
+
+_COMPILED: list = []  # torch.compile(NeuralMemory._forward), made on first use
+
+
+def _compiled_forward():
+    """`NeuralMemory._forward` under torch.compile, shared by every memory (parameters are graph inputs)."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(NeuralMemory._forward, dynamic=False))
+    return _COMPILED[0]
 
 
 def query_error_cosine(aux: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
