@@ -226,3 +226,30 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_cfg, tmp_path):
         # plain HF layers drop the cache under gradient checkpointing: refused, not silently wrong
         train(tiny_cfg("trainer.max_steps=1", "gradient_checkpointing=true", f"paths.output_dir={tmp_path / 'p'}"))
     torch.testing.assert_close(runs[0]["train/losses"], runs[1]["train/losses"], rtol=1e-5, atol=1e-6)
+
+
+def test_diagnostics_are_recorded_only_on_the_steps_that_log_them(tiny_cfg):
+    """The memory computes its aux (surprise, errors, ...) for diagnostics only on batches whose end may log
+    (step % n == 0, or the step before it), and everything is logged at those steps."""
+    import titans.training.run as run_mod
+    from titans.memory import NeuralMemory
+
+    asked = []  # per batch: did any memory forward get return_aux=True
+
+    class Spy(run_mod.pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            asked.append(False)
+            if not hasattr(self, "hooks"):
+                self.hooks = [m.register_forward_pre_hook(self.pre, with_kwargs=True)
+                              for m in pl_module.model.modules() if isinstance(m, NeuralMemory)]
+
+        @staticmethod
+        def pre(_m, args, kwargs):
+            if kwargs.get("return_aux") or (len(args) > 2 and args[2]):
+                asked[-1] = True
+
+    metrics = train(tiny_cfg("memory=mag", *MEM, "memory.window=32", "trainer.max_steps=6"),
+                    extra_callbacks=[DiagnosticsCallback(every_n_steps=4), Spy()])
+    # batch i starts at global step i: record at 0 (0 % 4), 3 (next step 4), 4 (4 % 4); not at 1, 2, 5
+    assert asked == [True, False, False, True, True, False]
+    assert "diag/layer0/gate_mean" in metrics and math.isfinite(metrics["diag/layer0/surprise_norm"])

@@ -71,6 +71,23 @@ class DiagnosticsCallback(pl.Callback):
         return [k for k, v in diag.items() if "gate" in k and "std" not in k
                 and (v < self.gate_low or v > self.gate_high)]
 
+    @staticmethod
+    def _set_recording(model: torch.nn.Module, on: bool) -> None:
+        for module in model.modules():
+            if hasattr(module, "record_diagnostics"):
+                module.record_diagnostics = on
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # record only on batches whose end may log (the step count advances by one, or not if skipped)
+        step, n = trainer.global_step, self.every_n_steps
+        self._set_recording(pl_module.model, step % n == 0 or (step + 1) % n == 0)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._set_recording(pl_module.model, True)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._set_recording(pl_module.model, True)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every_n_steps:
             return

@@ -138,6 +138,9 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         self._titans_checkpointing = False
         self.context: CrossLayerContext | None = None
         self.diagnostics: dict[str, Tensor] = {}
+        # with titans.diagnostics on, whether this forward records them (DiagnosticsCallback turns it off on the
+        # training steps it does not log: the aux tensors cost ~4% of a tiny model's step)
+        self.record_diagnostics = True
         dim = config.hidden_size
         self.persistent = nn.Parameter(torch.randn(titans.num_persistent, dim)) if titans.num_persistent else None
         self.memory: NeuralMemory | None = None
@@ -246,7 +249,7 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         inp = x
         if self.cross_query is not None and prev_read is not None:  # MemoryMAG cross-layer query refinement
             inp = x + self.cross_query(prev_read)
-        if self.titans.diagnostics:
+        if self.titans.diagnostics and self.record_diagnostics:
             y, new_state, aux = self.memory(inp, mem_state, return_aux=True)
         else:
             y, new_state = self.memory(inp, mem_state)
