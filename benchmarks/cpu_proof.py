@@ -1,6 +1,7 @@
 """The CPU proof (issue 7): train a tiny Qwen3 per variant, then measure recall far beyond its window.
 
     python -m benchmarks.cpu_proof [--variants mag swa] [--lengths 1024 2048 4096] [--samples 20]
+                                   [--tasks passkey hashhop] [--hashhop-pairs 0]
                                    [--out results/cpu_proof] [--skip-train] [--steps-scale 1.0]
 
 For each variant (mag, mac, mal: memory; swa: the same model with sliding-window attention only):
@@ -72,7 +73,7 @@ def train(variant: str, out_dir: Path, overrides: list[str], steps_scale: float)
 
 
 def evaluate(variant: str, cfg, ckpt: Path, out_dir: Path, lengths: list[int], samples: int,
-             heatmap: bool) -> dict:
+             heatmap: bool, tasks: dict | None = None) -> dict:
     import torch
 
     from benchmarks.runner import run_suite
@@ -84,7 +85,7 @@ def evaluate(variant: str, cfg, ckpt: Path, out_dir: Path, lengths: list[int], s
     load_checkpoint_into(model, ckpt)
     model.eval()
     table = {}
-    for suite, params in TASKS.items():
+    for suite, params in (tasks or TASKS).items():
         summary = run_suite(model, tokenizer, suite, output_dir=out_dir / suite, lengths=lengths, samples=samples,
                             segment_len=256, model_name=variant, task_params=params)
         row = next(iter(summary["table"].values()))
@@ -147,11 +148,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-dir", default="outputs/cpu_proof", help="checkpoints and logs (not committed)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's max_steps")
     parser.add_argument("--no-heatmap", action="store_true")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"of {list(TASKS)}")
+    parser.add_argument("--hashhop-pairs", type=int, default=0,
+                        help="distractor links in every hash-hop prompt (data_gen n_pairs; training used 0)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for training, e.g. cpu_threads=2")
     args = parser.parse_args(argv)
     bad = sorted(set(args.variants) - set(VARIANTS))
     if bad:
         raise ValueError(f"--variants {bad}: allowed {list(VARIANTS)}")
+    bad_tasks = sorted(set(args.tasks) - set(TASKS))
+    if bad_tasks:
+        raise ValueError(f"--tasks {bad_tasks}: allowed {list(TASKS)}")
+    if args.hashhop_pairs < 0:
+        raise ValueError(f"--hashhop-pairs={args.hashhop_pairs}: allowed an int >= 0")
+    tasks = {t: dict(TASKS[t]) for t in args.tasks}
+    if "hashhop" in tasks and args.hashhop_pairs:
+        tasks["hashhop"]["n_pairs"] = args.hashhop_pairs
     if args.steps_scale <= 0:
         raise ValueError(f"--steps-scale={args.steps_scale}: allowed a float > 0")
     out = Path(args.out)
@@ -165,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg, ckpt = train(variant, train_dir, args.overrides, args.steps_scale)
         trained = time.perf_counter()
         summary[variant] = evaluate(variant, cfg, ckpt, out / variant, args.lengths, args.samples,
-                                    heatmap=(i == 0 and not args.no_heatmap))
+                                    heatmap=(i == 0 and not args.no_heatmap), tasks=tasks)
         timings[variant] = {"train_s": trained - start, "eval_s": time.perf_counter() - trained}
         write_json(summary_path, summary)  # after every variant: nothing is lost if a later one fails
         print(f"\n{variant}: {summary[variant]}  ({timings[variant]['train_s']:.0f} s train, "

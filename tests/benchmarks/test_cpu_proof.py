@@ -18,13 +18,17 @@ def test_cpu_proof_pipeline_writes_summary_of_the_required_shape(tmp_path):
     for row in on_disk["swa"].values():
         assert set(row) == {"300"} and 0.0 <= row["300"] <= 100.0
     assert (out / "results.md").read_text().startswith("| variant | task |")
-    assert (train_dir / "swa" / "3_hashhop" / "checkpoints" / "last.ckpt").exists()  # all stages ran, chained
+    assert (train_dir / "swa" / "4_4k" / "checkpoints" / "last.ckpt").exists()  # all stages ran, chained
     assert (out / "curves.png").stat().st_size > 0
 
 
 def test_bad_variant_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="--variants"):
         cpu_proof.main(["--variants", "gpt", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--tasks"):
+        cpu_proof.main(["--variants", "swa", "--tasks", "niah", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--hashhop-pairs"):
+        cpu_proof.main(["--variants", "swa", "--hashhop-pairs", "-1", "--out", str(tmp_path)])
 
 
 def test_every_experiment_composes(tmp_path):
