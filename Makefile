@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 # test-time learning in a bare memory (seconds), then the CPU proof for MAG: train a tiny Qwen3 with a
-# 64-token window (~20 min on 2 cores), evaluate pass key / hash hop at 1K-4K, print the table, write
+# 64-token window (~10 min on one core), evaluate pass key / hash hop at 1K-4K, print the table, write
 # the heatmap and curves under outputs/demo (results/cpu_proof holds the committed run of all variants)
 demo: $(STAMP)
 	$(PY) -m titans.memory.demo
