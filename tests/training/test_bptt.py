@@ -183,18 +183,23 @@ def test_alignment_term_needs_a_memory_and_a_valid_weight(plain):
         BPTTConfig(align_reg=-1.0)
 
 
+def _assert_autocast_keeps_memory_state_fp32(dtype: torch.dtype) -> None:
+    """Under CPU autocast to `dtype` the logits are `dtype` and every memory state tensor stays fp32."""
+    mem = {"variant": "mag", "window": 8, "memory": {"heads": 2, "depth": 2, "chunk_size": 8, "max_lr": 0.02}}
+    model, _ = build_model(MODEL, mem)
+    ids = torch.randint(0, 256, (1, 24))
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(input_ids=ids, use_cache=True)
+    assert out.logits.dtype == dtype
+    states = out.past_key_values.memory_states
+    assert states and all(w.dtype == torch.float32 for s in states.values() for w in s.weights.values())
+
+
 def test_bf16_autocast_keeps_the_memory_state_fp32(tiny_cfg):
     pytest.importorskip("titans.patch")
     from titans.training.run import train
 
-    mem = {"variant": "mag", "window": 8, "memory": {"heads": 2, "depth": 2, "chunk_size": 8, "max_lr": 0.02}}
-    model, _ = build_model(MODEL, mem)
-    ids = torch.randint(0, 256, (1, 24))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(input_ids=ids, use_cache=True)
-    assert out.logits.dtype == torch.bfloat16
-    states = out.past_key_values.memory_states
-    assert states and all(w.dtype == torch.float32 for s in states.values() for w in s.weights.values())
+    _assert_autocast_keeps_memory_state_fp32(torch.bfloat16)
     metrics = train(tiny_cfg("trainer.precision=bf16-mixed", "memory=mag", "memory.memory.heads=2",
                              "memory.window=32", "trainer.max_steps=1"))
     assert metrics["skipped_steps"] == 0 and all(x == x for x in metrics["train/losses"])
@@ -209,14 +214,7 @@ def test_fp16_autocast_keeps_the_memory_state_fp32_and_loss_scaling_skips_overfl
 
     from titans.training.run import train
 
-    mem = {"variant": "mag", "window": 8, "memory": {"heads": 2, "depth": 2, "chunk_size": 8, "max_lr": 0.02}}
-    model, _ = build_model(MODEL, mem)
-    ids = torch.randint(0, 256, (1, 24))
-    with torch.autocast("cpu", dtype=torch.float16):
-        out = model(input_ids=ids, use_cache=True)
-    assert out.logits.dtype == torch.float16
-    states = out.past_key_values.memory_states
-    assert states and all(w.dtype == torch.float32 for s in states.values() for w in s.weights.values())
+    _assert_autocast_keeps_memory_state_fp32(torch.float16)
 
     seen = {"logits": set(), "state": set(), "scale": []}
 

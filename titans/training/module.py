@@ -181,6 +181,7 @@ class TitansLitModule(pl.LightningModule):
         if self.align_recorder is not None and not self.align_recorder.handles:
             raise ValueError(f"bptt.align_reg={self.bptt.align_reg} but the model has no neural memory (memory=none); "
                              f"set bptt.align_reg=0 or use memory=mag|mal|mac.")
+        self.recorders = [r for r in (self.gate_recorder, self.align_recorder) if r is not None]
         self._grad_norm: Tensor | None = None  # set in on_before_optimizer_step under fp16 loss scaling
         self.last_align: tuple[Tensor, Tensor] | None = None  # (Σ cos·(e−s)/T, Σ (e−s)/T) of the last batch
 
@@ -196,13 +197,12 @@ class TitansLitModule(pl.LightningModule):
         backpropagate every `bptt_window` segments and detach the cache. Returns (loss, finite): the
         mean token loss of the sequence (detached) and whether every window's loss was finite.
         """
-        recorders = [r for r in (self.gate_recorder, self.align_recorder) if r is not None]
-        for r in recorders:
+        for r in self.recorders:
             r.active = True
         try:
             return self._run_segments(input_ids, targets, extra_mask, backward, on_logits)
         finally:
-            for r in recorders:
+            for r in self.recorders:
                 r.active = False
                 r.pop()
 
@@ -216,13 +216,12 @@ class TitansLitModule(pl.LightningModule):
         total = torch.zeros((), device=input_ids.device)
         align_sum = align_weight = torch.zeros((), device=input_ids.device)  # Σ cos·(e−s)/T, Σ (e−s)/T
         finite = True
-        recorders = [r for r in (self.gate_recorder, self.align_recorder) if r is not None]
         for k, (s, e) in enumerate(bounds):
             seg_targets = targets[:, s:e]
             masks = [seg_targets != -100] + ([extra_mask[:, s:e]] if extra_mask is not None else [])
             positions = needed_positions(*masks)
             keep = positions if positions is not None else 1  # 1: cheapest (last position only)
-            for r in recorders:
+            for r in self.recorders:
                 r.pop()  # drop what a recomputation (gradient checkpointing) recorded in the last backward
             out = self.model(input_ids=input_ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=keep)
             cache = out.past_key_values
