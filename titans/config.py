@@ -22,6 +22,18 @@ def _fail(key: str, value: object, allowed: str, fix: str = "") -> None:
     config_error("TitansConfig", key, value, allowed, fix)
 
 
+def _indices(key: str, spec: str | int | list[int], num_layers: int) -> list[int]:
+    """Layer indices of a "all" | every-k-th | list spec, for a model with `num_layers` layers."""
+    if spec == "all":
+        return list(range(num_layers))
+    if isinstance(spec, int):
+        return list(range(0, num_layers, spec))
+    bad = [i for i in spec if not -num_layers <= i < num_layers]
+    if bad:
+        _fail(key, spec, f"indices in [0, {num_layers}) (the model has {num_layers} decoder layers)")
+    return sorted({i % num_layers for i in spec})
+
+
 @dataclass
 class TitansConfig(DictRoundTrip):
     """How `patch_qwen3` turns a Qwen3 into a Titans model.
@@ -30,6 +42,10 @@ class TitansConfig(DictRoundTrip):
               sliding-window(+persistent tokens) baseline with the same attention as MAG/MAL).
     memory:   a `MemoryConfig`, or a dict of its fields; `dim` is always the model's hidden size.
     layers:   "all", an int k (every k-th layer: 0, k, 2k, ...), or a list of layer indices.
+    memory_layers: which of the patched `layers` get a memory, in the same forms ("all": every one).
+              The others become sliding-window attention layers without memory (variant "swa"), so a
+              model can carry one memory and still see only `window` tokens everywhere (titans-pytorch's
+              `neural_memory_layers`). Needs `window` when it leaves any patched layer without memory.
     window:   sliding-window width in tokens (a query sees itself and the window-1 tokens before it;
               persistent tokens are always visible). None = full causal attention (MAG/MAL) or the
               whole segment (MAC). Required for "swa".
@@ -61,6 +77,7 @@ class TitansConfig(DictRoundTrip):
     variant: str = "mag"
     memory: MemoryConfig | dict | None = None
     layers: str | int | list[int] = "all"
+    memory_layers: str | int | list[int] = "all"
     window: int | None = None
     segment_len: int = 64
     num_longterm: int | None = None
@@ -81,16 +98,20 @@ class TitansConfig(DictRoundTrip):
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             _fail("variant", self.variant, f"one of {VARIANTS}", "('swa' = sliding window only, no memory)")
-        if isinstance(self.layers, bool) or not (
-            self.layers == "all"
-            or (isinstance(self.layers, int) and self.layers > 0)
-            or (isinstance(self.layers, (list, tuple)) and all(isinstance(i, int) for i in self.layers))
-        ):
-            _fail("layers", self.layers, '"all", an int k > 0 (every k-th layer) or a list of layer indices')
-        if isinstance(self.layers, tuple):
-            self.layers = list(self.layers)
-        if isinstance(self.layers, list) and not self.layers:
-            _fail("layers", self.layers, "a non-empty list", "To run without memory use the unpatched model.")
+        for key in ("layers", "memory_layers"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not (
+                value == "all"
+                or (isinstance(value, int) and value > 0)
+                or (isinstance(value, (list, tuple)) and all(isinstance(i, int) for i in value))
+            ):
+                _fail(key, value, '"all", an int k > 0 (every k-th layer) or a list of layer indices')
+            if isinstance(value, tuple):
+                setattr(self, key, list(value))
+            if isinstance(value, (list, tuple)) and not value:
+                _fail(key, value, "a non-empty list", "To run without memory use variant 'swa' or the unpatched model.")
+        if self.variant == "swa" and self.memory_layers != "all":
+            _fail("memory_layers", self.memory_layers, "'all' for variant 'swa' (it has no memory)")
         if self.window is not None and (not isinstance(self.window, int) or self.window <= 0):
             _fail("window", self.window, "None (full attention) or an int > 0")
         if self.variant == "swa" and self.window is None:
@@ -156,14 +177,22 @@ class TitansConfig(DictRoundTrip):
 
     def layer_indices(self, num_layers: int) -> list[int]:
         """The decoder layers that get patched, for a model with `num_layers` layers."""
-        if self.layers == "all":
-            return list(range(num_layers))
-        if isinstance(self.layers, int):
-            return list(range(0, num_layers, self.layers))
-        bad = [i for i in self.layers if not -num_layers <= i < num_layers]
-        if bad:
-            _fail("layers", self.layers, f"indices in [0, {num_layers}) (the model has {num_layers} decoder layers)")
-        out = sorted({i % num_layers for i in self.layers})
+        return _indices("layers", self.layers, num_layers)
+
+    def memory_layer_indices(self, num_layers: int) -> list[int]:
+        """The patched layers that get a memory (all of them for "all"; none for variant "swa")."""
+        patched = self.layer_indices(num_layers)
+        if not self.has_memory:
+            return []
+        if self.memory_layers == "all":
+            return patched
+        out = _indices("memory_layers", self.memory_layers, num_layers)
+        if set(out) - set(patched):
+            _fail("memory_layers", self.memory_layers, f"a subset of the patched layers {patched}",
+                  "Add the layer to `layers` too.")
+        if self.window is None and len(out) < len(patched):
+            _fail("window", self.window, "an int > 0 when memory_layers leaves patched layers without memory",
+                  f"Layers {sorted(set(patched) - set(out))} run sliding-window attention only and need a window.")
         return out
 
     @property

@@ -14,6 +14,7 @@ inner `Qwen3Model` create a `TitansCache` when it needs a cache.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -177,7 +178,7 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
     Args:
         model: a `Qwen3ForCausalLM`, a local directory, or a hub name (offline: a clear error, no hang).
         variant: "mag", "mal", "mac", or "swa" (sliding window only, the no-memory baseline).
-        **options: `TitansConfig` fields: memory (MemoryConfig or dict), layers, window, segment_len,
+        **options: `TitansConfig` fields: memory (MemoryConfig or dict), layers, memory_layers, window, segment_len,
             num_longterm, mac_memory_input, num_persistent, gate, gate_bias_init, identity_init, cross_layer_query,
             freeze, lora_r, lora_alpha, lora_dropout, lora_targets, diagnostics.
     Returns:
@@ -197,13 +198,16 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
     cfg = _make_config(variant, options, base.config.hidden_size)
     layers = base.model.layers
     indices = cfg.layer_indices(len(layers))
-    cls = LAYER_CLASSES[variant]
+    with_memory = cfg.memory_layer_indices(len(layers))
     context = CrossLayerContext()
     for i in indices:
+        layer_cfg = cfg
+        if cfg.has_memory and i not in with_memory:  # memory_layers: the same windowed attention, no memory
+            layer_cfg = dataclasses.replace(cfg, variant="swa", memory={}, memory_layers="all")
         old = layers[i]
         ref = next(old.parameters())
         with torch.device(ref.device):
-            new = cls(base.config, i, cfg)
+            new = LAYER_CLASSES[layer_cfg.variant](base.config, i, layer_cfg)
         missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
         new_names = {n for n, _ in new.titans_named_parameters()}
         if unexpected or set(missing) - new_names:
@@ -216,8 +220,8 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
         new.gradient_checkpointing = bool(getattr(old, "gradient_checkpointing", False))
         new.train(old.training)
         layers[i] = new
-    first = layers[indices[0]]
-    if getattr(first, "cross_query", None) is not None:  # the first patched layer has no previous read
+    first = layers[(with_memory or indices)[0]]
+    if getattr(first, "cross_query", None) is not None:  # the first memory layer has no previous read
         first.cross_query = None
     _own_config(base)
     base.config.titans = cfg.to_dict()

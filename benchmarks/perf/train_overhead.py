@@ -1,6 +1,6 @@
 """Training cost of the memory: time per optimizer step of the tiny MAG model against the same model without memory.
 
-    python benchmarks/perf/train_overhead.py [--seq-lens 2048 8192] [--batch 1 8] [--repeats 7] [--segment-len 128]
+    python benchmarks/perf/train_overhead.py [--seq-lens 2048 8192] [--batch 1 8] [--repeats 7] [--segment-len 128] [--diagnostics]
                                              [--out results/perf/train_overhead.json]
 
 What is measured: one training step exactly as `titans.training.module.TitansLitModule.training_step`
@@ -20,6 +20,9 @@ Rows (the tiny random-init `conf/model/qwen3_tiny.yaml`, 2 layers, hidden 128):
                 qk_init induction, identity_init false, gate_bias_init 0
     *_compiled  mag and mag_proof with `memory.compile=true` (the memory's forward under torch.compile);
                 `warmup_s` of the first step at each (batch, T) includes compiling for its shapes
+The memory's diagnostics (aux tensors: surprise, errors, query/error cosine) are off, as `DiagnosticsCallback`
+turns them off on the training steps that do not log (it records on 2 of every `log_every_n_steps`, 10 in
+conf/trainer/cpu.yaml); `--diagnostics` times every step with them on.
 Every parameter trains (`--freeze none`, so the rows do the same backbone work; `--freeze default`
 uses training's default, memory-only for MAG). Timings are interleaved (one step of each row in turn,
 the order rotated each repeat) after one warm-up step per row, and the medians are reported with the
@@ -63,7 +66,7 @@ BASELINES = ("swa", "full")
 OVERHEAD_TARGET = 1.5  # issue 7: MAG costs at most 1.5x the baseline's time
 
 
-def build(row: str, freeze: str = "none"):
+def build(row: str, freeze: str = "none", diagnostics: bool = False):
     """The tiny Qwen3 for one row (see module docstring), in train mode."""
     from omegaconf import OmegaConf
 
@@ -74,6 +77,9 @@ def build(row: str, freeze: str = "none"):
     conf, overrides = ROWS[row]
     memory_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/memory" / conf), overrides)
     model, _ = build_model(OmegaConf.load(MODEL_CONF), memory_cfg, freeze=None if freeze == "default" else freeze)
+    for module in model.modules():  # as DiagnosticsCallback sets it on the steps that do not log
+        if hasattr(module, "record_diagnostics"):
+            module.record_diagnostics = diagnostics
     return model.train()
 
 
@@ -140,6 +146,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--segment-len", type=int, default=128, help="bptt.segment_len (conf/train.yaml default)")
     parser.add_argument("--bptt-window", type=int, default=2, help="bptt.bptt_window (conf/train.yaml default)")
     parser.add_argument("--freeze", default="none", help="none (every parameter trains) | default (training's)")
+    parser.add_argument("--diagnostics", action="store_true", help="record the memory diagnostics on every step")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/perf/train_overhead.json")
@@ -170,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     # the *_compiled rows compile one graph per (config, batch, state layout) in this one process: more than
     # dynamo's default limit of 8 per function, past which it would silently run eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    steppers = {r: Stepper(build(r, args.freeze), args.segment_len, args.bptt_window) for r in args.rows}
+    steppers = {r: Stepper(build(r, args.freeze, args.diagnostics), args.segment_len, args.bptt_window) for r in args.rows}
     runs = []
     head = f"{'T':>6} {'row':<18} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'vs full':>8} {'params':>8}"
     for batch in args.batch:
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                                  if k in args.rows},
                      "input": f"random byte ids in [0, 256), seed {args.seed}, loss on every token",
                      "batch": args.batch[0], "batches": args.batch, "segment_len": args.segment_len,
-                     "bptt_window": args.bptt_window,
+                     "bptt_window": args.bptt_window, "diagnostics": args.diagnostics,
                      "freeze": args.freeze, "optimizer": "AdamW lr 1e-3, grad clip 1.0", "repeats": args.repeats},
         "runs": runs,
         "target": {"max_time_ratio_vs_swa": OVERHEAD_TARGET, "cells": target},

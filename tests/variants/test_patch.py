@@ -117,9 +117,15 @@ def test_from_pretrained_path_and_plain_dir(tiny_path, ids):
         ("mag", dict(freeze="all"), "freeze"),
         ("mag", dict(gate="tanh"), "gate"),
         ("swa", dict(window=8, memory=dict(heads=2)), "memory"),
+        ("mag", dict(layers=[1], memory_layers=[0]), "memory_layers"),
+        ("mag", dict(memory_layers=[]), "memory_layers"),
+        ("mag", dict(memory_layers=[5]), "memory_layers"),
+        ("mag", dict(window=None, memory_layers=[0]), "window"),
+        ("swa", dict(window=8, memory_layers=[0]), "memory_layers"),
     ],
     ids=["variant", "layer-range", "layers-0", "window<chunk", "segment%chunk", "typo", "memory-field",
-         "memory-dim", "swa-no-window", "freeze", "gate", "swa-memory"],
+         "memory-dim", "swa-no-window", "freeze", "gate", "swa-memory", "memory-layer-not-patched",
+         "memory-layers-empty", "memory-layer-range", "memory-layers-no-window", "swa-memory-layers"],
 )
 def test_bad_options(base, variant, opts, match):
     with pytest.raises(ValueError, match=match):
@@ -197,3 +203,29 @@ def test_sharded_checkpoint_round_trip(base, ids, tmp_path):
     model.save_pretrained(tmp_path, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     torch.testing.assert_close(from_pretrained(tmp_path).eval()(ids).logits, ref, atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------------------------- memory in some layers
+
+
+@pytest.mark.parametrize("variant", ["mag", "mal", "mac"])
+def test_memory_layers_others_are_windowed_attention(base, ids, tmp_path, variant):
+    """memory_layers=[0]: layer 0 has the variant's memory, layer 1 is the sliding-window layer of variant swa
+    (not the base layer's full attention); with the memory's contribution off the model equals the swa model."""
+    window = dict(window=8) if variant == "mac" else {}
+    model = patched(copy.deepcopy(base), variant, memory_layers=[0], **window)
+    layers = titans_layers(model)
+    assert type(layers[0]).variant == variant and layers[0].memory is not None
+    assert type(layers[1]).variant == "swa" and layers[1].memory is None and layers[1].window == 8
+    assert not [n for n, _ in model.named_parameters() if n.startswith("model.layers.1.memory")]
+    assert model.config.titans["memory_layers"] == [0]
+    model.save_pretrained(tmp_path)  # the layer classes come back from the config
+    loaded = from_pretrained(tmp_path).eval()
+    assert [type(la).variant for la in titans_layers(loaded).values()] == [variant, "swa"]
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    if variant == "mag":  # scale 0: MAG's memory adds nothing, so both layers are the swa layers
+        off = patched(copy.deepcopy(base), "mag", memory_layers=[0], identity_init=True, num_persistent=0)
+        swa = patched(copy.deepcopy(base), "swa", num_persistent=0)
+        torch.testing.assert_close(off(ids).logits, swa(ids).logits, atol=1e-6, rtol=0)
+        full = patched(copy.deepcopy(base), "mag", layers=[0], identity_init=True, num_persistent=0)  # layer 1 unpatched: full attention
+        assert (full(ids).logits - swa(ids).logits).abs().max() > 1e-4

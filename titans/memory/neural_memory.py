@@ -25,6 +25,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from titans.memory.config import MemoryConfig
+from titans.memory.conv import causal_depthwise_conv
 from titans.memory.mlp import MemoryMLP
 from titans.memory.state import MemoryState
 
@@ -247,11 +248,12 @@ class NeuralMemory(nn.Module):
             dtype = self.state_dtype
             # one copy to head-major; q, k, v are then contiguous and the scan's (b h) reshapes are free
             qkv = rearrange(qkv, "b n (s h d) -> s b h n d", s=3, h=c.heads).to(dtype).contiguous()
-            if c.qk_l2_norm:
-                q, k = F.normalize(qkv[:2], dim=-1).unbind(0)  # (b, h, n, d) each
-                v = qkv[2]
-            else:
-                q, k, v = qkv.unbind(0)
+            # split, not qkv[:2] / qkv[2]: an indexing op's backward zero-fills a gradient of the whole tensor
+            qk, v = qkv.split([2, 1])
+            if c.qk_l2_norm:  # = F.normalize(eps=1e-12), as one multiply (its backward has no divisions)
+                qk = qk * torch.rsqrt(qk.pow(2).sum(-1, keepdim=True).clamp_min(1e-24))
+            q, k = qk.unbind(0)  # (b, h, n, d) each
+            v = v.squeeze(0)
             scan = self._scan_linear if self._linear_fast_path else self._scan
             retrieved, new_w, new_m, surprise, errors, lr_used = scan(q, k, v, lr, log_eta, log_keep, weights,
                                                                       momentum, n_buf, with_aux=return_aux)
@@ -289,17 +291,15 @@ class NeuralMemory(nn.Module):
         """The causal depthwise conv of `qkv` `[B, ctx+n, C]` (its first `n_ctx` tokens are carried context)
         for the last n tokens, `[B, n, C]`.
 
-        Zeros stand in for the context a first call lacks, so split calls equal one long call. Run as a
-        conv2d on a channels-last `[B, C, 1, ctx+n]` view of the token-major tensor: no transposed copies
-        in or out, and 2.5x faster forward+backward than conv1d on the transposed tensor (mkldnn).
+        Zeros stand in for the context a first call lacks, so split calls equal one long call. See
+        `titans.memory.conv`: a conv2d on a channels-last view of the token-major tensor (no transposed
+        copies), with a fast weight gradient on CPU.
         """
         K = self.config.conv_kernel
         pad = K - 1 - n_ctx  # the context carries at most K-1 tokens
         if pad:
             qkv = F.pad(qkv, (0, 0, pad, 0))  # (b, K-1+n, C)
-        out = F.conv2d(qkv.transpose(1, 2).unsqueeze(2), self.conv.weight.unsqueeze(2), self.conv.bias,
-                       groups=self.conv.groups)  # (b, C, 1, n), channels-last
-        return out.squeeze(2).transpose(1, 2)  # (b, n, C)
+        return causal_depthwise_conv(qkv, self.conv.weight.squeeze(1), self.conv.bias)  # (b, n, C)
 
     # ------------------------------------------------------------------ the chunked scan
 
