@@ -15,9 +15,11 @@ Rows (the tiny random-init `conf/model/qwen3_tiny.yaml`, 2 layers, hidden 128):
     swa         conf/memory/none.yaml with window 64: the same attention as MAG, no memory (the baseline)
     mag         conf/memory/mag.yaml (window 64, 4 heads, depth 2, chunk 16, memory in both layers)
     mag_linear  mag with memory.depth=1 (linear memory: the `_scan_linear` fast path)
-    mag_layer1  mag with memory only in decoder layer 1 (`layers: [1]`)
+    mag_mem1    mag with its memory in decoder layer 1 only (`memory_layers: [1]`; layer 0 sliding window only)
     mag_proof   what the CPU proof trains: mag_linear without momentum, max_lr 0.5, conv kernel 16,
-                qk_init induction, identity_init false, gate_bias_init 0
+                qk_init induction, identity_init false, gate_bias_init 0, memory in layer 0 only
+                (`memory_layers: [0]`; layer 1 is sliding-window attention without memory)
+    mag_proof_2l  mag_proof with its memory in both layers (the CPU proof before it moved to one memory layer)
     *_compiled  mag and mag_proof with `memory.compile=true` (the memory's forward under torch.compile);
                 `warmup_s` of the first step at each (batch, T) includes compiling for its shapes
 The memory's diagnostics (aux tensors: surprise, errors, query/error cosine) are off, as `DiagnosticsCallback`
@@ -53,12 +55,14 @@ ROWS = {
     "swa": ("none.yaml", {"window": 64}),
     "mag": ("mag.yaml", {"window": 64}),
     "mag_linear": ("mag.yaml", {"window": 64, "memory": {"depth": 1}}),
-    "mag_layer1": ("mag.yaml", {"window": 64, "layers": [1]}),
-    # what the CPU proof trains (conf/experiment/cpu_proof_mag.yaml with the induction-initialised memory)
-    "mag_proof": ("mag.yaml", {"window": 64, "identity_init": False, "gate_bias_init": 0.0,
+    "mag_mem1": ("mag.yaml", {"window": 64, "memory_layers": [1]}),
+    # what the CPU proof trains (conf/experiment/cpu_proof_mag.yaml): memory in layer 0 only
+    "mag_proof": ("mag.yaml", {"window": 64, "memory_layers": [0], "identity_init": False, "gate_bias_init": 0.0,
                                "memory": {"depth": 1, "chunk_size": 16, "momentum": False, "max_lr": 0.5,
                                           "conv_kernel": 16, "qk_init": "induction"}}),
 }
+# the same memory in both layers (what the CPU proof trained before it moved to one memory layer)
+ROWS["mag_proof_2l"] = (ROWS["mag_proof"][0], {k: v for k, v in ROWS["mag_proof"][1].items() if k != "memory_layers"})
 # the same rows with the memory's forward under torch.compile (memory.compile=true; compiled in the warm-up step)
 ROWS.update({f"{name}_compiled": (conf, {**over, "memory": {**over.get("memory", {}), "compile": True}})
              for name, (conf, over) in list(ROWS.items()) if name in ("mag", "mag_proof")})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,9 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list 
 
         plugins = [*(plugins or []), MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]
         overrides["precision"] = None
+    # training_step steps the optimizer itself (manual optimization), so a checkpoint holds the weights after
+    # the step: what resuming needs. Lightning warns about exactly that, with a 12-line example, on every run.
+    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides)
 
 
