@@ -5,7 +5,8 @@ and, for a patched model, the memory states) is passed to the next, so the memor
 context at test time exactly as it would in deployment. The answer is then generated one token at
 a time from that cache, greedily, until a stop string, eos or `max_new_tokens`. Nothing is
 teacher-forced. `titans.streaming.stream` is used when the patching package provides it; otherwise
-the same loop runs here through the standard `model(ids, past_key_values=cache, use_cache=True)`.
+the same loop runs here through the standard `model(ids, cache=cache, use_cache=True)` (`past_key_values=` before
+transformers 5.24; `titans.compat.cache_kwargs` picks the name).
 
 `full_forward_answer` is the reference: the same greedy decoding recomputed from scratch with one
 forward over the whole sequence per token (no cache). When the context fits the model's attention,
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from titans.compat import cache_kwargs, output_cache
 
 
 @dataclass
@@ -66,8 +69,8 @@ def stream_context(model, input_ids: torch.Tensor, segment_len: int, cache=None)
     if stream is not None:
         return stream(model, input_ids, segment_len, cache=cache)
     for start in range(0, input_ids.shape[1], segment_len):
-        out = model(input_ids[:, start:start + segment_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        out = model(input_ids[:, start:start + segment_len], **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+        cache = output_cache(out)
     return cache
 
 
@@ -125,8 +128,8 @@ def greedy_answer(model, tokenizer, input_ids, *, segment_len: int, max_new_toke
     state = {"cache": cache}
 
     def forward(tok: torch.Tensor) -> torch.Tensor:
-        out = model(tok, past_key_values=state["cache"], use_cache=True)
-        state["cache"] = out.past_key_values
+        out = model(tok, **cache_kwargs(state["cache"]), use_cache=True)
+        state["cache"] = output_cache(out)
         return out.logits[0, -1].float()
 
     first = forward(ids[:, -1:])
@@ -170,8 +173,8 @@ def token_nll(model, input_ids, *, segment_len: int) -> torch.Tensor:
     cache, losses = None, []
     for start in range(0, ids.shape[1] - 1, segment_len):
         seg = ids[:, start:start + segment_len]
-        out = model(seg, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(seg, **cache_kwargs(cache), use_cache=True)
+        cache = output_cache(out)
         targets = ids[0, start + 1:start + 1 + seg.shape[1]]
         logits = out.logits[0, : targets.shape[0]].float()  # (S', V): the last segment has no target for its end
         losses.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))

@@ -26,6 +26,7 @@ from transformers import Qwen3ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
 
 from titans.cache import TitansCache
+from titans.compat import cache_kwargs, take_cache
 from titans.config import TitansConfig
 from titans.variants import LAYER_CLASSES, TitansDecoderLayer
 from titans.variants.common import CrossLayerContext
@@ -56,7 +57,9 @@ class TitansQwen3Model(Qwen3Model):
     every layer is patched (the layers build their own)."""
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, **kwargs):
+                inputs_embeds=None, use_cache=None, cache=None, **kwargs):
+        # transformers >= 5.24 passes the cache as `cache`, earlier releases as `past_key_values` (titans.compat)
+        past_key_values = take_cache(cache, past_key_values, kwargs, "TitansQwen3Model.forward")
         use = use_cache if use_cache is not None else self.config.use_cache
         if past_key_values is None and use:
             past_key_values = TitansCache(config=self.config)
@@ -84,8 +87,8 @@ class TitansQwen3Model(Qwen3Model):
             self.gradient_checkpointing = False
         try:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                                   **kwargs)
+                                   inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                   **cache_kwargs(past_key_values), **kwargs)
         finally:
             if keep_cache:
                 self.gradient_checkpointing = True

@@ -1,7 +1,7 @@
 """Stream an arbitrarily long sequence through a (patched) model in segments, with bounded memory.
 
     cache = stream(model, ids[:, :-1], segment_len=2048)            # read a 1M-token haystack
-    out = model.generate(ids, past_key_values=cache, max_new_tokens=16, do_sample=False)
+    out = model.generate(ids, cache=cache, max_new_tokens=16, do_sample=False)  # past_key_values= before 5.24
 
 `generate` sees that the cache already holds all but the last prompt token and feeds only that one.
 With MAG/MAL/SWA the KV part of the cache is bounded by the window and with MAC by the segment; the
@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from transformers.cache_utils import Cache
+
+from titans.compat import cache_kwargs, output_cache
 
 
 @torch.no_grad()
@@ -47,7 +49,7 @@ def stream(
     torch.set_flush_denormal(True)
     logits = None
     for start in range(0, input_ids.shape[1], segment_len):
-        out = model(input_ids[:, start : start + segment_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        out = model(input_ids[:, start : start + segment_len], **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+        cache = output_cache(out)
         logits = out.logits[:, -1]
     return (cache, logits) if return_logits else cache

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.reports import write_json
+from titans.compat import cache_kwargs, output_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONF = ROOT / "conf/model/qwen3_tiny.yaml"
@@ -142,9 +143,9 @@ def stream_prepared_mask(model, input_ids: torch.Tensor, segment_len: int, retur
     """`titans.streaming.stream`, with an empty prepared mask mapping on every call (the `mag_ftz_nomask` row)."""
     cache = logits = None
     for start in range(0, input_ids.shape[1], segment_len):
-        out = model(input_ids[:, start : start + segment_len], attention_mask=EMPTY_MASKS, past_key_values=cache,
+        out = model(input_ids[:, start : start + segment_len], attention_mask=EMPTY_MASKS, **cache_kwargs(cache),
                     use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, logits = output_cache(out), out.logits[:, -1]
     return (cache, logits) if return_logits else cache
 
 
@@ -174,8 +175,8 @@ def measure(model, length: int, segment_len: int, decode_tokens: int, seed: int 
     step_ms: list[float] = []
     for _ in range(decode_tokens):
         start = time.perf_counter()
-        out = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1, **extra)
-        cache = out.past_key_values
+        out = model(token, **cache_kwargs(cache), use_cache=True, logits_to_keep=1, **extra)
+        cache = output_cache(out)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         step_ms.append(1e3 * (time.perf_counter() - start))
     stream_s = statistics.median(times)

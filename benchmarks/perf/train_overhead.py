@@ -1,7 +1,7 @@
 """Training cost of the memory: time per optimizer step of the tiny MAG model against the same model without memory.
 
-    python benchmarks/perf/train_overhead.py [--seq-lens 2048 8192] [--batch 1 8] [--repeats 7] [--segment-len 128] [--diagnostics]
-                                             [--out results/perf/train_overhead.json]
+    python benchmarks/perf/train_overhead.py [--seq-lens 2048 8192] [--batch 1 8] [--repeats 7] [--segment-len 128]
+                                             [--diagnostics] [--out results/perf/train_overhead.json]
 
 What is measured: one training step exactly as `titans.training.module.TitansLitModule.training_step`
 does it, without the Lightning Trainer around it — `run_segments(backward=True)` (the sequence in
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     # the *_compiled rows compile one graph per (config, batch, state layout) in this one process: more than
     # dynamo's default limit of 8 per function, past which it would silently run eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    steppers = {r: Stepper(build(r, args.freeze, args.diagnostics), args.segment_len, args.bptt_window) for r in args.rows}
+    steppers = {r: Stepper(build(r, args.freeze, args.diagnostics), args.segment_len, args.bptt_window)
+                for r in args.rows}
     runs = []
     head = f"{'T':>6} {'row':<18} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'vs full':>8} {'params':>8}"
     for batch in args.batch:

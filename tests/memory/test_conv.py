@@ -47,3 +47,27 @@ def test_conv_gradient_only_for_what_requires_it():
     w2 = w.clone().requires_grad_()
     (gw,) = torch.autograd.grad(causal_depthwise_conv(x2, w2, None).sum(), (w2,))
     torch.testing.assert_close(gw, torch.autograd.grad(reference(x2, w2, None).sum(), (w2,))[0])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_conv_under_bf16_autocast_matches_conv1d_and_keeps_input_dtypes(fast, monkeypatch):
+    """Under autocast the conv runs in bf16 like F.conv1d would; backward (outside autocast) must not mix
+    the bf16 output gradient with the fp32 weight, and each gradient comes back in its input's dtype."""
+    if not fast:
+        monkeypatch.setattr(conv_mod, "FAST_WEIGHT_GRAD_DEVICES", ())
+    g = torch.Generator().manual_seed(1)
+    C, K, n = 8, 4, 12
+    x = torch.randn(2, K - 1 + n, C, generator=g, requires_grad=True)
+    w = torch.randn(C, K, generator=g, requires_grad=True)
+    b = torch.randn(C, generator=g, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = causal_depthwise_conv(x, w, b)
+        ref = reference(x, w, b)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    grad = torch.randn(out.shape, generator=g).to(torch.bfloat16)
+    got = torch.autograd.grad(out, (x, w, b), grad)
+    want = torch.autograd.grad(ref, (x, w, b), grad)
+    for gi, wi, inp in zip(got, want, (x, w, b)):
+        assert gi.dtype == inp.dtype == torch.float32
+        torch.testing.assert_close(gi, wi.float(), rtol=5e-2, atol=5e-2 * wi.abs().max().item())

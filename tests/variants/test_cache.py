@@ -6,6 +6,7 @@ from titans_tiny import patched
 from transformers import DynamicCache
 
 from titans.cache import TitansCache, TitansCacheLayer, detach_cache, load_cache, save_cache
+from titans.compat import cache_kwargs
 from titans.streaming import stream
 
 
@@ -30,7 +31,7 @@ def test_detach_cache_cuts_the_graph_and_keeps_values(base, ids, variant):
     after = list(_cache_tensors(cache))
     assert not any(t.requires_grad for t in after)
     assert all(torch.equal(a, b) for a, b in zip(after, before))
-    loss = model(ids[:, 10:], labels=ids[:, 10:], past_key_values=cache).loss
+    loss = model(ids[:, 10:], labels=ids[:, 10:], **cache_kwargs(cache)).loss
     loss.backward()  # the second segment trains on its own graph
 
 
@@ -52,10 +53,10 @@ def test_save_load_cache_continues_identically(base, ids, tmp_path, variant):
     with torch.no_grad():
         cache = model(ids[:, :11], use_cache=True).past_key_values
         save_cache(cache, tmp_path / "c.safetensors")
-        expected = model(ids[:, 11:], past_key_values=cache).logits
+        expected = model(ids[:, 11:], **cache_kwargs(cache)).logits
         loaded = load_cache(tmp_path / "c.safetensors")
         assert isinstance(loaded, TitansCache) and loaded.get_seq_length() == 11
-        got = model(ids[:, 11:], past_key_values=loaded).logits
+        got = model(ids[:, 11:], **cache_kwargs(loaded)).logits
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError, match="save_cache"):
@@ -73,7 +74,7 @@ def test_stream_equals_one_call(base, ids, variant):
     cache, last = stream(model, ids[:, :-1], segment_len=5, return_logits=True)
     torch.testing.assert_close(last, whole[:, -2], atol=1e-5, rtol=0)
     with torch.no_grad():
-        nxt = model(ids[:, -1:], past_key_values=cache).logits
+        nxt = model(ids[:, -1:], **cache_kwargs(cache)).logits
     torch.testing.assert_close(nxt[:, 0], whole[:, -1], atol=1e-5, rtol=0)
     bound = 7 if variant != "mac" else 8  # window - 1 tokens (MAG/SWA), the current segment (MAC)
     assert all(layer.keys.shape[2] <= bound for layer in cache.layers)
@@ -85,7 +86,7 @@ def test_generate_after_stream(base, ids):
     model = patched(base, "mal").eval()
     cache = stream(model, ids[:, :-1], segment_len=6)
     with torch.no_grad():
-        cont = model.generate(ids, past_key_values=cache, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        cont = model.generate(ids, **cache_kwargs(cache), max_new_tokens=6, do_sample=False, pad_token_id=0)
         ref = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert torch.equal(cont, ref)
 
@@ -113,8 +114,30 @@ def test_plain_dynamic_cache_is_upgraded_other_caches_rejected(base, ids):
     model = patched(base, "mag")
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        out = model(ids[:, :5], past_key_values=cache, use_cache=True)
+        out = model(ids[:, :5], **cache_kwargs(cache), use_cache=True)
         assert out.past_key_values is cache and isinstance(cache, TitansCache)
         static = StaticCache(config=model.config, max_cache_len=64)
         with pytest.raises(TypeError, match="DynamicCache"):
-            model(ids[:, :5], past_key_values=static, use_cache=True)
+            model(ids[:, :5], **cache_kwargs(static), use_cache=True)
+
+
+@pytest.mark.parametrize("variant", ["mag", "mac"])
+def test_cache_passed_under_either_name_continues_the_memory(base, ids, variant):
+    """transformers >= 5.24 names the cache `cache`, earlier releases `past_key_values`; a patched model must
+    carry its memory state under both (5.24 dropped a `TitansCache` passed under the old name before
+    titans.compat), and refuses two different caches at once."""
+    import warnings
+
+    model = patched(base, variant).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old name is deprecated from 5.24 on
+        whole = model(ids).logits[:, 12:]
+        for name in ("cache", "past_key_values"):
+            cache = model(ids[:, :12], use_cache=True).past_key_values
+            assert isinstance(cache, TitansCache) and cache.layers[0].memory is not None
+            got = model(ids[:, 12:], **{name: cache}, use_cache=True)
+            assert got.past_key_values is cache and cache.get_seq_length() == ids.shape[1]
+            torch.testing.assert_close(got.logits, whole, atol=1e-5, rtol=0)
+        other = TitansCache(config=model.config)
+        with pytest.raises((TypeError, ValueError), match="cache"):
+            model.model(ids[:, :3], cache=cache, past_key_values=other)

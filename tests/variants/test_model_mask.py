@@ -5,6 +5,8 @@ import torch
 import transformers.models.qwen3.modeling_qwen3 as qwen3
 from titans_tiny import patched
 
+from titans.compat import cache_kwargs
+
 
 def _forbid_masks(monkeypatch):
     def boom(*args, **kwargs):
@@ -22,7 +24,7 @@ def test_fully_patched_model_skips_the_model_level_mask(base, ids, variant, monk
         reference = model(ids).logits
         _forbid_masks(monkeypatch)
         out = model(ids[:, :10], use_cache=True)
-        streamed = model(ids[:, 10:], past_key_values=out.past_key_values).logits
+        streamed = model(ids[:, 10:], **cache_kwargs(out.past_key_values)).logits
     torch.testing.assert_close(torch.cat([out.logits, streamed], 1), reference, atol=1e-5, rtol=1e-5)
 
 

@@ -227,5 +227,6 @@ def test_memory_layers_others_are_windowed_attention(base, ids, tmp_path, varian
         off = patched(copy.deepcopy(base), "mag", memory_layers=[0], identity_init=True, num_persistent=0)
         swa = patched(copy.deepcopy(base), "swa", num_persistent=0)
         torch.testing.assert_close(off(ids).logits, swa(ids).logits, atol=1e-6, rtol=0)
-        full = patched(copy.deepcopy(base), "mag", layers=[0], identity_init=True, num_persistent=0)  # layer 1 unpatched: full attention
+        # layer 1 unpatched: full attention
+        full = patched(copy.deepcopy(base), "mag", layers=[0], identity_init=True, num_persistent=0)
         assert (full(ids).logits - swa(ids).logits).abs().max() > 1e-4

@@ -8,6 +8,7 @@ from titans_tiny import patched as make
 from transformers import Qwen3ForCausalLM
 
 from titans.cache import TitansCache, TitansCacheLayer
+from titans.compat import cache_kwargs, enable_activation_checkpointing
 from titans.patch import collect_diagnostics, patch_qwen3, titans_layers
 
 VARIANTS = ["mag", "mal", "mac", "swa"]
@@ -57,12 +58,12 @@ def test_split_equals_whole(base, ids, variant):
         for a in (1, 5, 8, 13, 22):
             first = model(ids[:, :a], use_cache=True)
             assert isinstance(first.past_key_values, TitansCache)
-            second = model(ids[:, a:], past_key_values=first.past_key_values, use_cache=True)
+            second = model(ids[:, a:], **cache_kwargs(first.past_key_values), use_cache=True)
             torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5, rtol=0)
         # three pieces, one of a single token
         cache, pieces = None, []
         for s, e in ((0, 3), (3, 4), (4, 23)):
-            out = model(ids[:, s:e], past_key_values=cache, use_cache=True)
+            out = model(ids[:, s:e], **cache_kwargs(cache), use_cache=True)
             cache = out.past_key_values
             pieces.append(out.logits)
         torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=1e-5, rtol=0)
@@ -96,7 +97,7 @@ def test_mixed_layers_split(base, ids):
     with torch.no_grad():
         whole = model(ids).logits
         first = model(ids[:, :10], use_cache=True)
-        second = model(ids[:, 10:], past_key_values=first.past_key_values)
+        second = model(ids[:, 10:], **cache_kwargs(first.past_key_values))
     torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5, rtol=0)
 
 
@@ -139,13 +140,13 @@ def test_gradient_checkpointing_same_gradients(base, ids, variant):
     def grads(model):
         model.zero_grad()
         first = model(ids[:, :10], labels=ids[:, :10], use_cache=True)
-        second = model(ids[:, 10:], labels=ids[:, 10:], past_key_values=first.past_key_values, use_cache=True)
+        second = model(ids[:, 10:], labels=ids[:, 10:], **cache_kwargs(first.past_key_values), use_cache=True)
         (first.loss + second.loss).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     model = make(base, variant, freeze="none").train()
     plain = grads(model)
-    model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(model)
     layer = titans_layers(model)[0]
     assert layer._titans_checkpointing
     calls = []
@@ -197,7 +198,7 @@ def test_banded_attention_long_input(base, variant):
     with torch.no_grad():
         whole = model(ids).logits  # 150 > 2 * 64: banded
         first = model(ids[:, :70], use_cache=True)  # 70, 80 <= 128: one block each
-        second = model(ids[:, 70:], past_key_values=first.past_key_values)
+        second = model(ids[:, 70:], **cache_kwargs(first.past_key_values))
     torch.testing.assert_close(whole, torch.cat([first.logits, second.logits], 1), atol=1e-5, rtol=0)
 
 
@@ -209,7 +210,7 @@ def test_cross_layer_query(base, ids):
     with torch.no_grad():
         whole = model(ids).logits
         first = model(ids[:, :9], use_cache=True)
-        second = model(ids[:, 9:], past_key_values=first.past_key_values)
+        second = model(ids[:, 9:], **cache_kwargs(first.past_key_values))
     torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5, rtol=0)
     model.train()
     model(ids, labels=ids).loss.backward()
@@ -279,7 +280,7 @@ def test_mac_settings_split_exact(base, ids, opts):
         whole = model(ids).logits
         for a in (3, 8, 17):
             first = model(ids[:, :a], use_cache=True)
-            second = model(ids[:, a:], past_key_values=first.past_key_values)
+            second = model(ids[:, a:], **cache_kwargs(first.past_key_values))
             torch.testing.assert_close(torch.cat([first.logits, second.logits], 1), whole, atol=1e-5, rtol=0)
 
 

@@ -35,8 +35,16 @@ class _DepthwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         C, K = weight.shape
-        w4 = weight.view(C, 1, 1, K)
-        out = F.conv2d(_as_image(x), w4, bias, groups=C)  # (b, C, 1, n)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            # cast as autocast would cast F.conv2d's inputs, and keep the casts for backward (which runs
+            # outside autocast: grad, x and weight must agree there)
+            dt = torch.get_autocast_dtype(dev)
+            x, weight = x.to(dt), weight.to(dt)
+            bias = None if bias is None else bias.to(dt)
+        with torch.autocast(dev, enabled=False):
+            out = F.conv2d(_as_image(x), weight.view(C, 1, 1, K), bias, groups=C)  # (b, C, 1, n)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return out.squeeze(2).transpose(1, 2)  # (b, n, C)
@@ -47,7 +55,7 @@ class _DepthwiseConv(torch.autograd.Function):
         C, K = weight.shape
         B, n, _ = grad.shape
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad = grad.contiguous()  # (b, n, C): its image view is channels-last
+        grad = grad.to(x.dtype).contiguous()  # (b, n, C): its image view is channels-last
         fast_w = need_w and x.device.type in FAST_WEIGHT_GRAD_DEVICES
         grad_x = grad_w = grad_b = None
         if need_x or (need_w and not fast_w):
@@ -68,4 +76,6 @@ class _DepthwiseConv(torch.autograd.Function):
             )
         if need_b and ctx.has_bias:
             grad_b = grad.sum((0, 1))
-        return grad_x, grad_w, grad_b
+        x_dt, w_dt, b_dt = ctx.dtypes
+        return (None if grad_x is None else grad_x.to(x_dt), None if grad_w is None else grad_w.to(w_dt),
+                None if grad_b is None else grad_b.to(b_dt))

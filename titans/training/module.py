@@ -3,7 +3,7 @@
 training_step, per batch `input_ids [B, T]`:
     cache = None
     for each segment (segment_len tokens, the last may be shorter):
-        logits, cache = model(segment, past_key_values=cache)      # memory state + KV carried
+        logits, cache = model(segment, cache=cache)      # memory state + KV carried
         loss += CE(logits, targets) / (loss targets in the sequence) (+ gate / alignment regularisers)
         every bptt_window segments: backward(loss), detach(cache)   # gradient stops here
     clip, skip the step if the loss or gradient norm is not finite, optimizer step, scheduler step
@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from titans.compat import cache_kwargs, output_cache
 from titans.memory import NeuralMemory, query_error_cosine
 from titans.training.bptt import detach_cache, needed_positions, segment_bounds, segment_loss_sum, shift_targets
 
@@ -153,8 +154,9 @@ class TitansLitModule(pl.LightningModule):
     """Lightning wrapper; receives a finished model (see `titans.training.builders.build_model`).
 
     Args:
-        model: a causal LM taking `input_ids [B, S]`, `past_key_values`, `use_cache`, `logits_to_keep`
-            and returning `.logits [B, S', V]` and `.past_key_values`.
+        model: a causal LM taking `input_ids [B, S]`, the cache (`cache`, or `past_key_values` before
+            transformers 5.24: `titans.compat`), `use_cache`, `logits_to_keep` and returning `.logits [B, S', V]`
+            and the cache.
         bptt: BPTTConfig.
         optimizer: params -> Optimizer (a Hydra `_partial_`); default AdamW(lr=3e-4).
         scheduler: optimizer -> LR scheduler stepped every optimizer step (a `_partial_`), or None.
@@ -223,8 +225,8 @@ class TitansLitModule(pl.LightningModule):
             keep = positions if positions is not None else 1  # 1: cheapest (last position only)
             for r in self.recorders:
                 r.pop()  # drop what a recomputation (gradient checkpointing) recorded in the last backward
-            out = self.model(input_ids=input_ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=keep)
-            cache = out.past_key_values
+            out = self.model(input_ids=input_ids[:, s:e], **cache_kwargs(cache), use_cache=True, logits_to_keep=keep)
+            cache = output_cache(out)
             if cache is None and k < len(bounds) - 1:
                 raise ValueError("the model returned no cache, so the next segment would start from scratch: HF "
                                  "turns the cache off under gradient checkpointing unless every decoder layer is "

@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
+from titans.compat import enable_activation_checkpointing
 from titans.training.builders import build_model, memory_options, to_plain
 from titans.training.checkpoint import AtomicCheckpointIO, check_checkpoint
 from titans.training.data import DataConfig, TitansDataModule
@@ -151,7 +152,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
     model, tokenizer = build_model(cfg.model, cfg.memory, freeze=cfg.get("freeze"), init_from=start)
     if cfg.get("gradient_checkpointing"):
         # recompute each decoder layer in backward (long segments on GPU); patched layers keep their cache
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     data = TitansDataModule(DataConfig.from_mapping(to_plain(cfg.data)), tokenizer)
     module = build_module(cfg, model)
     callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])

@@ -18,6 +18,8 @@ from __future__ import annotations
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from titans.compat import enable_activation_checkpointing
+
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The Qwen3 decoder layers of `model` (patched layers subclass `Qwen3DecoderLayer`), in order."""
@@ -62,7 +64,7 @@ class FSDP2Strategy(ModelParallelStrategy):
             raise ValueError(f"trainer=fsdp shards per decoder layer, but {type(model).__name__} has no "
                              f"Qwen3DecoderLayer; use trainer=ddp for this model.")
         if self.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         mesh = self.device_mesh["data_parallel"]
         options = {"mesh": mesh, "offload_policy": CPUOffloadPolicy() if self.cpu_offload else None}
         options = {k: v for k, v in options.items() if v is not None}

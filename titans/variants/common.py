@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3DecoderLayer, apply_rotary_pos_emb
 
 from titans.cache import LayerState, TitansCache
+from titans.compat import take_cache
 from titans.config import TitansConfig
 from titans.memory import MemoryState, NeuralMemory, query_error_cosine
 
@@ -175,10 +176,13 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         past_key_values=None,
         use_cache: bool | None = False,
         position_embeddings: tuple[Tensor, Tensor] | None = None,
+        cache=None,
         **kwargs,
     ) -> Tensor:
         """hidden_states `[B, T, D]` -> `[B, T, D]`. The model-level `attention_mask` is not used: the
-        layer builds its own (causal, window, persistent tokens); padding is rejected by the model."""
+        layer builds its own (causal, window, persistent tokens); padding is rejected by the model. The
+        cache arrives as `cache` (transformers >= 5.24) or `past_key_values` (earlier)."""
+        past_key_values = take_cache(cache, past_key_values, kwargs, f"{type(self).__name__}.forward")
         T = hidden_states.shape[1]
         cache_layer = None
         state = LayerState()
