@@ -109,6 +109,8 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list 
     # training_step steps the optimizer itself (manual optimization), so a checkpoint holds the weights after
     # the step: what resuming needs. Lightning warns about exactly that, with a 12-line example, on every run.
     warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
+    # Lightning's pytree helper calls an API torch 2.13 deprecated (lightning/pytorch/utilities/_pytree.py)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides)
 
 
