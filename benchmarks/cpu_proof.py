@@ -12,7 +12,9 @@ For each variant (mag, mac, mal: memory; swa: the same model with sliding-window
      streamed through the model's cache in segments, then greedy decoding; benchmarks.runner.run_suite)
      at 16-64x the attention window, plus a depth x length pass-key heatmap for the first variant,
   4. write <out>/summary.json shaped {variant: {task: {length: accuracy percent}}}, results.md (the
-     table), curves.png (training loss per stage) and the commands that made them (commands.txt).
+     table), <out>/<variant>/curve.csv (its training curve, stages concatenated), curves.png (every
+     variant's curve.csv in <out>, so re-running one variant keeps the others) and the commands that made
+     them (commands.txt). `--curves-only` redoes just the last two from what --train-dir holds.
 
 Everything is measured, nothing is assumed: a variant that does not learn shows its chance-level
 numbers. Training curves and per-layer memory diagnostics (gate, θ, surprise, weight norm) are in each
@@ -97,26 +99,57 @@ def evaluate(variant: str, cfg, ckpt: Path, out_dir: Path, lengths: list[int], s
     return table
 
 
-def curves(train_root: Path, out: Path, variants: list[str]) -> None:
-    """Training loss per stage (csv logger) for every trained variant -> curves.png."""
+CURVE_FIELDS = ("stage", "stage_step", "step", "train_loss", "val_answer_acc")
+
+
+def export_curve(variant_dir: Path, dest: Path) -> int:
+    """A variant's training curve from its stages' csv logs (`<variant_dir>/<i>_<stage>/csv/metrics.csv`) ->
+    `dest` (CSV: stage, stage_step, step with the stages concatenated, train_loss, val_answer_acc).
+
+    The logs stay under the (uncommitted) training directory; this small CSV sits beside the results, so
+    curves.png can be redrawn for every variant whatever was trained on this machine. Returns the rows."""
+    rows, offset = [], 0
+    for metrics in sorted(variant_dir.glob("*_*/csv/metrics.csv")):
+        stage, last = metrics.parent.parent.name, None
+        with open(metrics) as f:
+            for r in csv.DictReader(f):
+                loss, acc = r.get("train/loss") or "", r.get("val/answer_acc") or ""
+                if not (loss or acc):
+                    continue
+                last = int(r["step"])
+                rows.append({"stage": stage, "stage_step": last, "step": offset + last,
+                             "train_loss": loss, "val_answer_acc": acc})
+        offset = offset + last + 1 if last is not None else offset
+    if rows:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, CURVE_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, dest)
+    return len(rows)
+
+
+def curves(out: Path) -> list[str]:
+    """Training loss of every variant with an `<out>/<variant>/curve.csv` -> `<out>/curves.png`; returns
+    the variants drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    for variant in variants:
-        offset = 0
-        xs, ys = [], []
-        for metrics in sorted((train_root / variant).glob("*_*/csv/metrics.csv")):
-            with open(metrics) as f:
-                rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
-            for r in rows:
-                xs.append(offset + int(r["step"]))
-                ys.append(float(r["train/loss"]))
-            offset = xs[-1] + 1 if xs else offset
-        if xs:
-            ax.plot(xs, ys, label=variant)
+    drawn = []
+    for variant in VARIANTS:
+        path = out / variant / "curve.csv"
+        if not path.exists():
+            continue
+        with open(path) as f:
+            points = [(int(r["step"]), float(r["train_loss"])) for r in csv.DictReader(f) if r["train_loss"]]
+        if points:
+            ax.plot(*zip(*points), label=variant)
+            drawn.append(variant)
     ax.set_xlabel("training step (stages concatenated)")
     ax.set_ylabel("answer loss")
     if ax.lines:
@@ -127,6 +160,7 @@ def curves(train_root: Path, out: Path, variants: list[str]) -> None:
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, out / "curves.png")
+    return drawn
 
 
 def markdown(summary: dict, lengths: list[int]) -> str:
@@ -151,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"of {list(TASKS)}")
     parser.add_argument("--hashhop-pairs", type=int, default=0,
                         help="distractor links in every hash-hop prompt (data_gen n_pairs; training used 0)")
+    parser.add_argument("--curves-only", action="store_true",
+                        help="only export the --variants' training curves from --train-dir and redraw curves.png")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for training, e.g. cpu_threads=2")
     args = parser.parse_args(argv)
     bad = sorted(set(args.variants) - set(VARIANTS))
@@ -168,6 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--steps-scale={args.steps_scale}: allowed a float > 0")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.curves_only:
+        for variant in args.variants:
+            if not export_curve(Path(args.train_dir) / variant, out / variant / "curve.csv"):
+                print(f"{variant}: no training logs under {Path(args.train_dir) / variant}")
+        print(f"curves.png: {curves(out)}")
+        return json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     timings = {}
@@ -179,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary[variant] = evaluate(variant, cfg, ckpt, out / variant, args.lengths, args.samples,
                                     heatmap=(i == 0 and not args.no_heatmap), tasks=tasks)
         timings[variant] = {"train_s": trained - start, "eval_s": time.perf_counter() - trained}
+        export_curve(train_dir, out / variant / "curve.csv")
         write_json(summary_path, summary)  # after every variant: nothing is lost if a later one fails
         print(f"\n{variant}: {summary[variant]}  ({timings[variant]['train_s']:.0f} s train, "
               f"{timings[variant]['eval_s']:.0f} s eval)", flush=True)
@@ -188,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m benchmarks.cpu_proof {' '.join(sys.argv[1:])}"
                 f"  # timings {json.dumps(timings)}\n")
     try:
-        curves(Path(args.train_dir), out, [v for v in VARIANTS if (Path(args.train_dir) / v).exists()])
+        curves(out)
     except Exception as e:  # noqa: BLE001 - a plot must not lose the results above
         print(f"curves.png not written: {e}")
     print("\n" + table)

@@ -40,3 +40,34 @@ def test_every_experiment_composes(tmp_path):
             assert cfg.memory.memory.qk_init == "induction" and cfg.memory.memory.conv_kernel == 16
         cpu_proof.scale_steps(cfg, 0.01)
         assert all(s.trainer.max_steps >= 2 for s in cfg.curriculum.stages)
+
+
+def _fake_stage(root, stage, rows):
+    d = root / stage / "csv"
+    d.mkdir(parents=True)
+    lines = ["step,train/loss,val/answer_acc"] + [f"{s},{loss},{acc}" for s, loss, acc in rows]
+    (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_curves_concatenate_stages_and_keep_variants_trained_elsewhere(tmp_path):
+    """curve.csv offsets each stage by the last one's steps; curves.png draws every variant whose curve.csv
+    is in the results, including one trained on another machine (no logs under this --train-dir)."""
+    import csv
+
+    train, out = tmp_path / "train", tmp_path / "results"
+    _fake_stage(train / "mag", "1_short", [(9, 2.5, ""), (19, 1.5, ""), (19, "", 0.5)])
+    _fake_stage(train / "mag", "2_1k", [(4, 0.5, ""), (9, 0.25, 1.0)])
+    assert cpu_proof.export_curve(train / "mag", out / "mag" / "curve.csv") == 5
+    with open(out / "mag" / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["stage"], int(r["step"])) for r in rows] == [
+        ("1_short", 9), ("1_short", 19), ("1_short", 19), ("2_1k", 24), ("2_1k", 29)]
+    assert rows[2]["val_answer_acc"] == "0.5" and rows[2]["train_loss"] == ""
+    assert cpu_proof.export_curve(train / "mac", out / "mac" / "curve.csv") == 0  # nothing trained: no file
+    assert not (out / "mac").exists()
+    (out / "swa").mkdir()
+    (out / "swa" / "curve.csv").write_text("stage,stage_step,step,train_loss,val_answer_acc\n1_short,9,9,2.2,\n")
+    assert cpu_proof.curves(out) == ["mag", "swa"]
+    assert (out / "curves.png").stat().st_size > 0
+    cpu_proof.main(["--variants", "mag", "mac", "--curves-only", "--train-dir", str(train), "--out", str(out)])
+    assert (out / "mag" / "curve.csv").exists() and not (out / "mac").exists()
