@@ -2,7 +2,7 @@
 
     model = patch_qwen3(Qwen3ForCausalLM.from_pretrained(path), "mag", window=512, memory=dict(chunk_size=64))
     out = model(ids, use_cache=True)            # logits [B, T, vocab]; out.past_key_values is a TitansCache
-    out = model(more_ids, past_key_values=out.past_key_values)   # continue the same sequences
+    out = model(more_ids, cache=out.past_key_values)   # continue (`past_key_values=` before transformers 5.24)
     model.generate(ids, max_new_tokens=32)
 
 Patching swaps `model.model.layers[i]` for a `TitansDecoderLayer` subclass (base parameter names
