@@ -2,7 +2,8 @@
 
     python -m benchmarks.cpu_proof [--variants mag swa] [--lengths 1024 2048 4096] [--samples 20]
                                    [--tasks passkey hashhop] [--hashhop-pairs 0]
-                                   [--out results/cpu_proof] [--skip-train] [--steps-scale 1.0]
+                                   [--out results/cpu_proof] [--steps-scale 1.0] [--checkpoint CKPT]
+                                   [--curves-only]
 
 For each variant (mag, mac, mal: memory; swa: the same model with sliding-window attention only):
   1. train with `python -m titans.training.curriculum experiment=cpu_proof_<variant>` (composed here with
@@ -133,7 +134,7 @@ def export_curve(variant_dir: Path, dest: Path) -> int:
 
 def curves(out: Path) -> list[str]:
     """Training loss of every variant with an `<out>/<variant>/curve.csv` -> `<out>/curves.png`; returns
-    the variants drawn."""
+    the variants drawn (none: no file written)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,10 +151,12 @@ def curves(out: Path) -> list[str]:
         if points:
             ax.plot(*zip(*points), label=variant)
             drawn.append(variant)
+    if not drawn:  # nothing trained into these results (e.g. --checkpoint): no empty plot
+        plt.close(fig)
+        return drawn
     ax.set_xlabel("training step (stages concatenated)")
     ax.set_ylabel("answer loss")
-    if ax.lines:
-        ax.legend()
+    ax.legend()
     ax.set_title("CPU proof: training loss")
     fig.tight_layout()
     tmp = out / "curves.tmp.png"
@@ -185,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"of {list(TASKS)}")
     parser.add_argument("--hashhop-pairs", type=int, default=0,
                         help="distractor links in every hash-hop prompt (data_gen n_pairs; training used 0)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="evaluate this checkpoint of the (one) variant's model instead of training it")
     parser.add_argument("--curves-only", action="store_true",
                         help="only export the --variants' training curves from --train-dir and redraw curves.png")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for training, e.g. cpu_threads=2")
@@ -200,6 +205,11 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = {t: dict(TASKS[t]) for t in args.tasks}
     if "hashhop" in tasks and args.hashhop_pairs:
         tasks["hashhop"]["n_pairs"] = args.hashhop_pairs
+    if args.checkpoint is not None:
+        if len(args.variants) != 1:
+            raise ValueError(f"--checkpoint with --variants {args.variants}: allowed exactly one variant")
+        if not Path(args.checkpoint).is_file():
+            raise ValueError(f"--checkpoint={args.checkpoint}: no such file")
     if args.steps_scale <= 0:
         raise ValueError(f"--steps-scale={args.steps_scale}: allowed a float > 0")
     out = Path(args.out)
@@ -216,12 +226,16 @@ def main(argv: list[str] | None = None) -> dict:
     for i, variant in enumerate(args.variants):
         start = time.perf_counter()
         train_dir = Path(args.train_dir) / variant
-        cfg, ckpt = train(variant, train_dir, args.overrides, args.steps_scale)
+        if args.checkpoint is not None:
+            cfg, ckpt = compose(variant, train_dir, args.overrides), Path(args.checkpoint)
+        else:
+            cfg, ckpt = train(variant, train_dir, args.overrides, args.steps_scale)
         trained = time.perf_counter()
         summary[variant] = evaluate(variant, cfg, ckpt, out / variant, args.lengths, args.samples,
                                     heatmap=(i == 0 and not args.no_heatmap), tasks=tasks)
         timings[variant] = {"train_s": trained - start, "eval_s": time.perf_counter() - trained}
-        export_curve(train_dir, out / variant / "curve.csv")
+        if args.checkpoint is None:
+            export_curve(train_dir, out / variant / "curve.csv")
         write_json(summary_path, summary)  # after every variant: nothing is lost if a later one fails
         print(f"\n{variant}: {summary[variant]}  ({timings[variant]['train_s']:.0f} s train, "
               f"{timings[variant]['eval_s']:.0f} s eval)", flush=True)

@@ -71,3 +71,10 @@ def test_curves_concatenate_stages_and_keep_variants_trained_elsewhere(tmp_path)
     assert (out / "curves.png").stat().st_size > 0
     cpu_proof.main(["--variants", "mag", "mac", "--curves-only", "--train-dir", str(train), "--out", str(out)])
     assert (out / "mag" / "curve.csv").exists() and not (out / "mac").exists()
+
+
+def test_checkpoint_option_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="exactly one variant"):
+        cpu_proof.main(["--variants", "mag", "swa", "--checkpoint", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--checkpoint=.*no such file"):
+        cpu_proof.main(["--variants", "mag", "--checkpoint", str(tmp_path / "x.ckpt"), "--out", str(tmp_path)])
