@@ -177,6 +177,7 @@ def markdown(summary: dict, lengths: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["mag"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[1024, 2048, 4096])
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
             if not export_curve(Path(args.train_dir) / variant, out / variant / "curve.csv"):
                 print(f"{variant}: no training logs under {Path(args.train_dir) / variant}")
         print(f"curves.png: {curves(out)}")
+        with open(out / "commands.txt", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m benchmarks.cpu_proof {' '.join(argv)}\n")
         return json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown(summary, args.lengths)
     write_text(out / "results.md", table)
     with open(out / "commands.txt", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m benchmarks.cpu_proof {' '.join(sys.argv[1:])}"
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m benchmarks.cpu_proof {' '.join(argv)}"
                 f"  # timings {json.dumps(timings)}\n")
     try:
         curves(out)
