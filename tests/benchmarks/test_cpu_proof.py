@@ -11,7 +11,8 @@ from benchmarks import cpu_proof
 def test_cpu_proof_pipeline_writes_summary_of_the_required_shape(tmp_path):
     out, train_dir = tmp_path / "results", tmp_path / "train"
     summary = cpu_proof.main(["--variants", "swa", "--lengths", "300", "--samples", "1", "--steps-scale", "0.004",
-                              "--out", str(out), "--train-dir", str(train_dir), "--no-heatmap"])
+                              "--out", str(out), "--train-dir", str(train_dir), "--no-heatmap",
+                              "trainer.log_every_n_steps=1"])
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
     assert set(on_disk) == {"swa"} and set(on_disk["swa"]) == {"passkey", "hashhop"}
@@ -19,6 +20,7 @@ def test_cpu_proof_pipeline_writes_summary_of_the_required_shape(tmp_path):
         assert set(row) == {"300"} and 0.0 <= row["300"] <= 100.0
     assert (out / "results.md").read_text().startswith("| variant | task |")
     assert (train_dir / "swa" / "4_4k" / "checkpoints" / "last.ckpt").exists()  # all stages ran, chained
+    assert (out / "swa" / "curve.csv").read_text().count("\n") > 4  # a header + a loss per step of 4 stages
     assert (out / "curves.png").stat().st_size > 0
 
 
