@@ -141,3 +141,28 @@ def test_cache_passed_under_either_name_continues_the_memory(base, ids, variant)
         other = TitansCache(config=model.config)
         with pytest.raises((TypeError, ValueError), match="cache"):
             model.model(ids[:, :3], cache=cache, past_key_values=other)
+
+
+def test_our_calls_use_the_installed_transformers_api(base, ids):
+    """Streaming, generation, segmented training and activation checkpointing raise no deprecation warning
+    from transformers: a renamed argument (as 5.24 renamed the cache) shows up here before it is removed."""
+    import warnings
+
+    from titans.compat import enable_activation_checkpointing
+    from titans.training.bptt import shift_targets
+    from titans.training.module import BPTTConfig, TitansLitModule
+
+    model = patched(base, "mag", freeze="none")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            cache = stream(model.eval(), ids[:, :-1], segment_len=6)
+            model.generate(ids, **cache_kwargs(cache), max_new_tokens=3, do_sample=False, pad_token_id=0)
+        enable_activation_checkpointing(model)
+        module = TitansLitModule(model.train(), BPTTConfig(segment_len=8, bptt_window=2))
+        _, ok = module.run_segments(ids, shift_targets(ids.clone()), backward=True)
+    assert ok
+    # transformers attributes these to the caller's frame (torch's Module.__call__, this file, ...): match text
+    deprecations = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+                    if issubclass(w.category, (FutureWarning, DeprecationWarning)) and "deprecated" in str(w.message)]
+    assert not deprecations, deprecations
