@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -122,13 +123,11 @@ def export_curve(variant_dir: Path, dest: Path) -> int:
                              "train_loss": loss, "val_answer_acc": acc})
         offset = offset + last + 1 if last is not None else offset
     if rows:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, CURVE_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, dest)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, CURVE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(dest, text.getvalue())
     return len(rows)
 
 

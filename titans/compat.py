@@ -21,7 +21,6 @@ __all__ = ["CACHE_KWARG", "cache_kwargs", "enable_activation_checkpointing", "ou
 
 #: the keyword the installed transformers' Qwen3 forwards read the cache from
 CACHE_KWARG: str = "cache" if "cache" in inspect.signature(Qwen3Model.forward).parameters else "past_key_values"
-_OLD = "past_key_values"
 
 
 def cache_kwargs(cache: Any) -> dict[str, Any]:
@@ -34,15 +33,14 @@ def output_cache(out: Any) -> Any:
     return getattr(out, CACHE_KWARG)
 
 
-def take_cache(cache: Any, past_key_values: Any, kwargs: dict[str, Any], where: str) -> Any:
-    """Merge a forward's `cache` and `past_key_values` arguments (and either left in `kwargs`) into one.
+def take_cache(cache: Any, past_key_values: Any, where: str) -> Any:
+    """The one cache of a forward that takes it as `cache` or `past_key_values`.
 
     Raises `TypeError` naming both when two different caches are passed."""
-    given = [c for c in (cache, past_key_values, kwargs.pop("cache", None), kwargs.pop(_OLD, None)) if c is not None]
-    if any(c is not given[0] for c in given[1:]):
-        raise TypeError(f"{where}: got both `cache` and `past_key_values` ({len(given)} caches); pass one, as `cache`"
-                        f" (transformers >= 5.24) or `past_key_values` (earlier releases).")
-    return given[0] if given else None
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise TypeError(f"{where}: got both `cache` and `past_key_values`; pass one, as `cache` "
+                        f"(transformers >= 5.24) or `past_key_values` (earlier releases).")
+    return cache if cache is not None else past_key_values
 
 
 def enable_activation_checkpointing(model: Any) -> None:

@@ -59,7 +59,7 @@ class TitansQwen3Model(Qwen3Model):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, cache=None, **kwargs):
         # transformers >= 5.24 passes the cache as `cache`, earlier releases as `past_key_values` (titans.compat)
-        past_key_values = take_cache(cache, past_key_values, kwargs, "TitansQwen3Model.forward")
+        past_key_values = take_cache(cache, past_key_values, "TitansQwen3Model.forward")
         use = use_cache if use_cache is not None else self.config.use_cache
         if past_key_values is None and use:
             past_key_values = TitansCache(config=self.config)

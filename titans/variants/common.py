@@ -182,7 +182,7 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         """hidden_states `[B, T, D]` -> `[B, T, D]`. The model-level `attention_mask` is not used: the
         layer builds its own (causal, window, persistent tokens); padding is rejected by the model. The
         cache arrives as `cache` (transformers >= 5.24) or `past_key_values` (earlier)."""
-        past_key_values = take_cache(cache, past_key_values, kwargs, f"{type(self).__name__}.forward")
+        past_key_values = take_cache(cache, past_key_values, f"{type(self).__name__}.forward")
         T = hidden_states.shape[1]
         cache_layer = None
         state = LayerState()
