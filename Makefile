@@ -25,8 +25,8 @@ install: $(STAMP)
 # 64-token window (~10 min on one core), evaluate pass key / hash hop at 1K-4K, print the table, write
 # the heatmap and curves under outputs/demo (results/cpu_proof holds the committed run of all variants)
 demo: $(STAMP)
-	$(PY) -m titans.memory.demo
-	$(PY) -m benchmarks.cpu_proof --variants mag --out outputs/demo --train-dir outputs/demo/train
+	$(PY) -m experiments.memory_demo
+	$(PY) -m experiments.cpu_proof --variants mag --out outputs/demo --train-dir outputs/demo/train
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,12 +1,12 @@
 """Evaluate a model on a benchmark: `python evaluate.py benchmark=niah model=qwen3_tiny memory=mag ...`
 
-See conf/eval.yaml and docs/evaluation.md. The work is done by `titans.training.evaluate.evaluate(cfg)`.
+See conf/eval.yaml and docs/evaluation.md. The work is done by `benchmarks.evaluate.evaluate(cfg)`.
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from titans.training.evaluate import evaluate
+from benchmarks.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -24,62 +24,10 @@ from typing import Any
 
 from benchmarks import reports, scoring
 from benchmarks.inference import greedy_answer
+from benchmarks.records import SAMPLES_FILE, fingerprint, read_records, weights_fingerprint
 from benchmarks.suites import Cell, Suite, get_suite
 
 log = logging.getLogger(__name__)
-
-SAMPLES_FILE = "samples.jsonl"
-
-
-def weights_fingerprint(model) -> str:
-    """A short hash of the model's parameters (names, shapes and up to 4,096 evenly spaced values of each), so a
-    resumed run never reuses answers of other weights — e.g. the same model name after more training."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            flat = p.detach().reshape(-1)
-            step = max(1, flat.numel() // 4096)
-            h.update(f"{name}{tuple(p.shape)}".encode())
-            h.update(flat[::step].to("cpu", torch.float32).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _fingerprint(model_name: str, seed: int, segment_len: int, max_new_tokens: int | None, stop,
-                 weights: str | None = None) -> dict:
-    return {"model": model_name, "weights": weights, "seed": seed, "segment_len": segment_len,
-            "max_new_tokens": max_new_tokens, "stop": list(stop)}
-
-
-def read_records(path: str | Path, fingerprint: Mapping[str, Any] | None = None) -> list[dict]:
-    """Records of a samples JSONL, keeping those made with `fingerprint` (all when None).
-
-    A truncated last line (a run killed mid-write) is skipped with a warning.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    out, other = [], 0
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s:%d is not valid JSON (an interrupted write?); skipped", path, n)
-            continue
-        if fingerprint is not None and rec.get("fingerprint") != dict(fingerprint):
-            other += 1
-            continue
-        out.append(rec)
-    if other:
-        log.warning("%s: %d record(s) made with other settings (model/weights/seed/segment_len/max_new_tokens/stop) "
-                    "are ignored; use another output_dir to keep runs apart", path, other)
-    return out
-
 
 def _preflight(cells: Sequence[Cell], counter, seed: int) -> None:
     """Generate one sample of the shortest length of each (task, params) so bad input fails before any compute."""
@@ -205,7 +153,7 @@ def run_suite(model, tokenizer, suite: str, *, output_dir: str | Path, lengths: 
     out.mkdir(parents=True, exist_ok=True)
     counter = Counter(tokenizer)
     _preflight(cells, counter, seed)
-    fp = _fingerprint(model_name, seed, segment_len, max_new_tokens, spec.stop, weights_fingerprint(model))
+    fp = fingerprint(model_name, seed, segment_len, max_new_tokens, spec.stop, weights_fingerprint(model))
     path = out / SAMPLES_FILE
     records = read_records(path, fp)
     done = {(r["cell"], r["index"]) for r in records}

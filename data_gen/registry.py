@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from data_gen.common import Counter, check_params, check_range, sample_rng
+from data_gen.validate import validate
 
 MAX_ATTEMPTS = 8
 
@@ -53,15 +54,13 @@ def generate_one(task: str, index: int, length: int, seed: int, counter: Counter
     """Sample `index` of (task, seed, split): deterministic, validated; a sample that fails its own
     validation (e.g. a random number that happens to occur in the essay) is redrawn from the next
     attempt's seed, up to MAX_ATTEMPTS."""
-    from data_gen.validate import validate
-
     spec = get_task(task)
     check_range("length", length, 1)
     problems: list[str] = []
     for attempt in range(MAX_ATTEMPTS):
         rng = sample_rng(task, split, seed, index, attempt)
         sample = spec.fn(rng, int(length), counter, params)
-        problems = validate(sample, counter, params)
+        problems = validate(sample, counter, params, spec.check)
         if not problems:
             sample["meta"].update(index=index, seed=seed, split=split, attempt=attempt)
             return sample

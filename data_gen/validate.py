@@ -2,10 +2,12 @@
 
 Generic checks: schema; `length` fits `target_length - answer_budget` and is not far below it;
 needles sit where `meta` says; extractive answers occur in `input`; `input + completion` starts
-with `input`. Task-specific checks (answer not leaked, chains solvable) come from the registry.
+with `input`. Task-specific checks (answer not leaked, chains solvable) are passed in by the registry.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from data_gen.common import Counter
 
@@ -15,10 +17,9 @@ FILL_TOLERANCE = 0.10
 UNIT_SLACK = 400  # tokens; the longest essay sentence / code block the fit may leave out
 
 
-def validate(sample: dict, counter: Counter, params: dict | None = None) -> list[str]:
-    """Problems with `sample` (empty list when it is valid)."""
-    from data_gen.registry import get_task
-
+def validate(sample: dict, counter: Counter, params: dict | None = None, check: Callable | None = None) -> list[str]:
+    """Problems with `sample` (empty list when it is valid): the generic checks, then the task's own `check`
+    (`TaskSpec.check(sample, params) -> problems`, run only when the generic checks pass)."""
     missing = [k for k in REQUIRED if k not in sample]
     if missing:
         return [f"missing keys {missing}"]
@@ -46,7 +47,6 @@ def validate(sample: dict, counter: Counter, params: dict | None = None) -> list
                 problems.append(f"answer {a!r} not recoverable from input")
     if "input_ids" not in meta and not (meta.get("completion") or "").strip():
         problems.append("empty completion")
-    spec = get_task(sample["task"])
-    if spec.check is not None and not problems:
-        problems.extend(spec.check(sample, params or {}))
+    if check is not None and not problems:
+        problems.extend(check(sample, params or {}))
     return problems

@@ -100,8 +100,8 @@ def test_curriculum_stages_hold_valid_data_mixtures(name):
     from omegaconf import OmegaConf
 
     from data_gen import Mixture
-    from titans.training.curriculum import apply_stage
     from titans.training.data import DataConfig
+    from titans.training.stages import apply_stage
 
     cfg = compose_train([f"curriculum={name}"])
     for stage in cfg.curriculum.stages:

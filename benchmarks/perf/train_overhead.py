@@ -14,7 +14,7 @@ Rows (the tiny random-init `conf/model/qwen3_tiny.yaml`, 2 layers, hidden 128):
     full        conf/memory/none.yaml: the unpatched Qwen3, full attention
     swa         conf/memory/none.yaml with window 64: the same attention as MAG, no memory (the baseline)
     mag         conf/memory/mag.yaml (window 64, 4 heads, depth 2, chunk 16, memory in both layers)
-    mag_linear  mag with memory.depth=1 (linear memory: the `_scan_linear` fast path)
+    mag_linear  mag with memory.depth=1 (linear memory: the `titans.memory.linear` fast path)
     mag_mem1    mag with its memory in decoder layer 1 only (`memory_layers: [1]`; layer 0 sliding window only)
     mag_proof   what the CPU proof trains: mag_linear without momentum, max_lr 0.5, conv kernel 16,
                 qk_init induction, identity_init false, gate_bias_init 0, memory in layer 0 only

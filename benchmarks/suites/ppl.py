@@ -101,7 +101,7 @@ def run_ppl(model, tokenizer, *, output_dir: str | Path, lengths: Sequence[int] 
     from tqdm.auto import tqdm
 
     from benchmarks.inference import token_nll
-    from benchmarks.runner import read_records, weights_fingerprint
+    from benchmarks.records import read_records, weights_fingerprint
 
     unknown = sorted(set(options) - set(PPL_DEFAULTS))
     if unknown:

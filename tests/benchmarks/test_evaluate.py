@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from titans.training.evaluate import evaluate, load_checkpoint_into
+from benchmarks.evaluate import evaluate, load_checkpoint_into
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 SMALL = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "model.arch.num_attention_heads=2",

@@ -4,13 +4,14 @@ import pytest
 
 import data_gen
 from data_gen.common import Counter
+from data_gen.registry import get_task
 from data_gen.validate import validate
 
 
 def _all_valid(samples):
     counter = Counter(None)
     for s in samples:
-        assert validate(s, counter) == []
+        assert validate(s, counter, None, get_task(s["task"]).check) == []
         assert s["length"] == len(s["input"].encode())
 
 

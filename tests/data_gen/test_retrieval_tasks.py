@@ -6,6 +6,7 @@ import pytest
 
 import data_gen
 from data_gen.common import Counter
+from data_gen.registry import get_task
 from data_gen.validate import validate
 
 SEEDS = range(25)
@@ -14,7 +15,7 @@ SEEDS = range(25)
 def _valid(samples, **params):
     counter = Counter(None)
     for s in samples:
-        assert validate(s, counter, params) == []
+        assert validate(s, counter, params, get_task(s["task"]).check) == []
         assert s["length"] == len(s["input"].encode())
 
 
@@ -78,7 +79,7 @@ def test_mqar_ids_and_labels():
     samples = data_gen.generate("mqar", 20, 256, seed=0, num_kv_pairs=16)
     _ok = Counter(None)
     for s in samples:
-        assert validate(s, _ok) == []
+        assert validate(s, _ok, None, get_task(s["task"]).check) == []
         ids, labels = data_gen.to_token_ids(s)
         assert len(ids) == len(labels) == 256 == s["length"]
         assert max(ids) < 256 and sum(lab != -100 for lab in labels) == 16

@@ -4,6 +4,7 @@ import pytest
 
 import data_gen
 from data_gen.common import Counter
+from data_gen.registry import get_task
 from data_gen.ruler_niah import VARIANTS
 from data_gen.validate import validate
 
@@ -35,7 +36,7 @@ def test_niah_single_1_template_exact():
 def test_niah_variants(task):
     counter = Counter(None)
     for s in data_gen.generate(task, 6, 1536, seed=1):
-        assert validate(s, counter) == []
+        assert validate(s, counter, None, get_task(s["task"]).check) == []
         for v in s["meta"]["values"]:
             assert s["input"].count(v) == 1
         q = s["meta"]["queries"]
@@ -48,7 +49,7 @@ def test_niah_variants(task):
 def test_aggregation_tasks(task, params):
     counter = Counter(None)
     for s in data_gen.generate(task, 5, 2048, seed=2, **params):
-        assert validate(s, counter, data_gen.resolve_params(task, params)) == []
+        assert validate(s, counter, data_gen.resolve_params(task, params), get_task(task).check) == []
         assert s["input"].endswith({"vt": "they are: ", "cwe": "in the list are:",
                                     "fwe": "appeared words are:"}[task])
 

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from titans.training.curriculum import apply_stage, run_curriculum
+from titans.training.curriculum import run_curriculum
 from titans.training.run import train
+from titans.training.stages import apply_stage
 
 
 def test_resume_continues_with_the_same_losses(tiny_cfg, tmp_path):

@@ -191,10 +191,10 @@ def test_train_py_entry_point(tmp_path):
 
 
 def test_run_evaluate_scores_a_trained_checkpoint(tiny_cfg, tmp_path):
-    """train(cfg) -> last.ckpt -> run.evaluate(eval cfg) through the shared model/memory/paths groups."""
+    """train(cfg) -> last.ckpt -> benchmarks.evaluate(eval cfg) through the shared model/memory/paths groups."""
     pytest.importorskip("titans.patch")
+    from benchmarks.evaluate import evaluate
     from tests.training.conftest import compose_cfg
-    from titans.training.run import evaluate
 
     trained = train(tiny_cfg("trainer.max_steps=1", "memory=mag", *MEM, f"paths.output_dir={tmp_path / 't'}"))
     cfg = compose_cfg(["model.arch.hidden_size=64", "model.arch.num_attention_heads=2",

@@ -17,54 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from titans.training.run import train, write_json
+from titans.training.stages import apply_stage, stages_of
 
 log = logging.getLogger(__name__)
-
-STAGE_KEYS = {"name", "data", "bptt", "freeze", "trainer", "optimizer", "scheduler", "seed"}
-
-
-def _stages(cfg: DictConfig) -> list:
-    stages = list((cfg.get("curriculum") or {}).get("stages") or [])
-    if not stages:
-        raise ValueError("curriculum.stages is empty; pick a curriculum with stages, e.g. curriculum=tiny "
-                         "(see conf/curriculum/).")
-    names = []
-    for i, st in enumerate(stages):
-        unknown = sorted(set(st.keys()) - STAGE_KEYS)
-        if unknown:
-            raise ValueError(f"curriculum.stages[{i}] has unknown key(s) {unknown}; allowed: {sorted(STAGE_KEYS)}. "
-                             f"The model and memory architecture cannot change between stages.")
-        if not st.get("name"):
-            raise ValueError(f"curriculum.stages[{i}].name is missing; give every stage a name.")
-        names.append(st.name)
-    if len(set(names)) != len(names):
-        raise ValueError(f"curriculum stage names must be unique, got {names}.")
-    return stages
-
-
-def apply_stage(cfg: DictConfig, stage: str | int) -> DictConfig:
-    """`cfg` with the overrides of curriculum stage `stage` (a name or 0-based index) merged in."""
-    stages = _stages(cfg)
-    names = [st.name for st in stages]
-    if isinstance(stage, int) and not isinstance(stage, bool) and 0 <= stage < len(stages):
-        st = stages[stage]
-    elif stage in names:
-        st = stages[names.index(stage)]
-    else:
-        raise ValueError(f"stage={stage!r} is not a stage of this curriculum; allowed: {names} or 0..{len(names) - 1}.")
-    overrides = {k: v for k, v in OmegaConf.to_container(st, resolve=False).items() if k != "name"}
-    merged = OmegaConf.merge(cfg, overrides)
-    merged.stage = None
-    return merged
-
 
 def run_curriculum(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run every stage; returns the list of per-stage metrics (see `titans.training.run.train`)."""
     from titans.training.checkpoint import check_checkpoint
-    from titans.training.run import train, write_json
 
-    stages = _stages(cfg)
+    stages = stages_of(cfg)
     root = Path(cfg.paths.output_dir)
     prev = check_checkpoint(cfg.get("init_from"), "init_from")
     skip_done = bool((cfg.curriculum or {}).get("skip_done", False))

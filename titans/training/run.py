@@ -21,6 +21,7 @@ from titans.training.builders import build_model, memory_options, to_plain
 from titans.training.checkpoint import AtomicCheckpointIO, check_checkpoint
 from titans.training.data import DataConfig, TitansDataModule
 from titans.training.module import BPTTConfig, TitansLitModule
+from titans.training.stages import apply_stage
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,6 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     if cfg.get("stage") is not None:
-        from titans.training.curriculum import apply_stage
-
         cfg = apply_stage(cfg, cfg.stage)
     check_config(cfg)
     ckpt_path = check_checkpoint(cfg.get("ckpt_path"), "ckpt_path")
@@ -197,9 +196,3 @@ def _finish_wandb(trainer: pl.Trainer) -> None:
             if offline and not wait_for_wandb_exit(run_dir):
                 log.warning("wandb: the offline run file in %s was not complete 15 s after finish()", run_dir)
 
-
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Run a benchmark per `cfg` (conf/eval.yaml composed); implemented in `titans.training.evaluate`."""
-    from titans.training.evaluate import evaluate as _evaluate
-
-    return _evaluate(cfg)

@@ -1,6 +1,6 @@
 """Test-time learning demo: write N random key -> value pairs into a fresh memory, read them back.
 
-    python -m titans.memory.demo [--dim 64] [--pairs 8 16 32 64 128 256] [--seed 0]
+    python -m experiments.memory_demo [--dim 64] [--pairs 8 16 32 64 128 256] [--seed 0]
 
 Nothing is trained: the outer parameters are fixed so that a token carries its key in q and k and its
 value in v; every association is stored by the inner update (Eq. 12-14) while the sequence streams

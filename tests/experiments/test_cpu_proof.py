@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import cpu_proof
+from experiments import cpu_proof
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Where hash-hop misses go: the wrong link, or the right link misspelt.
 
-    python -m benchmarks.hashhop_errors results/.../hashhop/samples.jsonl [--out errors.json]
+    python -m experiments.hashhop_errors results/.../hashhop/samples.jsonl [--out errors.json]
 
 Reads a run's `samples.jsonl` (the records of `benchmarks.runner.run_suite`; the last weight fingerprint
 in the file, i.e. the newest model, unless `--weights`), regenerates each prompt from data_gen (same task,

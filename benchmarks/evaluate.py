@@ -1,4 +1,4 @@
-"""`evaluate(cfg)`: the Hydra edge of evaluation (conf/eval.yaml). Re-exported as `titans.training.run.evaluate`.
+"""`evaluate(cfg)`: the Hydra edge of evaluation (conf/eval.yaml), called by `evaluate.py`.
 
 Builds the model from one source (a Lightning checkpoint, a saved model directory, or model +
 memory config), runs one benchmark suite on it and on the requested baselines through the same

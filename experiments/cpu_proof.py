@@ -1,6 +1,6 @@
 """The CPU proof (issue 7): train a tiny Qwen3 per variant, then measure recall far beyond its window.
 
-    python -m benchmarks.cpu_proof [--variants mag swa] [--lengths 1024 2048 4096] [--samples 20]
+    python -m experiments.cpu_proof [--variants mag swa] [--lengths 1024 2048 4096] [--samples 20]
                                    [--tasks passkey hashhop] [--hashhop-pairs 0]
                                    [--out results/cpu_proof] [--steps-scale 1.0] [--checkpoint CKPT]
                                    [--curves-only]
@@ -80,9 +80,9 @@ def evaluate(variant: str, cfg, ckpt: Path, out_dir: Path, lengths: list[int], s
              heatmap: bool, tasks: dict | None = None) -> dict:
     import torch
 
+    from benchmarks.evaluate import load_checkpoint_into
     from benchmarks.runner import run_suite
     from titans.training.builders import build_model
-    from titans.training.evaluate import load_checkpoint_into
 
     torch.set_num_threads(int(cfg.get("cpu_threads") or torch.get_num_threads()))
     model, tokenizer = build_model(cfg.model, cfg.memory, freeze="none")
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{variant}: no training logs under {Path(args.train_dir) / variant}")
         print(f"curves.png: {curves(out)}")
         with open(out / "commands.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m benchmarks.cpu_proof {' '.join(argv)}\n")
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m experiments.cpu_proof {' '.join(argv)}\n")
         return json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown(summary, args.lengths)
     write_text(out / "results.md", table)
     with open(out / "commands.txt", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m benchmarks.cpu_proof {' '.join(argv)}"
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m experiments.cpu_proof {' '.join(argv)}"
                 f"  # timings {json.dumps(timings)}\n")
     try:
         curves(out)

@@ -1,13 +1,13 @@
-"""benchmarks.hashhop_errors: misses of distractor hash hops split into wrong link / right link misspelt."""
+"""experiments.hashhop_errors: misses of distractor hash hops split into wrong link / right link misspelt."""
 
 import json
 
 import pytest
 
 import data_gen
-from benchmarks import hashhop_errors
 from data_gen.common import Counter
 from data_gen.hashhop import LINK_RE
+from experiments import hashhop_errors
 from titans.tokenizers import byte_tokenizer
 
 PARAMS = {"hops": 1, "intro": False, "n_pairs": 3}

@@ -1,0 +1,213 @@
+"""The chunked scan of a deep memory (paper Eq. 13-18): one MLP forward and analytic backward per chunk.
+
+Within a chunk every token's gradient is taken at the chunk-start weights, so the momentum and
+forgetting recurrences unroll into fixed per-token coefficients:
+    M_end = A·M_0 + c_S·S_0 − Σ_j u_j ∇ℓ_j          S_end = E·S_0 − Σ_j s_j ∇ℓ_j
+with A = Π(1−α), E = Πη, u_j = θ_j Σ_{t≥j} β_t D_tj, s_j = θ_j D_{C,j}, D_tj = Π_{j<i≤t} η_i,
+β_t = Π_{i>t}(1−α_i), c_S = Σ_t β_t Π_{i≤t} η_i. For an MLP layer the per-token gradient is an outer
+product h_j^T δ_j, so each weighted sum is one matmul and per-token gradients are never materialised.
+
+Read top to bottom: `chunk_coefficients` (all chunks at once, from the gates), `chunk_scan` (the loop
+over chunks), then the per-chunk helpers. `titans.memory.linear` is the fast path for a linear memory;
+`titans.memory.reference` is the token-by-token float64 oracle both are tested against.
+
+einops glossary: b = batch, h = heads, n/t = tokens, d = head_dim, g = (b h) groups, c = chunk tokens,
+k = chunks.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from titans.memory.config import MemoryConfig
+from titans.memory.mlp import MemoryMLP
+
+
+def chunk_coefficients(lr: Tensor, log_eta: Tensor | None, log_keep: Tensor, chunk_size: int,
+                       step_cap: float = 0.0) -> tuple:
+    """Per-chunk coefficients of Eq. 13-14 with gradients at the chunk-start weights (Eq. 16-18).
+
+    Gates `[g, k*C]` for k complete chunks (log η None without momentum). Returns (u, s_coef `[g, k, C]`;
+    decay, carry_m, carry_s `[g, k]` (carry_* None without momentum); θ used `[g, k, C]`) such that for each chunk
+        M_end = decay·M_0 + carry_m·S_0 − Σ_j u_j ∇ℓ_j      S_end = carry_s·S_0 − Σ_j s_j ∇ℓ_j
+    """
+    C = chunk_size
+    g = lr.shape[0]
+    lr, log_keep = (t.reshape(g, -1, C) for t in (lr, log_keep))  # (g, k, c)
+    keep_cum = torch.cumsum(log_keep, dim=-1)  # Σ_{i≤t} log(1−α_i)
+    keep_all = keep_cum[..., -1:]  # (g, k, 1)
+    beta = torch.exp(keep_all - keep_cum)  # β_t = Π_{i>t} (1−α_i)
+    decay = torch.exp(keep_all).squeeze(-1)  # A = Π (1−α)
+    if log_eta is None:  # no momentum
+        u = lr * beta  # S_t = −θ_t ∇ℓ_t: D = I, E = 0
+        s_coef = torch.zeros_like(lr)
+        s_coef[..., -1] = lr[..., -1]
+        carry_m = carry_s = None
+    else:
+        L = torch.cumsum(log_eta.reshape(g, -1, C), dim=-1)  # log Π_{i≤t} η_i
+        diff = L[..., :, None] - L[..., None, :]  # (g, k, t, j): log D_tj for t ≥ j
+        causal = torch.ones(C, C, dtype=torch.bool, device=lr.device).tril()
+        D = torch.exp(torch.where(causal, diff, torch.full_like(diff, float("-inf"))))
+        u = lr * (beta.unsqueeze(-2) @ D).squeeze(-2)  # θ_j Σ_t β_t D_tj
+        s_coef = lr * D[..., -1, :]  # θ_j D_{C,j}
+        carry_m = (beta * torch.exp(L)).sum(-1)  # c_S = Σ_t β_t Π_{i≤t} η_i
+        carry_s = torch.exp(L[..., -1])  # E = Π η
+    cap = step_cap
+    if cap > 0:
+        # Stability guard. All tokens of a chunk step from the same (stale) weights, so the steps of
+        # similar keys add up, and momentum carries each step into later chunks. Token j's total step
+        # is u_j now plus s_j·c_S·(1 + E + E² + …) later (assuming the same gates); capping the chunk's
+        # sum at `cap` keeps a linear memory with unit keys a contraction (heavy ball: α/(1−β) ≤ 1).
+        # Equivalent to scaling every θ_j of the chunk by the same factor ≤ 1.
+        # Forgetting shifts the bound: along a unit key the chunk maps W to A·W − 2Σu·(k·W), so the factor
+        # A − 2Σu stays in [−1, 1] only if Σu ≤ (1 + A)/2. With A → 0 (strong forgetting) a plain Σu ≤ 1
+        # allowed −2 per chunk, and a trained MAC memory grew 12× per 64 tokens to NaN.
+        total = u.sum(-1, keepdim=True)
+        if carry_m is not None:
+            later = carry_m / (1 - carry_s).clamp_min(1e-6)  # c_S / (1 − E)
+            total = total + s_coef.sum(-1, keepdim=True) * later.unsqueeze(-1)
+        limit = cap * (1 + decay.unsqueeze(-1)) / 2  # (g, k, 1); = cap without forgetting
+        scale = (limit / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, k, 1)
+        u, s_coef, lr = u * scale, s_coef * scale, lr * scale
+    return u, s_coef, decay, carry_m, carry_s, lr
+
+
+def chunk_scan(
+    mlp: MemoryMLP,
+    config: MemoryConfig,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    log_eta: Tensor,
+    log_keep: Tensor,
+    weights: dict[str, Tensor],
+    momentum: dict[str, Tensor],
+    n_buf: int,
+    with_aux: bool = True,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None, Tensor | None]:
+    """Chunk loop. q/k/v: `[B, H, n, d]`, θ / log η / log(1−α): `[B, H, n]`; token 0 starts a chunk;
+    reads only for tokens >= n_buf (the buffered ones were read by the previous call).
+
+    Everything that depends only on the gates (the per-token coefficients of every chunk) is computed
+    for all chunks at once before the loop; the loop runs, per chunk, one MLP forward on
+    [queries | keys] (both at the weights after the previous chunk), the analytic backward on the
+    keys, and one matmul per layer for the weight and momentum updates.
+    """
+    c = config
+    B, H, n, _ = q.shape
+    C = c.chunk_size
+    dtype = q.dtype
+    names = mlp.names
+    weights = [rearrange(weights[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+    momentum = [rearrange(momentum[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+    q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
+    lr, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_keep))
+    n_full = n // C
+    clip = c.surprise_clip > 0
+    coef = chunk_coefficients(
+        lr[:, : n_full * C],
+        None if log_eta is None else rearrange(log_eta, "b h n -> (b h) n")[:, : n_full * C],
+        log_keep[:, : n_full * C],
+        C,
+        c.chunk_step_cap,
+    )
+
+    # split / unbind once, not t[:, s:e] per chunk: each indexing op's backward allocates a zero gradient
+    # of the whole tensor
+    q_chunks, k_chunks, v_chunks = (t.split(C, dim=1) for t in (q, k, v))  # (g, c, d) each
+    q_chunks = [q_chunks[0][:, n_buf:], *q_chunks[1:]]  # the buffered tokens were read by the previous call
+    coef_chunks = [t.unbind(1) if t is not None else [None] * n_full for t in coef]
+    reads, inputs_all, deltas_all, errors_all, lr_chunks = [], [], [], [], []
+    for ci in range(n_full):
+        n_read = q_chunks[ci].shape[1]
+        # Eq. 15 reads and the chunk's inner forward both use the weights after the previous chunk
+        x_in = torch.cat([q_chunks[ci], k_chunks[ci]], dim=1) if n_read else k_chunks[ci]
+        out, inputs, pre = mlp.forward_batched(weights, x_in)
+        if n_read:
+            reads.append(out[:, :n_read])
+            out = out[:, n_read:]
+            inputs = [h[:, n_read:] for h in inputs]
+            pre = [z[:, n_read:] for z in pre]
+        err = out - v_chunks[ci]  # (g, c, d): M(k) − v
+        deltas = mlp.backward_batched(weights, pre, 2.0 * err)  # dℓ/dM(k) of Eq. 12
+        u, s_coef, decay, carry_m, carry_s, lr_c = (t[ci] for t in coef_chunks)
+        if clip:
+            scale = (c.surprise_clip / surprise_norm(inputs, deltas).clamp_min(1e-12)).clamp(max=1.0)
+            u, s_coef, lr_c = u * scale, s_coef * scale, lr_c * scale
+        weights, momentum = apply_update(weights, momentum, inputs, deltas, u, s_coef, decay, carry_m, carry_s)
+        inputs_all.append(inputs)
+        deltas_all.append(deltas)
+        if with_aux:
+            errors_all.append(err)
+        lr_chunks.append(lr_c)
+    if n_full * C < n:  # unfinished chunk: read only; its tokens wait in the buffer
+        reads.append(mlp.forward_batched(weights, q_chunks[n_full])[0])
+
+    retrieved = rearrange(torch.cat(reads, dim=1), "(b h) t d -> b h t d", b=B)
+    # per-token surprise ‖∇ℓ_t‖ of the written chunks (NaN for tokens still waiting in the buffer)
+    surprise = torch.full((B * H, n), float("nan"), device=q.device, dtype=dtype) if with_aux else None
+    lr_used = errors = None
+    if with_aux:  # errors: (b h n d), NaN for tokens still waiting in the buffer
+        errors = rearrange(pad_nan(errors_all, q), "(b h) n d -> b h n d", b=B)
+        lr_used = lr.clone()
+        if n_full:
+            lr_used[:, : n_full * C] = torch.cat(lr_chunks, dim=1)
+        lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
+    if n_full and with_aux:
+        with torch.no_grad():
+            per_layer = [torch.cat([chunk[layer] for chunk in inputs_all], 1) for layer in range(mlp.depth)]
+            per_layer_d = [torch.cat([chunk[layer] for chunk in deltas_all], 1) for layer in range(mlp.depth)]
+            surprise[:, : n_full * C] = surprise_norm(per_layer, per_layer_d)
+    if surprise is not None:
+        surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
+    new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, weights)}
+    new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, momentum)}
+    return retrieved, new_w, new_m, surprise, errors, lr_used
+
+
+def pad_nan(chunks: list[Tensor], like: Tensor) -> Tensor:
+    """Concatenate per-chunk `[g, c, d]` tensors along tokens and pad with NaN to `like`'s `[g, n, d]`."""
+    g, n, d = like.shape
+    done = torch.cat(chunks, dim=1) if chunks else like.new_zeros(g, 0, d)
+    return torch.cat([done, like.new_full((g, n - done.shape[1], d), float("nan"))], dim=1)
+
+
+def surprise_norm(inputs: list[Tensor], deltas: list[Tensor]) -> Tensor:
+    """Per-token ‖∇ℓ_t‖ from layer inputs h and output-gradients δ: ‖∇ℓ_t‖² = Σ_l ‖h_{l,t}‖² ‖δ_{l,t}‖²."""
+    sq = sum(h.pow(2).sum(-1) * d.pow(2).sum(-1) for h, d in zip(inputs, deltas))
+    return sq.clamp_min(0).sqrt()
+
+
+def apply_update(
+    weights: list[Tensor],
+    momentum: list[Tensor],
+    inputs: list[Tensor],
+    deltas: list[Tensor],
+    u: Tensor,
+    s_coef: Tensor,
+    decay: Tensor,
+    carry_m: Tensor | None,
+    carry_s: Tensor | None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """M_end = A·M_0 + c_S·S_0 − Σ u_j h_j^T δ_j, S_end = E·S_0 − Σ s_j h_j^T δ_j, one matmul per layer.
+
+    weights/momentum[l]: `[g, i, o]`; inputs[l]: `[g, c, i]`; deltas[l]: `[g, c, o]`; u, s_coef: `[g, c]`;
+    decay, carry_*: `[g]`.
+    """
+    coef = torch.stack([-u, -s_coef], dim=1).unsqueeze(-1)  # (g, 2, c, 1)
+    decay_b = decay[:, None, None]
+    new_w, new_m = [], []
+    for w, m, h, d in zip(weights, momentum, inputs, deltas):
+        # both weighted sums in one batched matmul: h^T (−u ⊙ δ) and h^T (−s ⊙ δ)  -> (g, 2, i, o)
+        grads = h.transpose(1, 2).unsqueeze(1) @ (coef * d.unsqueeze(1))
+        w_next = torch.addcmul(grads[:, 0], decay_b, w)  # A·M_0 − Σ u ∇ℓ
+        m_next = grads[:, 1]
+        if carry_m is not None:
+            w_next = torch.addcmul(w_next, carry_m[:, None, None], m)  # + c_S·S_0
+            m_next = torch.addcmul(m_next, carry_s[:, None, None], m)  # E·S_0 − Σ s ∇ℓ
+        new_w.append(w_next)
+        new_m.append(m_next)
+    return new_w, new_m
