@@ -94,18 +94,33 @@ def test_unknown_group_option_names_the_group_and_the_options():
     assert "memory/mog" in msg and "mag" in msg and "mac" in msg
 
 
-@pytest.mark.parametrize("name", [c for c in options("curriculum") if c != "none"])
-def test_curriculum_stages_hold_valid_data_mixtures(name):
-    """Every stage's data mixes only known tasks with known parameters and lengths that fit seq_len."""
+@pytest.mark.parametrize("override", [f"curriculum={c}" for c in options("curriculum") if c != "none"]
+                         + [f"experiment={e}" for e in options("experiment") if e.startswith("cpu_proof")])
+def test_curriculum_stages_hold_valid_data_mixtures(override):
+    """Every stage's data (of every curriculum and every experiment's curriculum) mixes only known tasks with
+    known parameters and lengths that fit seq_len."""
     from omegaconf import OmegaConf
 
     from data_gen import Mixture
     from titans.training.data import DataConfig
     from titans.training.stages import apply_stage
 
-    cfg = compose_train([f"curriculum={name}"])
+    cfg = compose_train([override])
     for stage in cfg.curriculum.stages:
         merged = apply_stage(cfg, stage.name)
         data = DataConfig.from_mapping(OmegaConf.to_container(merged.data, resolve=True))
         for part in (data.train, data.val):
             Mixture.from_config({k: v for k, v in part.items() if k != "n"})
+
+
+@pytest.mark.parametrize("name", ["cpu_proof_pairs", "cpu_proof_pairs_lengths", "cpu_proof_pairs_extend"])
+def test_follow_up_experiments_change_only_the_curriculum_stages(name):
+    """The distractor-pair follow-ups are the CPU proof's MAG with other stages: nothing else differs."""
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.to_container(compose_train(["experiment=cpu_proof_mag"]), resolve=True)
+    follow = OmegaConf.to_container(compose_train([f"experiment={name}"]), resolve=True)
+    assert follow["curriculum"]["stages"] != base["curriculum"]["stages"]
+    for cfg in (base, follow):
+        cfg["curriculum"].pop("stages")
+    assert follow == base
