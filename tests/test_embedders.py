@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
-from titans.embedders import BaseEmbedder, CachedEmbedder, HashingEmbedder, SentenceTransformerEmbedder, encode
+from titans.embedders import (
+    BaseEmbedder,
+    CachedEmbedder,
+    HashingEmbedder,
+    SentenceTransformerEmbedder,
+    encode,
+    tokenize,
+)
 
 
 def test_hashing_embedder_is_deterministic_unit_and_lexical():
@@ -19,6 +28,29 @@ def test_hashing_embedder_is_deterministic_unit_and_lexical():
     assert ea[0] @ ea[1] > 0.99  # case and punctuation do not matter
     assert ea[0] @ ea[1] > ea[0] @ ea[2] + 0.5
     assert not np.allclose(HashingEmbedder(dim=64, seed=1).encode(texts), ea)  # the seed changes the hash
+
+
+@pytest.mark.parametrize(
+    "text, near, far",
+    [
+        ("Москва — столица России.", "столица России Москва", "Вчера шёл сильный дождь."),
+        ("東京は日本の首都です。", "日本の首都は東京", "猫が魚を食べた。"),
+        ("Η Αθήνα είναι η πρωτεύουσα.", "πρωτεύουσα Αθήνα", "Ο σκύλος τρέχει γρήγορα."),
+        ("🚀🌕✨", "✨🚀", "🍕🍺"),
+    ],
+    ids=["cyrillic", "cjk", "greek", "emoji"],
+)
+def test_hashing_embedder_tokenises_unicode_words(text, near, far):
+    """Non-ASCII text was mapped to the zero vector (only [a-z0-9] counted as words)."""
+    e = HashingEmbedder(dim=256).encode([text, near, far])
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+def test_tokenize_keeps_ascii_words_and_splits_scripts_without_spaces():
+    for s in ("The River_Kalo flows 42km north!", "don't e-mail a@b.c", "ABC def\tGHI"):
+        assert tokenize(s) == re.findall("[a-z0-9]+", s.lower())  # ASCII embeddings are unchanged
+    assert tokenize("Привет, МИР! 東京 🚀 हिन्दी café") == ["привет", "мир", "東", "京", "🚀", "हिन्दी", "café"]
 
 
 def test_hashing_embedder_rejects_bad_settings():

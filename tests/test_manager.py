@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import pickle
+import sys
+import threading
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from data_gen.facts import make_corpus
 from titans.embedders import BaseEmbedder, HashingEmbedder
 from titans.manager import ARCHITECTURES, LongTermMemory, LongTermMemoryConfig, TitansManager
-from titans.manager.corpus import make_corpus
 
 DIM = 128
 
@@ -251,3 +257,129 @@ def test_reads_in_batches_equal_one_read_and_never_write(monkeypatch):
     assert all(torch.equal(before[k], lt.state.weights[k]) for k in before)
     # queries do not see each other: a query's read does not depend on the others in the call
     np.testing.assert_allclose(lt.read(emb[:1]), whole[:1], atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_adds_saves_and_queries_from_threads_at_once(arch, tmp_path):
+    """Adds while other threads query and save: without the manager's lock a query ranked a document that
+    an add then dropped (KeyError), or read half-updated stores."""
+    docs = make_corpus(300, seed=5).docs
+    m = TitansManager(HashingEmbedder(dim=64), architecture=arch, vector_dim=64, short_term_size=4, long_term_size=8)
+    errors: list[str] = []
+    stop = time.perf_counter() + 0.5
+
+    def loop(step):
+        i = 0
+        while time.perf_counter() < stop:
+            try:
+                step(i)
+            except Exception as err:  # noqa: BLE001 - collected and reported by the assert below
+                errors.append(f"{type(err).__name__}: {err}")
+                return
+            i += 1
+
+    def add(i):
+        m.add_documents(docs[3 * i % 297 : 3 * i % 297 + 3], memory_type="short_term" if i % 2 else None)
+
+    def query(i):
+        for rs in m.query_many(docs[5 * i % 295 : 5 * i % 295 + 5], top_k=5):
+            assert all(r["content"] in docs for r in rs)
+
+    def save(i):
+        m.save(tmp_path / "m.safetensors")
+        assert TitansManager.from_file(tmp_path / "m.safetensors", HashingEmbedder(dim=64)).stats()["documents"] > 0
+
+    threads = [threading.Thread(target=loop, args=(f,)) for f in (add, add, query, query, save)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so an unlocked race shows within the time
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+    s = m.stats()
+    assert s["long_term"]["size"] == 8 and s["short_term"]["size"] == 4 and m.long_term.writes > 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temporary file left
+
+
+def test_save_keeps_texts_out_of_the_header(tmp_path):
+    """Texts and metadata live in tensors, so a save is not bounded by safetensors' 100 MB header limit
+    (all texts went into the header before)."""
+    m = TitansManager(_Prefix(dim=DIM), vector_dim=DIM)
+    big = ["x" * 200_000 + f" document {i}" for i in range(10)]
+    m.add_documents(big, memory_type="persistent", metadatas=[{"note": "y" * 10_000}] * 10)
+    m.add_documents(["Ünïcödé ✓ 東京 \ud800 lone surrogate"])
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    header = int.from_bytes(path.read_bytes()[:8], "little")
+    assert header < 20_000 and path.stat().st_size > 2_000_000
+    restored = TitansManager.from_file(path, _Prefix(dim=DIM))
+    assert restored._docs == m._docs and restored.stats() == m.stats()
+
+
+class _Prefix(HashingEmbedder):
+    """Hashes the first 64 characters only (fast on long texts)."""
+
+    def embed(self, texts):
+        return super().embed([t[:64] for t in texts])
+
+
+@pytest.mark.slow
+def test_save_and_load_more_than_100mb_of_text(tmp_path):
+    class Constant(BaseEmbedder):
+        dim = 8
+
+        def embed(self, texts):
+            return np.ones((len(texts), 8), np.float32)
+
+    m = TitansManager(Constant(), vector_dim=8, persistent_size=110)
+    texts = [f"{i} " + "z" * 1_000_000 for i in range(105)]
+    m.add_documents(texts, memory_type="persistent")
+    m.save(tmp_path / "big.safetensors")
+    restored = TitansManager.from_file(tmp_path / "big.safetensors", Constant())
+    assert [restored._docs[i][0] for i in range(105)] == texts
+
+
+def test_load_of_a_pickle_runs_nothing(tmp_path):
+    """A pickle (plain, or torch.save's zip) named like a save is refused before anything in it runs."""
+    ran = tmp_path / "ran"
+    payload = pickle.dumps(_Touch(tmp_path / "probe"))
+    pickle.loads(payload)  # the payload is live: unpickling it runs its code
+    assert (tmp_path / "probe").exists()
+    (tmp_path / "plain.safetensors").write_bytes(pickle.dumps(_Touch(ran)))
+    torch.save({"state": _Touch(ran)}, tmp_path / "torch.safetensors")
+    for name in ("plain", "torch"):
+        with pytest.raises(ValueError, match="not a valid TitansManager save"):
+            manager().load(tmp_path / f"{name}.safetensors")
+        with pytest.raises(ValueError, match="not a valid TitansManager save"):
+            TitansManager.from_file(tmp_path / f"{name}.safetensors", HashingEmbedder(dim=DIM))
+    assert not ran.exists()
+
+
+class _Touch:
+    """Unpickling this creates the file `path` (a stand-in for any code a pickle can run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_eviction_state_round_trips_through_save_load(tmp_path, corpus):
+    """A full long-term store restored from a file evicts exactly as the original (retention, the heap's
+    key, and the surprise window are restored, not rebuilt)."""
+    cfg = LongTermMemoryConfig(forget_rate=0.5, surprise_threshold=0.3)
+    m = manager(long_term_size=10, short_term_size=4, long_term_config=cfg)
+    m.add_documents(corpus.docs[:40])
+    assert m.long_term.evicted > 0
+    m.save(tmp_path / "m.safetensors")
+    r = TitansManager.from_file(tmp_path / "m.safetensors", HashingEmbedder(dim=DIM))
+    np.testing.assert_array_equal(r.long_term.retention, m.long_term.retention)
+    for x in (m, r):
+        x.add_documents(corpus.docs[40:80])
+    assert r.long_term.stored_ids() == m.long_term.stored_ids() and r.stats() == m.stats()
+    assert m.long_term.evicted > 10

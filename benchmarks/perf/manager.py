@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/perf/manager.py                    # 10K documents, hashing embedder
     .venv/bin/python benchmarks/perf/manager.py --embedder minilm  # all-MiniLM-L6-v2 (offline package)
 
-Corpus (`titans.manager.corpus.make_corpus`): templated facts about unique invented entities; each
+Corpus (`data_gen.facts.make_corpus`): templated facts about unique invented entities; each
 fact has three queries: its own text, a paraphrased question, and a sentence that contains the fact.
 All documents are added in order (memory_type None: written to the long-term memory and put in
 short-term memory). A seeded sample of documents is queried with each query kind in each mode:
@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from data_gen.facts import make_corpus  # noqa: E402
 from titans.embedders import CachedEmbedder, HashingEmbedder, SentenceTransformerEmbedder  # noqa: E402
 from titans.manager import LongTermMemoryConfig, TitansManager  # noqa: E402
-from titans.manager.corpus import make_corpus  # noqa: E402
 
 MODES = ("exact", "short_term", "long_term", "mac", "mag", "mal")
 KINDS = ("own", "paraphrase", "containing")

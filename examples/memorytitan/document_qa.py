@@ -15,8 +15,8 @@ from pathlib import Path
 
 from answer import answer, format_context, make_embedder
 
+from data_gen.facts import make_corpus
 from titans.manager import TitansManager
-from titans.manager.corpus import make_corpus
 
 
 def chunk(text: str, size: int = 1000) -> list[str]:

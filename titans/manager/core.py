@@ -19,6 +19,12 @@ How the architectures combine them for a unit query embedding q (docs/manager.md
 - MAL (memory as layer): the read refines the query first, q' = normalize(q + r), then exact cosine
   cos(q', e_j) over short-term, long-term and persistent documents.
 A document in several memories appears once, labelled persistent > short_term > long_term.
+
+Threads: every public method holds one re-entrant lock while it reads or changes the memories (texts
+are embedded before it is taken), so adds, queries, saves and loads from several threads see whole
+states, one at a time. The embedder is called from those threads concurrently: `HashingEmbedder` and
+`CachedEmbedder` are safe; a custom one must be too (or be wrapped in a `CachedEmbedder`, which calls
+its base under a lock).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +47,8 @@ from titans.manager.stores import VectorStore
 ARCHITECTURES = ("mac", "mag", "mal")
 MEMORY_TYPES = ("all", "short_term", "long_term", "persistent")
 RANK_MODES = (*ARCHITECTURES, "short_term", "long_term", "persistent", "exact")
-_FORMAT = "titans-manager/1"
+_FORMAT = "titans-manager/2"  # texts and metadata in tensors (/1 kept them in the header; still loaded)
+_FORMATS = ("titans-manager/1", _FORMAT)
 
 
 def _positive_int(name: str, value: object, zero_ok: bool = False) -> int:
@@ -106,6 +114,7 @@ class TitansManager:
         self._docs: dict[int, tuple[str, dict]] = {}  # id -> (content, metadata), for documents held anywhere
         self._pending: set[int] = set()  # short-term documents not yet written to the long-term memory
         self._next_id = 0
+        self._lock = threading.RLock()  # see the module docstring
 
     # ------------------------------------------------------------------ adding
 
@@ -136,12 +145,20 @@ class TitansManager:
             raise ValueError(f"add_documents(memory_type={memory_type!r}): allowed None or one of {MEMORY_TYPES}")
         texts = check_texts(texts)
         metas = self._check_metadatas(metadatas, len(texts))
-        if kind == "persistent" and len(self.persistent) + len(texts) > self.persistent_size:
+        self._check_persistent_room(kind, len(texts))  # before embedding; again under the lock
+        emb = self._embed(texts)
+        with self._lock:
+            return self._add(emb, texts, metas, kind)
+
+    def _check_persistent_room(self, kind: str, n: int) -> None:
+        if kind == "persistent" and len(self.persistent) + n > self.persistent_size:
             raise ValueError(
-                f"add_documents(memory_type='persistent'): {len(texts)} more documents exceed persistent_size="
+                f"add_documents(memory_type='persistent'): {n} more documents exceed persistent_size="
                 f"{self.persistent_size} ({len(self.persistent)} held); raise persistent_size or add fewer"
             )
-        emb = self._embed(texts)
+
+    def _add(self, emb: np.ndarray, texts: list[str], metas: list[dict], kind: str) -> list[int]:
+        self._check_persistent_room(kind, len(texts))
         ids = list(range(self._next_id, self._next_id + len(texts)))
         self._next_id += len(texts)
         for i, text, meta in zip(ids, texts, metas):
@@ -208,6 +225,10 @@ class TitansManager:
 
         Returns how many of them the long-term store kept.
         """
+        with self._lock:
+            return self._consolidate()
+
+    def _consolidate(self) -> int:
         order = [i for i in self.short_term.order() if i in self._pending]
         if not order:
             return 0
@@ -229,9 +250,10 @@ class TitansManager:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
             raise ValueError(f"query(top_k={top_k!r}): allowed an int >= 1")
         q = self._embed(texts, "text" if len(texts) == 1 else "texts")
-        return [
-            [self._result(i, s, src) for i, s, src in ranked] for ranked in self.rank(q, top_k, self.architecture)
-        ]
+        with self._lock:  # rank and read the texts in one state (an add may drop a ranked document's text)
+            return [
+                [self._result(i, s, src) for i, s, src in ranked] for ranked in self.rank(q, top_k, self.architecture)
+            ]
 
     def _result(self, doc_id: int, score: float, source: str) -> dict:
         content, meta = self._docs[doc_id]
@@ -256,6 +278,10 @@ class TitansManager:
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.vector_dim:
             raise ValueError(f"rank(queries): expected unit vectors [M, {self.vector_dim}], got shape {queries.shape}")
+        with self._lock:
+            return self._rank(queries, top_k, mode)
+
+    def _rank(self, queries: np.ndarray, top_k: int, mode: str) -> list[list[tuple[int, float, str]]]:
         n_st, n_p = len(self.short_term), len(self.persistent)
         if mode == "short_term":
             return self._pack(*self.short_term.search(queries, top_k), "short_term")
@@ -329,43 +355,45 @@ class TitansManager:
         for kind in kinds:
             if kind not in MEMORY_TYPES[1:]:
                 raise ValueError(f"clear(memory_types=[..., {kind!r}]): allowed {MEMORY_TYPES[1:]}")
-        if "short_term" in kinds:
-            self.short_term.clear()
-            self._pending.clear()
-        if "long_term" in kinds:
-            self.long_term.reset()
-        if "persistent" in kinds:
-            self.persistent.clear()
-        for doc_id in list(self._docs):
-            self._drop_if_unheld(doc_id)
+        with self._lock:
+            if "short_term" in kinds:
+                self.short_term.clear()
+                self._pending.clear()
+            if "long_term" in kinds:
+                self.long_term.reset()
+            if "persistent" in kinds:
+                self.persistent.clear()
+            for doc_id in list(self._docs):
+                self._drop_if_unheld(doc_id)
 
     def stats(self) -> dict[str, Any]:
         """Sizes, capacities and long-term write statistics (JSON-serialisable)."""
-        lt = self.long_term
-        window = np.fromiter(lt.window, dtype=np.float64, count=len(lt.window))
-        return {
-            "architecture": self.architecture,
-            "vector_dim": self.vector_dim,
-            "documents": len(self._docs),
-            "short_term": {
-                "size": len(self.short_term),
-                "capacity": self.short_term_size,
-                "pending": len(self._pending),
-            },
-            "long_term": {
-                "size": len(lt),
-                "capacity": self.long_term_size,
-                "writes": lt.writes,
-                "admitted": lt.admitted,
-                "rejected": lt.rejected,
-                "evicted": lt.evicted,
-                "surprise_mean": float(window.mean()) if len(window) else None,
-                "surprise_std": float(window.std()) if len(window) else None,
-                "gates": self.long_term_config.fixed_gates(self.long_term_size),
-                "config": self.long_term_config.to_dict(),
-            },
-            "persistent": {"size": len(self.persistent), "capacity": self.persistent_size},
-        }
+        with self._lock:
+            lt = self.long_term
+            window = np.fromiter(lt.window, dtype=np.float64, count=len(lt.window))
+            return {
+                "architecture": self.architecture,
+                "vector_dim": self.vector_dim,
+                "documents": len(self._docs),
+                "short_term": {
+                    "size": len(self.short_term),
+                    "capacity": self.short_term_size,
+                    "pending": len(self._pending),
+                },
+                "long_term": {
+                    "size": len(lt),
+                    "capacity": self.long_term_size,
+                    "writes": lt.writes,
+                    "admitted": lt.admitted,
+                    "rejected": lt.rejected,
+                    "evicted": lt.evicted,
+                    "surprise_mean": float(window.mean()) if len(window) else None,
+                    "surprise_std": float(window.std()) if len(window) else None,
+                    "gates": self.long_term_config.fixed_gates(self.long_term_size),
+                    "config": self.long_term_config.to_dict(),
+                },
+                "persistent": {"size": len(self.persistent), "capacity": self.persistent_size},
+            }
 
     def settings(self) -> dict[str, Any]:
         """Constructor arguments (less the embedder) as a JSON-serialisable dict."""
@@ -382,37 +410,33 @@ class TitansManager:
 
     def save(self, path: str | Path) -> None:
         """Write everything (settings, documents, the three memories, the neural memory's state and
-        statistics) to one safetensors file, atomically (temporary file + os.replace). The embedder is not saved."""
-        from safetensors.torch import save_file
-
+        statistics) to one safetensors file, atomically: a temporary file in the same folder, flushed to
+        disk, then renamed over `path`. Texts and metadata go in tensors (utf-8 bytes + offsets), so
+        their total size is not bounded by the header. The embedder is not saved."""
         path = Path(path)
-        tensors: dict[str, torch.Tensor] = {}
-        lt_tensors, lt_meta = self.long_term.to_tensors()
-        tensors.update({f"long_term.{k}": v.contiguous() for k, v in lt_tensors.items()})
-        tensors.update(self.short_term.to_tensors("short_term."))
-        tensors.update(self.persistent.to_tensors("persistent."))
-        meta = {
-            "format": _FORMAT,
-            "settings": self.settings(),
-            "next_id": self._next_id,
-            "docs": [[i, text, m] for i, (text, m) in self._docs.items()],
-            "short_term_order": self.short_term.order(),
-            "persistent_order": self.persistent.order(),
-            "pending": sorted(self._pending),
-            "long_term": lt_meta,
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            save_file(tensors, str(tmp), metadata={"titans_manager": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with self._lock:
+            tensors: dict[str, torch.Tensor] = {}
+            lt_tensors, lt_meta = self.long_term.to_tensors()
+            tensors.update({f"long_term.{k}": v.contiguous() for k, v in lt_tensors.items()})
+            tensors.update(self.short_term.to_tensors("short_term."))
+            tensors.update(self.persistent.to_tensors("persistent."))
+            tensors.update(_docs_to_tensors(self._docs))
+            meta = {
+                "format": _FORMAT,
+                "settings": self.settings(),
+                "next_id": self._next_id,
+                "short_term_order": self.short_term.order(),
+                "persistent_order": self.persistent.order(),
+                "pending": sorted(self._pending),
+                "long_term": lt_meta,
+            }
+            _save_atomically(tensors, path, {"titans_manager": json.dumps(meta)})
 
     def load(self, path: str | Path) -> TitansManager:
         """Replace this manager's settings and contents with a file written by `save` (keeps the embedder).
 
-        Raises FileNotFoundError for a missing file and ValueError for a corrupt or foreign one.
+        Only safetensors is read (no pickle: nothing in the file can run code). Raises FileNotFoundError
+        for a missing file and ValueError for a corrupt or foreign one (this manager is then unchanged).
         """
         from safetensors import safe_open
 
@@ -426,8 +450,8 @@ class TitansManager:
             if raw is None:
                 raise ValueError("no 'titans_manager' metadata (not written by TitansManager.save)")
             meta = json.loads(raw)
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}, expected {_FORMAT!r}")
+            if meta.get("format") not in _FORMATS:
+                raise ValueError(f"format {meta.get('format')!r}, expected one of {_FORMATS}")
             s = dict(meta["settings"])
             s["long_term_config"] = LongTermMemoryConfig.from_dict(s["long_term_config"])
             fresh = TitansManager(self.embedder, **s)
@@ -435,7 +459,10 @@ class TitansManager:
                                           if k.startswith("long_term.")}, meta["long_term"])  # fmt: skip
             fresh.short_term.load_tensors(tensors, "short_term.", [int(i) for i in meta["short_term_order"]])
             fresh.persistent.load_tensors(tensors, "persistent.", [int(i) for i in meta["persistent_order"]])
-            fresh._docs = {int(i): (str(text), dict(m)) for i, text, m in meta["docs"]}
+            if meta["format"] == _FORMATS[0]:
+                fresh._docs = {int(i): (str(text), dict(m)) for i, text, m in meta["docs"]}
+            else:
+                fresh._docs = _docs_from_tensors(tensors)
             fresh._pending = {int(i) for i in meta["pending"]}
             fresh._next_id = int(meta["next_id"])
             held = set(fresh.short_term.order()) | set(fresh.persistent.order()) | set(fresh.long_term.stored_ids())
@@ -448,7 +475,9 @@ class TitansManager:
                 f"TitansManager.load({str(path)!r}): not a valid TitansManager save ({type(err).__name__}: {err});"
                 " write it again with TitansManager.save"
             ) from err
-        self.__dict__.update(fresh.__dict__)
+        with self._lock:
+            fresh.__dict__.pop("_lock")  # keep this manager's lock: other threads may be waiting on it
+            self.__dict__.update(fresh.__dict__)
         return self
 
     @classmethod
@@ -459,6 +488,50 @@ class TitansManager:
         s = _peek_settings(path)
         manager = cls(embedder, vector_dim=s.get("vector_dim", 384))
         return manager.load(path)
+
+
+def _docs_to_tensors(docs: dict[int, tuple[str, dict]]) -> dict[str, torch.Tensor]:
+    """Documents as tensors: ids `[N]`, texts as one utf-8 byte blob with offsets `[N + 1]`, metadata as
+    one JSON array (utf-8 bytes). "surrogatepass" keeps any Python str (lone surrogates too)."""
+    ids = list(docs)
+    blobs = [docs[i][0].encode("utf-8", "surrogatepass") for i in ids]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    metas = json.dumps([docs[i][1] for i in ids]).encode("utf-8")
+    return {
+        "docs.ids": torch.tensor(ids, dtype=torch.int64),
+        "docs.text": torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8) if offsets[-1] else
+        torch.zeros(0, dtype=torch.uint8),
+        "docs.text_offsets": torch.from_numpy(offsets),
+        "docs.metadata": torch.frombuffer(bytearray(metas), dtype=torch.uint8),
+    }  # fmt: skip
+
+
+def _docs_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[int, tuple[str, dict]]:
+    ids = tensors["docs.ids"].tolist()
+    blob = tensors["docs.text"].numpy().tobytes()
+    offsets = tensors["docs.text_offsets"].tolist()
+    metas = json.loads(tensors["docs.metadata"].numpy().tobytes().decode("utf-8"))
+    if len(offsets) != len(ids) + 1 or len(metas) != len(ids) or offsets[-1] != len(blob):
+        raise ValueError(f"{len(ids)} document ids but {len(offsets)} text offsets and {len(metas)} metadata")
+    texts = [blob[offsets[j] : offsets[j + 1]].decode("utf-8", "surrogatepass") for j in range(len(ids))]
+    return {int(i): (t, dict(m)) for i, t, m in zip(ids, texts, metas)}
+
+
+def _save_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors to a temporary file next to `path`, fsync, then rename over `path` (readers see the old
+    file or the new one, never a part). The temporary file is removed on any error."""
+    from safetensors.torch import save_file
+
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"))  # unique per writer
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _peek_settings(path: str | Path) -> dict:

@@ -1,4 +1,4 @@
-"""A generated fact corpus for the document memory: templated facts about invented, unique entities.
+"""A generated fact corpus for `titans.manager` benchmarks and tests: templated facts about invented entities.
 
 `make_corpus(n, seed)` is a pure function of its arguments. Each fact comes with a paraphrased
 question (shares the entity, not the wording) and a query that contains the fact inside a longer
