@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from titans.training.builders import build_model, memory_options, to_plain
+from titans.training.checkpoint import load_model_weights
 
 log = logging.getLogger(__name__)
 
@@ -38,52 +38,6 @@ def resolve_device(device: str | None) -> torch.device:
         return torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device={device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N") from e
-
-
-def _find_prefix(ckpt_keys: list[str], model_keys: set[str]) -> str:
-    """The prefix the Lightning module put before the model's parameter names ('' when none)."""
-    for anchor in ("model.embed_tokens.weight", "lm_head.weight"):
-        if anchor in model_keys:
-            for k in ckpt_keys:
-                if k.endswith(anchor):
-                    return k[: -len(anchor)]
-    return ""
-
-
-def load_checkpoint_into(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    """Load a Lightning checkpoint's `state_dict` into `model` (built from the same model + memory config).
-
-    The LitModule's attribute prefix (e.g. `model.`) is found and stripped. Missing or unexpected
-    keys, or shapes that differ, are a ValueError that names them and says how to fix the config.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint={str(path)!r} is not a file; give the path of a Lightning .ckpt "
-                         f"(e.g. <train output_dir>/checkpoints/last.ckpt)")
-    # weights_only=False: Lightning checkpoints hold hyper-parameters (configs) next to the tensors.
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
-    if not isinstance(state, Mapping) or not state:
-        raise ValueError(f"checkpoint={str(path)!r} has no state_dict; is it a Lightning checkpoint?")
-    own = model.state_dict()
-    prefix = _find_prefix(list(state), set(own))
-    stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing = sorted(set(own) - set(stripped))
-    if getattr(model.config, "tie_word_embeddings", False):
-        missing = [k for k in missing if k != "lm_head.weight"]
-    unexpected = sorted(set(stripped) - set(own))
-    shapes = sorted(k for k in set(own) & set(stripped) if tuple(own[k].shape) != tuple(stripped[k].shape))
-    if missing or unexpected or shapes:
-        detail = "; ".join(s for s in (
-            f"missing {len(missing)} key(s) e.g. {missing[:3]}" if missing else "",
-            f"unexpected {len(unexpected)} key(s) e.g. {unexpected[:3]}" if unexpected else "",
-            "shape mismatch: " + ", ".join(f"{k} {tuple(stripped[k].shape)} in the checkpoint vs "
-                                           f"{tuple(own[k].shape)} in the model" for k in shapes[:3]) if shapes else "",
-        ) if s)
-        raise ValueError(f"checkpoint={str(path)!r} does not match the model built from model + memory ({detail}). "
-                         f"Use the same model=/memory= (and overrides) as the training run that wrote it.")
-    model.load_state_dict(stripped, strict=False)
-    return model
 
 
 def load_model_dir(path: str | Path):
@@ -126,7 +80,8 @@ def _main_model(cfg: dict):
         elif variant == "swa":
             name = f"swa{options['window']}"
         if cfg.get("checkpoint"):
-            load_checkpoint_into(model, cfg["checkpoint"])
+            load_model_weights(model, cfg["checkpoint"], "checkpoint",
+                               allow_arch_mismatch=bool(cfg.get("allow_arch_mismatch", False)))
             name = f"{name}-{Path(cfg['checkpoint']).stem}"
     return cfg.get("model_name") or name, model, tok
 

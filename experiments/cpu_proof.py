@@ -80,13 +80,13 @@ def evaluate(variant: str, cfg, ckpt: Path, out_dir: Path, lengths: list[int], s
              heatmap: bool, tasks: dict | None = None) -> dict:
     import torch
 
-    from benchmarks.evaluate import load_checkpoint_into
     from benchmarks.runner import run_suite
     from titans.training.builders import build_model
+    from titans.training.checkpoint import load_model_weights
 
     torch.set_num_threads(int(cfg.get("cpu_threads") or torch.get_num_threads()))
     model, tokenizer = build_model(cfg.model, cfg.memory, freeze="none")
-    load_checkpoint_into(model, ckpt)
+    load_model_weights(model, ckpt, "checkpoint")
     model.eval()
     table = {}
     for suite, params in (tasks or TASKS).items():

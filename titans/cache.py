@@ -219,9 +219,13 @@ def save_cache(cache: Cache, path: str | Path) -> None:
 
 def load_cache(path: str | Path, device: str | torch.device = "cpu") -> TitansCache:
     """Read a cache written by `save_cache`; returns a `TitansCache` to pass as `past_key_values`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
+    try:
+        opened = safe_open(str(path), framework="pt", device=str(device))
+    except SafetensorError as e:  # a pickle, a truncated file, ...: never unpickled, refused
+        raise ValueError(f"{path} is not a safetensors cache written by titans.cache.save_cache ({e})") from e
+    with opened as f:
         meta = f.metadata() or {}
         if "titans_cache" not in meta:
             raise ValueError(f"{path} is not a cache written by titans.cache.save_cache (no 'titans_cache' metadata)")

@@ -35,6 +35,7 @@ __all__ = [
     "LAYER_CLASSES",
     "SUPPORTED_ARCHITECTURES",
     "TitansQwen3Model",
+    "apply_freeze",
     "collect_diagnostics",
     "from_pretrained",
     "load_memory",
@@ -252,6 +253,34 @@ def _register_output_capture(model: nn.Module) -> None:
     _CAN_RECORD_REGISTRY[model] = model._can_record_outputs
 
 
+def apply_freeze(model: nn.Module, freeze: str) -> nn.Module:
+    """Choose what trains after patching (e.g. once a checkpoint's weights are loaded); returns the model (a peft
+    `PeftModel` around it for "lora") and records `freeze` in `model.config.titans["freeze"]`.
+
+    freeze: "memory" (only the patch's parameters), "lora" (LoRA adapters on the base, options from
+    `model.config.titans`, plus the patch's parameters) or "none" (everything). A plain (unpatched) model
+    takes "none" or "lora"; "memory" needs a patch with memory parameters.
+    """
+    from titans.config import FREEZE
+
+    if freeze not in FREEZE:
+        raise ValueError(f"freeze={freeze!r} is not allowed; allowed: {FREEZE}.")
+    base = unwrap(model)
+    if base is not model:
+        raise ValueError("apply_freeze takes the patched model before any freeze wrapped it (not a PeftModel).")
+    titans = getattr(base.config, "titans", None)
+    cfg = TitansConfig(**{**titans, "freeze": freeze}) if titans else TitansConfig(variant="swa", window=1,
+                                                                                    freeze=freeze)
+    if freeze == "memory" and not _titans_state_dict(base):
+        variant = titans.get("variant") if titans else None
+        raise ValueError(f"freeze='memory' trains only the memory, but the model (variant={variant!r}) has no memory "
+                         f"parameters; use a memory variant (memory=mac|mag|mal), or freeze='none' or 'lora'.")
+    model = _apply_freeze(base, cfg)
+    if titans:
+        base.config.titans = {**titans, "freeze": freeze}
+    return model
+
+
 def _apply_freeze(model: nn.Module, cfg: TitansConfig) -> nn.Module:
     new_params = [p for layer in titans_layers(model).values() for _, p in layer.titans_named_parameters()]
     if cfg.freeze == "none":
@@ -351,6 +380,9 @@ def from_pretrained(path: str | Path, freeze: str | None = None, **hf_kwargs: An
     path = Path(path)
     if not (path / "config.json").exists():
         raise ValueError(f"from_pretrained({str(path)!r}): not a saved model directory (no config.json)")
+    if not any((path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
+        raise ValueError(f"from_pretrained({str(path)!r}): no model.safetensors (or its index); titans loads "
+                         f"safetensors only, never pickled weights (pytorch_model.bin). Save with save_pretrained.")
     titans = json.loads((path / "config.json").read_text()).get("titans")
     if not titans:
         raise ValueError(
@@ -401,14 +433,18 @@ def load_memory(base_model: nn.Module | str | Path, path: str | Path, freeze: st
 
     Raises ValueError when the base model's shape differs from the one the memory was trained on.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     file = Path(path)
     if file.is_dir():
         file = file / MEMORY_FILE
     if not file.exists():
         raise ValueError(f"load_memory: {file} does not exist; write it with titans.save_memory(model, dir)")
-    with safe_open(str(file), framework="pt") as f:
+    try:
+        opened = safe_open(str(file), framework="pt")
+    except SafetensorError as e:  # a pickle, a truncated file, ...: never unpickled, refused
+        raise ValueError(f"load_memory: {file} is not a safetensors file written by titans.save_memory ({e})") from e
+    with opened as f:
         meta = f.metadata() or {}
         if "titans_config" not in meta:
             raise ValueError(f"{file} was not written by titans.save_memory (no 'titans_config' metadata)")

@@ -6,7 +6,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from benchmarks.evaluate import evaluate, load_checkpoint_into
+from benchmarks.evaluate import evaluate
+from titans.training.checkpoint import load_model_weights
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 SMALL = ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "model.arch.num_attention_heads=2",
@@ -44,7 +45,7 @@ def test_evaluate_with_a_baseline_writes_everything(tmp_path):
 @pytest.mark.parametrize("override, match", [
     ("benchmark.name=nope", "benchmark.name='nope'.*allowed"),
     ("baselines=[nope]", "baselines.*'nope'.*allowed"),
-    ("checkpoint=/nonexistent.ckpt", "checkpoint=.*not a file"),
+    ("checkpoint=/nonexistent.ckpt", "checkpoint=.*does not exist"),
     ("model_dir=/nonexistent", "model_dir=.*config.json"),
 ], ids=["unknown-benchmark", "unknown-baseline", "missing-checkpoint", "missing-model-dir"])
 def test_bad_config_is_a_clear_error(tmp_path, override, match):
@@ -57,14 +58,15 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path, model):
     state["model.model.norm.weight"] += 1.0
     torch.save({"state_dict": state, "epoch": 0}, tmp_path / "ok.ckpt")
     fresh = type(model)(model.config)
-    load_checkpoint_into(fresh, tmp_path / "ok.ckpt")
+    load_model_weights(fresh, tmp_path / "ok.ckpt", "checkpoint")
     torch.testing.assert_close(fresh.model.norm.weight, model.model.norm.weight + 1.0)
     bad = dict(state)
     bad["model.model.norm.weight"] = torch.zeros(7)
     bad["model.extra.memory.weight"] = torch.zeros(1)
     torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
-    with pytest.raises(ValueError, match=r"does not match.*unexpected 1.*shape mismatch: model.norm.weight \(7,\)"):
-        load_checkpoint_into(fresh, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError,
+                       match=r"checkpoint=.*does not match.*unexpected 1 .*shapes differ: model.norm.weight \(7,\)"):
+        load_model_weights(fresh, tmp_path / "bad.ckpt", "checkpoint")
 
 
 def test_evaluate_a_saved_model_dir(tmp_path, model, tok):

@@ -23,7 +23,8 @@ def test_load_model_weights_checks_names(tmp_path):
     load_model_weights(model, tmp_path / "a.ckpt")
     assert model.weight.abs().sum() == 0
     torch.save({"state_dict": {"model.other": torch.zeros(2)}}, tmp_path / "b.ckpt")
-    with pytest.raises(ValueError, match=r"init_from=.*does not match the model: missing \['weight', 'bias'\]"):
+    with pytest.raises(ValueError,
+                       match=r"init_from=.*does not match the model \(missing 2 weight\(s\) \['bias', 'weight'\]"):
         load_model_weights(model, tmp_path / "b.ckpt")
     with pytest.raises(ValueError, match=r"ckpt_path=.*Checkpoints in .*a.ckpt"):
         check_checkpoint(tmp_path / "c.ckpt", "ckpt_path")

@@ -92,9 +92,13 @@ class MemoryState:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> MemoryState:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        try:
+            opened = safe_open(str(path), framework="pt", device=str(device))
+        except SafetensorError as e:  # a pickle, a truncated file, ...: never unpickled, refused
+            raise ValueError(f"{path} is not a safetensors MemoryState written by MemoryState.save ({e})") from e
+        with opened as f:
             meta = f.metadata() or {}
             if "titans_memory_state" not in meta:
                 raise ValueError(f"{path} is not a saved MemoryState (no 'titans_memory_state' metadata)")

@@ -12,18 +12,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from titans.config import VARIANTS as _ALL_VARIANTS  # the variant names live in TitansConfig only
+
 log = logging.getLogger(__name__)
 
-VARIANTS = ("mac", "mag", "mal")
-FREEZE_MODES = ("memory", "lora", "none")
+VARIANTS = tuple(v for v in _ALL_VARIANTS if v != "swa")  # memory variants (swa: memory.variant=null + window)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 MODEL_KEYS = {"name", "pretrained", "tokenizer", "dtype", "seed", "arch"}
@@ -92,6 +96,7 @@ def build_base_model(model_cfg: Mapping, tokenizer=None) -> nn.Module:
     dtype = resolve_dtype(cfg.get("dtype"))
     pretrained = cfg.get("pretrained")
     if pretrained:
+        check_pretrained(pretrained)
         kwargs = {"dtype": dtype} if dtype is not None else {"dtype": "auto"}
         return AutoModelForCausalLM.from_pretrained(pretrained, **kwargs)
     arch = dict(cfg.get("arch") or {})
@@ -115,10 +120,39 @@ def build_base_model(model_cfg: Mapping, tokenizer=None) -> nn.Module:
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(int(cfg.get("seed") or 0))
         model = Qwen3ForCausalLM(config)
-    with tempfile.TemporaryDirectory(prefix="titans-tiny-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="titans-tiny-") as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         model = Qwen3ForCausalLM.from_pretrained(tmp, dtype=dtype or torch.float32)
     return model
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No "Writing model shards" / "Loading weights" bars or info lines from transformers inside the block
+    (the tiny model's save/load round trip); the previous settings come back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def check_pretrained(pretrained: str) -> None:
+    """`model.pretrained` written as a path (absolute, ./, ../, ~, or more than one '/') must exist: a
+    ValueError saying so, not the hub's "Repo id must be in the form ..." for a mistyped directory."""
+    text = str(pretrained)
+    looks_like_path = (os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1
+                       or os.sep != "/" and os.sep in text)
+    if looks_like_path and not Path(text).expanduser().exists():
+        raise ValueError(f"model.pretrained={text!r} is a path that does not exist; give an existing directory "
+                         f"written by save_pretrained, a hub name (e.g. Qwen/Qwen3-0.6B), or null to build "
+                         f"model.arch locally.")
 
 
 def memory_options(memory_cfg: Mapping | None) -> tuple[str | None, dict]:
@@ -147,53 +181,13 @@ def memory_options(memory_cfg: Mapping | None) -> tuple[str | None, dict]:
     return variant, options
 
 
-def new_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters a Titans patch added (memory, gates, persistent tokens); empty for a plain model."""
-    try:
-        from titans.patch import titans_layers
-    except ImportError:
-        return []
-    return [p for layer in titans_layers(model).values() for _, p in layer.titans_named_parameters()]
-
-
-def apply_freeze(model: nn.Module, freeze: str, variant: str | None = None, options: Mapping | None = None
-                 ) -> nn.Module:
-    """Choose what trains; returns the model (a peft `PeftModel` around it for 'lora').
-
-    'none': every parameter. 'memory': only the parameters the patch added (error for a model without
-    memory). 'lora': LoRA adapters on the backbone (peft; `lora_r`, `lora_alpha`, `lora_dropout`,
-    `lora_targets` from the memory options) plus the patch's parameters.
-    """
-    if freeze not in FREEZE_MODES:
-        raise ValueError(f"freeze={freeze!r} is not allowed; allowed: {FREEZE_MODES}.")
-    added = new_parameters(model)
-    if freeze == "none":
-        model.requires_grad_(True)
-        return model
-    if freeze == "memory" and not added:
-        raise ValueError(f"freeze='memory' trains only the memory, but memory.variant={variant!r} adds no parameters; "
-                         f"use memory=mac|mag|mal, or train the backbone with freeze='none' or 'lora'.")
-    model.requires_grad_(False)
-    if freeze == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        opts = dict(options or {})
-        model = get_peft_model(model, LoraConfig(
-            r=int(opts.get("lora_r", 8)), lora_alpha=int(opts.get("lora_alpha", 16)),
-            lora_dropout=float(opts.get("lora_dropout", 0.0)),
-            target_modules=list(opts.get("lora_targets", ["q_proj", "k_proj", "v_proj", "o_proj"]))))
-    for p in added:
-        p.requires_grad_(True)
-    return model
-
-
 def default_freeze(variant: str | None) -> str:
     """'memory' for a memory variant (the backbone stays as pretrained), 'none' otherwise."""
     return "memory" if variant in VARIANTS else "none"
 
 
 def build_model(model_cfg: Mapping, memory_cfg: Mapping | None = None, freeze: str | None = None,
-                init_from: str | None = None):
+                init_from: str | None = None, allow_arch_mismatch: bool = False):
     """(model, tokenizer): the base Qwen3 (loaded or built), patched with the memory variant.
 
     Args:
@@ -201,25 +195,24 @@ def build_model(model_cfg: Mapping, memory_cfg: Mapping | None = None, freeze: s
         memory_cfg: a `conf/memory` mapping; None or `variant: null` -> no memory (a sliding-window-only
             model when `window` is set).
         freeze: what trains ('memory' | 'lora' | 'none'); None = 'memory' with memory, 'none' without.
-        init_from: a training checkpoint whose `model.` weights are loaded before `freeze` is applied
-            (so a LoRA stage can start from a stage without LoRA).
+            Applied by `titans.patch.apply_freeze`, which records it in `model.config.titans["freeze"]`.
+        init_from: a training checkpoint whose model weights are loaded before `freeze` is applied
+            (so a LoRA stage can start from a stage without LoRA); its recorded architecture must equal
+            this model's unless `allow_arch_mismatch` (then the weights that match are copied).
     Returns:
-        model: a `Qwen3ForCausalLM` (`model(input_ids [B, T], past_key_values=cache)` -> logits
+        model: a `Qwen3ForCausalLM` (`model(input_ids [B, T], cache=cache)` -> logits
             `[B, T, vocab]`), tokenizer: a HF tokenizer.
     """
+    from titans.patch import apply_freeze, patch_qwen3
+
     tokenizer = build_tokenizer(model_cfg)
     model = build_base_model(model_cfg, tokenizer)
     variant, options = memory_options(memory_cfg)
     if variant is not None:
-        try:
-            from titans.patch import patch_qwen3
-        except ImportError as e:  # the patching module lands separately
-            raise ValueError(f"memory.variant={variant!r} needs titans.patch.patch_qwen3, which is not importable "
-                             f"({e}); use memory=none until it is installed.") from e
-        model = patch_qwen3(model, variant, **{**options, "freeze": "none"})
+        model = patch_qwen3(model, variant, **{**options, "freeze": "none"})  # frozen below, after init_from
     if init_from is not None:
         from titans.training.checkpoint import load_model_weights
 
-        load_model_weights(model, init_from, "init_from")
-    model = apply_freeze(model, freeze or default_freeze(variant), variant, options)
+        load_model_weights(model, init_from, "init_from", allow_arch_mismatch=allow_arch_mismatch)
+    model = apply_freeze(model, freeze or default_freeze(variant))
     return model, tokenizer

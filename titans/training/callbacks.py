@@ -33,6 +33,12 @@ class ThroughputCallback(pl.Callback):
         pl_module.log("train/tokens_per_s", n / dt, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         pl_module.log("train/tokens", float(self.tokens), batch_size=batch["input_ids"].shape[0])
 
+    def state_dict(self) -> dict:
+        return {"tokens": self.tokens}  # a resumed run counts on from here
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tokens = int(state_dict.get("tokens", 0))
+
 
 def default_collector() -> Callable | None:
     try:

@@ -85,6 +85,83 @@ def tensorboard_logger(save_dir: str = ".", name: str = "tensorboard", version: 
     return TensorBoardLogger(save_dir=str(save_dir), name=name, version=version, **kwargs)
 
 
+def csv_logger(save_dir: str = ".", name: str = "csv", version: str | int | None = "", **kwargs):
+    """Lightning's `CSVLogger`, except that it never deletes a metrics.csv it finds: a resumed run continues
+    the file (`drop_from(step)` first removes the rows the interrupted run logged after its checkpoint)."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        # diff with ExperimentWriter: an existing metrics.csv is kept and its columns carried on
+        def _check_log_dir_exists(self) -> None:
+            if os.path.isfile(self.metrics_file_path):
+                import csv
+
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = sorted(next(csv.reader(f), []))
+
+    class ResumableCSVLogger(CSVLogger):
+        @property
+        def experiment(self):
+            if self._experiment is None:
+                os.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+        def drop_from(self, step: int) -> None:
+            """Keep only the rows logged before optimizer step `step` (0: start the file over)."""
+            drop_csv_rows(Path(self.log_dir) / "metrics.csv", step)
+            self._experiment = None
+
+    return ResumableCSVLogger(save_dir=str(save_dir), name=name, version=version, **kwargs)
+
+
+def drop_csv_rows(path: Path, step: int) -> None:
+    """Rewrite the CSV at `path` (atomically) without its rows whose `step` is >= `step`; 0 removes the file."""
+    import csv
+
+    if not path.is_file():
+        return
+    if step <= 0:
+        path.unlink()
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = [r for r in reader if r.get("step") in (None, "") or int(float(r["step"])) < step]
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud" not in record.getMessage()
+
+
+def tidy_logging() -> None:
+    """Each log line once, no vendor tips: Lightning prints through its own console handler and also hands
+    every record on to the root logger, which Hydra gives a console (and a file) handler, so each line
+    appeared twice. With root handlers in place, Lightning's own console handler goes and its records
+    reach the console once (and the job's log file). Lightning's litlogger/litmodels tips are dropped."""
+    lightning_log = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        for h in list(lightning_log.handlers):
+            if type(h) is logging.StreamHandler:
+                lightning_log.removeHandler(h)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+
+
 _WANDB_BLOCK = 32768
 _WANDB_FILE_HEADER = 7  # ":W&B", magic 0xBEE1, version (struct "<4sHB")
 _WANDB_RECORD_HEADER = 7  # crc32, length, type (struct "<IHB"); types FULL=1 FIRST=2 MIDDLE=3 LAST=4

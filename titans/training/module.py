@@ -384,10 +384,18 @@ class TitansLitModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_fn(opt), "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from titans.training.checkpoint import model_arch
+
+        # plain containers only: the checkpoint loads with torch.load(weights_only=True)
         checkpoint["titans"] = {"batches_seen": self.batches_seen, "skipped_steps": self.skipped_steps,
-                                "bptt": asdict(self.bptt)}
+                                "consecutive_skips": self.consecutive_skips, "bptt": asdict(self.bptt),
+                                "arch": model_arch(self.model)}
+        for lg in self._trainer.loggers if self._trainer is not None else []:
+            if type(lg).__name__ == "WandbLogger" and lg.version:  # a resumed run continues this W&B run
+                checkpoint["titans"]["wandb_id"] = str(lg.version)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("titans", {})
         self.batches_seen = int(state.get("batches_seen", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))

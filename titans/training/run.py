@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from titans.compat import enable_activation_checkpointing
 from titans.training.builders import build_model, memory_options, to_plain
-from titans.training.checkpoint import AtomicCheckpointIO, check_checkpoint
+from titans.training.checkpoint import AtomicCheckpointIO, check_arch, check_checkpoint, read_checkpoint
 from titans.training.data import DataConfig, TitansDataModule
 from titans.training.module import BPTTConfig, TitansLitModule
 from titans.training.stages import apply_stage
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 TOP_KEYS = {"model", "memory", "data", "trainer", "logger", "callbacks", "paths", "bptt", "optimizer", "scheduler",
             "curriculum", "stage", "seed", "cpu_threads", "gradient_checkpointing", "freeze", "init_from", "ckpt_path",
-            "final_validation", "task_name", "experiment", "debug", "hydra"}
+            "allow_arch_mismatch", "final_validation", "task_name", "experiment", "debug", "hydra"}
 
 
 class LitData(pl.LightningDataModule):
@@ -116,12 +116,66 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list 
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> None:
-    """Write `obj` as JSON atomically (tmp file + os.replace)."""
+    """Write `obj` as JSON atomically (tmp file + os.replace; the tmp file goes on any failure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def check_writable(path: str | os.PathLike, key: str) -> Path:
+    """Create directory `path` and write (then remove) a probe file in it; a ValueError naming `key` when that
+    fails, so an unwritable output or checkpoint directory stops the run before training, not at its first save."""
+    import tempfile
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{key}={str(path)!r} is not a writable directory ({type(e).__name__}: {e.strerror or e}); "
+                         f"point {key} at a directory you can write to.") from e
+    return p
+
+
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of the running Hydra job ([] outside @hydra.main)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def job_output_dir(cfg: DictConfig) -> None:
+    """In a Hydra sweep (`-m`) every job writes to its own directory, Hydra's `<hydra.sweep.dir>/<subdir>`
+    (conf: `<paths.output_dir>/<job number>`), never into a directory another job shares."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+
+
+def _loggers(cfg: DictConfig, wandb_id: str | None) -> list:
+    """The loggers of `cfg.logger`; a resumed W&B run continues the run of the checkpoint (same id)."""
+    from hydra.utils import instantiate
+
+    out = []
+    for v in (cfg.get("logger") or {}).values():
+        if v is None or "_target_" not in v:
+            continue
+        extra = {"id": wandb_id, "resume": "allow"} if wandb_id and "wandb" in str(v._target_) else {}
+        out.append(instantiate(v, **extra))
+    return out
 
 
 def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any]:
@@ -133,37 +187,54 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
     as floats), `train/losses` (per-batch training loss of this process), `global_step`, `last_ckpt`
     and `output_dir`. Also written to `<paths.output_dir>/metrics.json`.
     """
+    from titans.training.loggers import tidy_logging
+
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
+    tidy_logging()
+    job_output_dir(cfg)
     if cfg.get("stage") is not None:
         cfg = apply_stage(cfg, cfg.stage)
     check_config(cfg)
+    allow = bool(cfg.get("allow_arch_mismatch", False))
     ckpt_path = check_checkpoint(cfg.get("ckpt_path"), "ckpt_path")
+    # read weights-only before anything else sees the file (Lightning loads it again, weights-only too)
+    resume = read_checkpoint(ckpt_path, "ckpt_path") if ckpt_path is not None else None
     init_from = check_checkpoint(cfg.get("init_from"), "init_from")
+    out_dir = check_writable(cfg.paths.output_dir, "paths.output_dir")
+    check_writable(cfg.paths.ckpt_dir, "paths.ckpt_dir")
     if cfg.get("cpu_threads"):
         import torch
 
         torch.set_num_threads(int(cfg.cpu_threads))
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     # init_from (curriculum chaining) is ignored when resuming: the checkpoint restores everything
     start = str(init_from) if init_from is not None and ckpt_path is None else None
-    model, tokenizer = build_model(cfg.model, cfg.memory, freeze=cfg.get("freeze"), init_from=start)
+    model, tokenizer = build_model(cfg.model, cfg.memory, freeze=cfg.get("freeze"), init_from=start,
+                                   allow_arch_mismatch=allow)
+    if resume is not None:
+        check_arch(resume, model, "ckpt_path", ckpt_path, allow)
     if cfg.get("gradient_checkpointing"):
         # recompute each decoder layer in backward (long segments on GPU); patched layers keep their cache
         enable_activation_checkpointing(model)
     data = TitansDataModule(DataConfig.from_mapping(to_plain(cfg.data)), tokenizer)
     module = build_module(cfg, model)
     callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
-    trainer = build_trainer(cfg, callbacks=callbacks)
+    saved = (resume or {}).get("titans") or {}
+    loggers = _loggers(cfg, saved.get("wandb_id"))
+    resume_step = int((resume or {}).get("global_step", 0))
+    for lg in loggers:
+        if hasattr(lg, "drop_from"):  # CSV: keep the history up to the checkpoint, drop what came after it
+            lg.drop_from(resume_step)
+    trainer = build_trainer(cfg, callbacks=callbacks, loggers=loggers)
     resolved = to_plain(cfg)
     resolved.pop("hydra", None)
     for lg in trainer.loggers:
         lg.log_hyperparams(resolved)
 
-    trainer.fit(module, datamodule=LitData(data), ckpt_path=str(ckpt_path) if ckpt_path else None)
+    trainer.fit(module, datamodule=LitData(data), ckpt_path=str(ckpt_path) if ckpt_path else None,
+                weights_only=True)
     last = Path(cfg.paths.ckpt_dir) / "last.ckpt"
     trainer.save_checkpoint(last, weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
