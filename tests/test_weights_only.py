@@ -47,8 +47,8 @@ def _train(tmp_path, key, path):
 
 
 def _evaluate(tmp_path, path):
-    from tests.training.conftest import compose_cfg
     from benchmarks.evaluate import evaluate
+    from tests.training.conftest import compose_cfg
 
     evaluate(compose_cfg([*TINY_MODEL, f"checkpoint={path}", f"paths.output_dir={tmp_path / 'out'}",
                           "benchmark.lengths=[256]", "benchmark.samples=1", "progress=false"], config_name="eval"))
