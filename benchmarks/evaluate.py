@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from titans.io import write_json, write_text
 from titans.training.builders import build_model, memory_options, to_plain
 from titans.training.checkpoint import load_model_weights
 
@@ -119,10 +120,10 @@ def _comparison(results: dict[str, dict], out: Path, suite: str) -> dict:
     if suite == "sniah":  # the Titans paper's Table 2: one row per model, PK/N/W x length columns
         wide = {name: {r: {int(n): v for n, v in vals.items()} for r, vals in s["table"].items()}
                 for name, s in results.items()}
-        reports.write_text(out / "table2.md", "# S-NIAH (Titans Table 2 layout)\n\n"
+        write_text(out / "table2.md", "# S-NIAH (Titans Table 2 layout)\n\n"
                            + reports.wide_markdown_table(wide, lengths))
     metric = "perplexity of the last position bucket" if suite == "ppl" else "mean score (%)"
-    reports.write_text(out / "comparison.md", f"# {suite}: models compared ({metric})\n\n"
+    write_text(out / "comparison.md", f"# {suite}: models compared ({metric})\n\n"
                        + reports.markdown_table(table, lengths, "model", digits=2))
     reports.lines(table, lengths, out / "comparison.png", title=f"{suite}: models compared", metric=metric,
                   ylim=None if suite == "ppl" else (0, 100))
@@ -143,7 +144,6 @@ def evaluate(cfg) -> dict[str, Any]:
 
     `cfg` is the composed conf/eval.yaml (a DictConfig or a plain dict with the same keys).
     """
-    from benchmarks import reports
     from benchmarks.runner import run_suite
     from benchmarks.suites import SUITE_NAMES
 
@@ -165,7 +165,7 @@ def evaluate(cfg) -> dict[str, Any]:
         text = OmegaConf.to_yaml(OmegaConf.create(cfg))
     except ImportError:  # pragma: no cover
         text = json.dumps(cfg, indent=2)
-    reports.write_text(out / "config.yaml", text)
+    write_text(out / "config.yaml", text)
     device = resolve_device(cfg.get("device"))
     wandb_run = _wandb_run(cfg)
     lengths, samples = bench.pop("lengths", None), bench.pop("samples", None)
@@ -183,7 +183,7 @@ def evaluate(cfg) -> dict[str, Any]:
                                   max_new_tokens=cfg.get("max_new_tokens"), model_name=name,
                                   progress=bool(cfg.get("progress", True)), wandb_run=wandb_run, **bench)
         del model
-    reports.write_json(out / "summary.json", results)
+    write_json(out / "summary.json", results)
     if len(results) > 1:
         _comparison(results, out, suite)
     if wandb_run is not None:

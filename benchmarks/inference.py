@@ -4,9 +4,9 @@ A context is fed to the model `segment_len` tokens at a time; the cache returned
 and, for a patched model, the memory states) is passed to the next, so the memory learns the
 context at test time exactly as it would in deployment. The answer is then generated one token at
 a time from that cache, greedily, until a stop string, eos or `max_new_tokens`. Nothing is
-teacher-forced. `titans.streaming.stream` is used when the patching package provides it; otherwise
-the same loop runs here through the standard `model(ids, cache=cache, use_cache=True)` (`past_key_values=` before
-transformers 5.24; `titans.compat.cache_kwargs` picks the name).
+teacher-forced. The context goes through `titans.streaming`, the one streaming loop (a plain Hugging Face model
+works too: it is the standard `model(ids, cache=cache, use_cache=True)`, `past_key_values=` before
+transformers 5.24).
 
 `full_forward_answer` is the reference: the same greedy decoding recomputed from scratch with one
 forward over the whole sequence per token (no cache). When the context fits the model's attention,
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from titans.compat import cache_kwargs, output_cache
+from titans.streaming import stream, stream_segments
 
 
 @dataclass
@@ -54,24 +55,13 @@ def _check_segment_len(segment_len: int) -> None:
 
 
 def stream_context(model, input_ids: torch.Tensor, segment_len: int, cache=None):
-    """Feed `input_ids` [1, T] through `model` in segments of `segment_len`; return the cache.
-
-    Uses `titans.streaming.stream` when available (bounded memory for patched models), else the
-    plain Hugging Face loop. With T == 0 the given cache is returned unchanged.
+    """Feed `input_ids` [1, T] through `model` in segments of `segment_len` (`titans.streaming.stream`); return
+    the cache. With T == 0 the given cache is returned unchanged.
     """
     _check_segment_len(segment_len)
     if input_ids.shape[1] == 0:
         return cache
-    try:
-        from titans.streaming import stream
-    except ImportError:
-        stream = None
-    if stream is not None:
-        return stream(model, input_ids, segment_len, cache=cache)
-    for start in range(0, input_ids.shape[1], segment_len):
-        out = model(input_ids[:, start:start + segment_len], **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
-        cache = output_cache(out)
-    return cache
+    return stream(model, input_ids, segment_len, cache=cache)
 
 
 def _stop_check(text: str, stop: Sequence[str]) -> int | None:
@@ -170,12 +160,11 @@ def token_nll(model, input_ids, *, segment_len: int) -> torch.Tensor:
     ids = _as_ids(input_ids, _device(model))
     if ids.shape[1] < 2:
         raise ValueError(f"token_nll needs at least 2 tokens, got {ids.shape[1]}")
-    cache, losses = None, []
-    for start in range(0, ids.shape[1] - 1, segment_len):
-        seg = ids[:, start:start + segment_len]
-        out = model(seg, **cache_kwargs(cache), use_cache=True)
-        cache = output_cache(out)
-        targets = ids[0, start + 1:start + 1 + seg.shape[1]]
+    losses = []
+    for start, out in stream_segments(model, ids, segment_len, logits_to_keep=0):
+        if start >= ids.shape[1] - 1:  # a last segment of only the final token: nothing to predict
+            break
+        targets = ids[0, start + 1:start + 1 + segment_len]
         logits = out.logits[0, : targets.shape[0]].float()  # (S', V): the last segment has no target for its end
         losses.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
     return torch.cat(losses)

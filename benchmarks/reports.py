@@ -1,46 +1,19 @@
 """Reports of a benchmark run: summary JSON/CSV, a Markdown table, PNG plots, W&B tables and images.
 
-Every file is written atomically (a temporary file in the same folder, then `os.replace`), so an
-interrupted run never leaves a half-written summary. Plots use matplotlib's Agg backend (no display).
+Every file is written atomically (`titans.io`), so an interrupted run never leaves a half-written summary.
+Plots use matplotlib's Agg backend (no display).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` atomically."""
-    return _atomic_write(Path(path), text.encode("utf-8"))
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write `obj` as indented JSON to `path` atomically."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+from titans.io import write_bytes, write_text
 
 
 def fmt_length(n: int | str) -> str:
@@ -97,7 +70,7 @@ def _save_fig(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return _atomic_write(path, buf.getvalue())
+    return write_bytes(path, buf.getvalue())
 
 
 def heatmap(table: Mapping[str, Mapping[int, float | None]], lengths: Sequence[int], path: str | Path, *,

@@ -26,6 +26,7 @@ from benchmarks import reports, scoring
 from benchmarks.inference import greedy_answer
 from benchmarks.records import SAMPLES_FILE, fingerprint, read_records, weights_fingerprint
 from benchmarks.suites import Cell, Suite, get_suite
+from titans.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def summarize(suite: Suite, cells: Sequence[Cell], records: Sequence[dict], opts
 
 def write_reports(suite: Suite, summary: dict, output_dir: Path, title: str) -> list[Path]:
     """summary.json, summary.csv, results.md and the suite's PNG plot(s); returns the PNG paths."""
-    reports.write_json(output_dir / "summary.json", summary)
+    write_json(output_dir / "summary.json", summary)
     reports.csv_rows(output_dir / "summary.csv", summary["cells"])
     lengths, table = summary["lengths"], summary["table"]
     md = [f"# {title}\n", f"{suite.description}. Metric: {suite.metric}; {summary['samples']} sample(s) per cell.\n",
@@ -100,7 +101,7 @@ def write_reports(suite: Suite, summary: dict, output_dir: Path, title: str) -> 
     if any(summary["empty_by_length"].values()):
         md.append("\nEmpty predictions by length: " + ", ".join(
             f"{reports.fmt_length(n)}: {k}" for n, k in summary["empty_by_length"].items()) + "\n")
-    reports.write_text(output_dir / "results.md", "\n".join(md))
+    write_text(output_dir / "results.md", "\n".join(md))
     png = output_dir / f"{suite.name}.png"
     if suite.layout == "heatmap":
         return [reports.heatmap(table, lengths, png, title=title, row_name=suite.row_name, metric=suite.metric)]
@@ -191,6 +192,5 @@ def run_suite(model, tokenizer, suite: str, *, output_dir: str | Path, lengths: 
     summary.update(model=model_name, seed=seed, segment_len=segment_len)
     title = f"{suite} — {model_name}"
     images = write_reports(spec, summary, out, title)
-    reports.write_json(out / "summary.json", summary)
     reports.log_wandb(wandb_run, summary, images, prefix=f"{model_name}/{suite}")
     return summary

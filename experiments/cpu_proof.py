@@ -28,12 +28,11 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.reports import write_json, write_text
+from titans.io import atomic_path, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("mag", "mac", "mal", "swa")
@@ -158,10 +157,9 @@ def curves(out: Path) -> list[str]:
     ax.legend()
     ax.set_title("CPU proof: training loss")
     fig.tight_layout()
-    tmp = out / "curves.tmp.png"
-    fig.savefig(tmp)
+    with atomic_path(out / "curves.png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, out / "curves.png")
     return drawn
 
 

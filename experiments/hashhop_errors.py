@@ -19,7 +19,7 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from benchmarks.reports import write_json
+from titans.io import write_json
 
 MIN_SHARED = 4  # characters in place (of 6) for a miss to count as a (misspelt) link token
 

@@ -124,3 +124,13 @@ def test_follow_up_experiments_change_only_the_curriculum_stages(name):
     for cfg in (base, follow):
         cfg["curriculum"].pop("stages")
     assert follow == base
+
+
+def test_variant_and_freeze_names_come_from_titans_config():
+    """One list of names: the memory group, the layer classes and the builders all use titans.config's."""
+    from titans.config import MEMORY_VARIANTS, VARIANTS
+    from titans.training import builders
+    from titans.variants import LAYER_CLASSES
+
+    assert set(options("memory")) == {*MEMORY_VARIANTS, "none"} and set(LAYER_CLASSES) == set(VARIANTS)
+    assert builders.MEMORY_VARIANTS is MEMORY_VARIANTS

@@ -1,6 +1,7 @@
 """The layering of DESIGN.md holds in every import, at module level and inside functions (parsed with `ast`).
 
-- titans/memory imports torch, einops, safetensors (and the standard library) only;
+- titans/memory imports torch, einops, safetensors (and the standard library) only, plus `titans.io`, the
+  standard-library-only leaf every layer writes files through;
 - the library (titans/ outside titans/training) never imports titans.training, benchmarks, data_gen,
   experiments, Lightning or Hydra;
 - titans/training never imports benchmarks or experiments;
@@ -86,8 +87,13 @@ def test_the_import_graph_is_read():
 
 def test_memory_imports_torch_einops_safetensors_only():
     bad = _violations("titans.memory",
-                      lambda src, dst: not (_top(dst) in MEMORY_ALLOWED or _under(dst, "titans.memory")))
+                      lambda src, dst: not (_top(dst) in MEMORY_ALLOWED or _under(dst, "titans.memory", "titans.io")))
     assert not bad, f"titans/memory imports only torch, einops, safetensors (DESIGN.md): {bad}"
+
+
+def test_io_imports_the_standard_library_only():
+    bad = _violations("titans.io", lambda src, dst: _top(dst) not in sys.stdlib_module_names)
+    assert not bad, f"titans.io sits below every layer (titans.memory included): {bad}"
 
 
 def test_library_imports_no_layer_above_it():

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
+from titans.io import atomic_path
 from titans.memory import MemoryState
 
 __all__ = ["LayerState", "TitansCache", "TitansCacheLayer", "detach_cache", "load_cache", "save_cache"]
@@ -210,11 +211,8 @@ def save_cache(cache: Cache, path: str | Path) -> None:
         elif not isinstance(layer, (DynamicLayer,)):
             raise TypeError(f"save_cache supports dynamic cache layers only; layer {i} is {type(layer).__name__}")
         layers_meta.append(meta)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"titans_cache": json.dumps(layers_meta)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"titans_cache": json.dumps(layers_meta)})
 
 
 def load_cache(path: str | Path, device: str | torch.device = "cpu") -> TitansCache:

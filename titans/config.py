@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from titans.memory import MemoryConfig
 from titans.memory.config import DictRoundTrip, config_error
 
-VARIANTS = ("mac", "mag", "mal", "swa")
+MEMORY_VARIANTS = ("mac", "mag", "mal")  # the variants with a neural memory
+VARIANTS = (*MEMORY_VARIANTS, "swa")  # "swa": sliding-window attention only, the no-memory baseline
 GATES = ("sigmoid", "scalar", "none")
-FREEZE = ("memory", "lora", "none")
+FREEZE = ("memory", "lora", "none")  # what trains: the new parameters, + LoRA on the base, everything
 MAC_MEMORY_INPUTS = ("attention", "residual", "input")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 

@@ -28,6 +28,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
 from titans.cache import TitansCache
 from titans.compat import cache_kwargs, take_cache
 from titans.config import TitansConfig
+from titans.io import atomic_path
 from titans.variants import LAYER_CLASSES, TitansDecoderLayer
 from titans.variants.common import CrossLayerContext
 
@@ -420,11 +421,10 @@ def save_memory(model: nn.Module, path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     target = path / MEMORY_FILE
-    tmp = path / (MEMORY_FILE + ".tmp")
     tensors = {k: v.detach().contiguous() for k, v in _titans_state_dict(base).items()}
     meta = {"titans_config": json.dumps(titans), "base": json.dumps(_fingerprint(base.config))}
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return target
 
 

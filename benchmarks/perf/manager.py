@@ -16,7 +16,6 @@ Prints a table and writes JSON (results/perf/manager.json by default).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data_gen.facts import make_corpus  # noqa: E402
 from titans.embedders import CachedEmbedder, HashingEmbedder, SentenceTransformerEmbedder  # noqa: E402
+from titans.io import write_json  # noqa: E402
 from titans.manager import LongTermMemoryConfig, TitansManager  # noqa: E402
 
 MODES = ("exact", "short_term", "long_term", "mac", "mag", "mal")
@@ -148,9 +148,7 @@ def main() -> None:
         "embed_docs_per_s": embed_per_s,
         "runs": runs,
     }
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
+    write_json(out, report)
     print(f"wrote {out}")
 
 

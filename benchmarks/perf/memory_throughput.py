@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from benchmarks.reports import write_json
+from titans.io import write_json
 from titans.memory import MemoryConfig, NeuralMemory
 
 CONFIGS = [

@@ -41,6 +41,7 @@ skipped after it. Every subprocess uses one intra-op thread (`torch.set_num_thre
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -56,8 +57,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.reports import write_json
 from titans.compat import cache_kwargs, output_cache
+from titans.io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONF = ROOT / "conf/model/qwen3_tiny.yaml"
@@ -139,29 +140,17 @@ def cache_bytes(cache) -> int:
 
 
 @torch.no_grad()
-def stream_prepared_mask(model, input_ids: torch.Tensor, segment_len: int, return_logits: bool = False):
-    """`titans.streaming.stream`, with an empty prepared mask mapping on every call (the `mag_ftz_nomask` row)."""
-    cache = logits = None
-    for start in range(0, input_ids.shape[1], segment_len):
-        out = model(input_ids[:, start : start + segment_len], attention_mask=EMPTY_MASKS, **cache_kwargs(cache),
-                    use_cache=True, logits_to_keep=1)
-        cache, logits = output_cache(out), out.logits[:, -1]
-    return (cache, logits) if return_logits else cache
-
-
-@torch.no_grad()
 def measure(model, length: int, segment_len: int, decode_tokens: int, seed: int = 0, min_time_s: float = 0.0,
             max_repeats: int = 5, prepared_mask: bool = False) -> dict:
     """Stream `length` random byte ids through `model`, then decode greedily; timings of both.
 
     Returns tokens/s (median over repeats of the whole stream), the decode ms/token (median, mean,
-    max) and the cache size after the context. `prepared_mask`: stream with `stream_prepared_mask`.
+    max) and the cache size after the context. `prepared_mask`: pass an empty prepared mask on every call.
     """
     from titans.streaming import stream
 
-    if prepared_mask:
-        stream = stream_prepared_mask  # noqa: F811 - the diagnostic row's streaming loop
     extra = {"attention_mask": EMPTY_MASKS} if prepared_mask else {}
+    stream = functools.partial(stream, **extra)  # the mag_ftz_nomask row: an empty prepared mask on every call
     ids = make_ids(length, seed)
     stream(model, make_ids(min(length, 2 * segment_len, 1024), seed + 1), segment_len)  # warm-up
     times: list[float] = []

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.reports import write_json
+from titans.io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONF = ROOT / "conf/model/qwen3_tiny.yaml"

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import reports
+from titans.io import write_json, write_text
 
 PPL_DEFAULTS = dict(lengths=[1024, 2048, 4096], samples=4, source="essays", text_field="text", split="train",
                     first_bucket=64)
@@ -148,9 +149,9 @@ def run_ppl(model, tokenizer, *, output_dir: str | Path, lengths: Sequence[int] 
     md = [f"# ppl — {model_name}\n", f"Perplexity by token position (rows) and context length (columns); "
           f"{samples} window(s) of {o['source']} per length, streamed in segments of {segment_len}.\n",
           reports.markdown_table(summary["table"], lengths, "position", digits=2)]
-    reports.write_text(out / "results.md", "\n".join(md))
+    write_text(out / "results.md", "\n".join(md))
     reports.csv_rows(out / "summary.csv", summary["cells"])
-    reports.write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     png = reports.lines(_by_position(summary), summary["positions"], out / "ppl.png", title=f"ppl — {model_name}",
                         metric="perplexity", ylim=None)
     reports.log_wandb(wandb_run, summary, [png], prefix=f"{model_name}/ppl")

@@ -73,5 +73,5 @@ def test_prepared_mask_row_computes_the_same_logits():
     model = streaming.build("mag", 64)
     ids = streaming.make_ids(96, 0)
     _, ref = stream(model, ids, 32, return_logits=True)
-    _, got = streaming.stream_prepared_mask(model, ids, 32, return_logits=True)
+    _, got = stream(model, ids, 32, return_logits=True, attention_mask=streaming.EMPTY_MASKS)
     torch.testing.assert_close(got, ref)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from titans.training.bptt import detach_cache, segment_bounds, shift_targets
+from titans.cache import detach_cache
+from titans.training.bptt import segment_bounds, shift_targets
 from titans.training.builders import build_model
 from titans.training.module import BPTTConfig, TitansLitModule
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from titans.embedders import check_texts, encode
+from titans.io import atomic_path
 from titans.manager.config import LongTermMemoryConfig
 from titans.manager.long_term import LongTermMemory, cosine
 from titans.manager.stores import VectorStore
@@ -410,9 +410,10 @@ class TitansManager:
 
     def save(self, path: str | Path) -> None:
         """Write everything (settings, documents, the three memories, the neural memory's state and
-        statistics) to one safetensors file, atomically: a temporary file in the same folder, flushed to
-        disk, then renamed over `path`. Texts and metadata go in tensors (utf-8 bytes + offsets), so
-        their total size is not bounded by the header. The embedder is not saved."""
+        statistics) to one safetensors file, atomically (`titans.io`). Texts and metadata go in tensors (utf-8
+        bytes + offsets), so their total size is not bounded by the header. The embedder is not saved."""
+        from safetensors.torch import save_file
+
         path = Path(path)
         with self._lock:
             tensors: dict[str, torch.Tensor] = {}
@@ -430,7 +431,8 @@ class TitansManager:
                 "pending": sorted(self._pending),
                 "long_term": lt_meta,
             }
-            _save_atomically(tensors, path, {"titans_manager": json.dumps(meta)})
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata={"titans_manager": json.dumps(meta)})
 
     def load(self, path: str | Path) -> TitansManager:
         """Replace this manager's settings and contents with a file written by `save` (keeps the embedder).
@@ -516,22 +518,6 @@ def _docs_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[int, tuple[str,
         raise ValueError(f"{len(ids)} document ids but {len(offsets)} text offsets and {len(metas)} metadata")
     texts = [blob[offsets[j] : offsets[j + 1]].decode("utf-8", "surrogatepass") for j in range(len(ids))]
     return {int(i): (t, dict(m)) for i, t, m in zip(ids, texts, metas)}
-
-
-def _save_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """safetensors to a temporary file next to `path`, fsync, then rename over `path` (readers see the old
-    file or the new one, never a part). The temporary file is removed on any error."""
-    from safetensors.torch import save_file
-
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"))  # unique per writer
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _peek_settings(path: str | Path) -> dict:

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from titans.io import atomic_path
+
 
 @dataclass
 class MemoryState:
@@ -84,11 +86,9 @@ class MemoryState:
         """Write to a safetensors file atomically."""
         from safetensors.torch import save_file
 
-        path = Path(path)
         tensors, meta = self.to_tensors()
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"titans_memory_state": json.dumps(meta)})
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"titans_memory_state": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> MemoryState:

@@ -30,28 +30,6 @@ def shift_targets(labels: Tensor) -> Tensor:
     return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
 
 
-def detach_cache(cache):
-    """Cut the autograd graph of a carried cache (end of a bptt window); returns the same object.
-
-    Uses `titans.cache.detach_cache` for caches carrying memory states; a plain HF `DynamicCache`
-    (no memory) has its per-layer keys/values detached here.
-    """
-    if cache is None:
-        return None
-    try:
-        from titans.cache import detach_cache as titans_detach
-    except ImportError:
-        titans_detach = None
-    if titans_detach is not None and type(cache).__name__ != "DynamicCache":
-        return titans_detach(cache)
-    for layer in getattr(cache, "layers", []):
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if isinstance(t, Tensor):
-                setattr(layer, name, t.detach())
-    return cache
-
-
 def needed_positions(*masks: Tensor) -> Tensor | None:
     """1D positions (shared across the batch) where any mask `[B, S]` is True; None if none."""
     any_mask = torch.zeros_like(masks[0][0], dtype=torch.bool)

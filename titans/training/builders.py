@@ -23,11 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from titans.config import VARIANTS as _ALL_VARIANTS  # the variant names live in TitansConfig only
+from titans.config import MEMORY_VARIANTS
 
 log = logging.getLogger(__name__)
 
-VARIANTS = tuple(v for v in _ALL_VARIANTS if v != "swa")  # memory variants (swa: memory.variant=null + window)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 MODEL_KEYS = {"name", "pretrained", "tokenizer", "dtype", "seed", "arch"}
@@ -168,22 +167,22 @@ def memory_options(memory_cfg: Mapping | None) -> tuple[str | None, dict]:
         extra = sorted(set(options) - {"window"})
         if extra:
             raise ValueError(f"memory.variant=null (no memory) but memory has {extra}; those options need a "
-                             f"variant: set memory.variant to one of {VARIANTS} or remove them.")
+                             f"variant: set memory.variant to one of {MEMORY_VARIANTS} or remove them.")
         window = options.get("window")
         if window is None:
             return None, {}
         if not isinstance(window, int) or window <= 0:
             raise ValueError(f"memory.window={window!r} is not allowed; allowed: null (full attention) or an int > 0.")
         return "swa", {"window": window}
-    if variant not in VARIANTS:
+    if variant not in MEMORY_VARIANTS:
         raise ValueError(f"memory.variant={variant!r} is not allowed; allowed: null (no memory) or one of "
-                         f"{VARIANTS}. Pick a conf/memory option: none, mac, mag, mal.")
+                         f"{MEMORY_VARIANTS}. Pick a conf/memory option: none, mac, mag, mal.")
     return variant, options
 
 
 def default_freeze(variant: str | None) -> str:
     """'memory' for a memory variant (the backbone stays as pretrained), 'none' otherwise."""
-    return "memory" if variant in VARIANTS else "none"
+    return "memory" if variant in MEMORY_VARIANTS else "none"
 
 
 def build_model(model_cfg: Mapping, memory_cfg: Mapping | None = None, freeze: str | None = None,

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes (tmp file + os.replace), and the one loader of the code base.
+"""Checkpoints: atomic writes (`titans.io`), and the one loader of the code base.
 
 Every checkpoint we read goes through `read_checkpoint` (`torch.load(weights_only=True)`: tensors and plain
 containers only, nothing in the file can run code), and every copy of weights into a model through
@@ -21,6 +21,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
+from titans.io import atomic_path
+
 log = logging.getLogger(__name__)
 
 # Qwen3Config fields that fix the shape of the weights (and what they mean: the tokenizer's vocabulary)
@@ -31,24 +33,14 @@ NOT_ARCH = ("freeze", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "d
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """`torch.save` to `<path>.tmp-<pid>` in the same directory, fsync, then `os.replace`: a reader never
-    sees a half-written checkpoint, and a crash leaves the previous file intact. Loads weights-only."""
+    """`torch.save` through `titans.io.atomic_path`: a reader never sees a half-written checkpoint, and a crash
+    leaves the previous file intact. Loads weights-only."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options.")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:  # also on KeyboardInterrupt: no *.tmp-PID left behind
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         # diff with TorchCheckpointIO: always weights-only (Lightning's default would unpickle anything)

@@ -19,7 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from titans.training.run import train, write_json
+from titans.io import write_json
+from titans.training.run import train
 from titans.training.stages import apply_stage, stages_of
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def run_curriculum(cfg: DictConfig) -> list[dict[str, Any]]:
         metrics["init_from"] = str(prev) if prev is not None else None
         results.append(metrics)
         prev = Path(metrics["last_ckpt"])
-        write_json({"stages": results}, root / "curriculum.json")
+        write_json(root / "curriculum.json", {"stages": results}, sort_keys=True)
     return results
 
 

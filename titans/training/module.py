@@ -22,9 +22,10 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from titans.cache import detach_cache
 from titans.compat import cache_kwargs, output_cache
 from titans.memory import NeuralMemory, query_error_cosine
-from titans.training.bptt import detach_cache, needed_positions, segment_bounds, segment_loss_sum, shift_targets
+from titans.training.bptt import needed_positions, segment_bounds, segment_loss_sum, shift_targets
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ and the library classes never see a DictConfig.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -17,6 +16,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from titans.compat import enable_activation_checkpointing
+from titans.io import write_json
 from titans.training.builders import build_model, memory_options, to_plain
 from titans.training.checkpoint import AtomicCheckpointIO, check_arch, check_checkpoint, read_checkpoint
 from titans.training.data import DataConfig, TitansDataModule
@@ -113,19 +113,6 @@ def build_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list 
     # Lightning's pytree helper calls an API torch 2.13 deprecated (lightning/pytorch/utilities/_pytree.py)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, **overrides)
-
-
-def write_json(obj: dict, path: str | os.PathLike) -> None:
-    """Write `obj` as JSON atomically (tmp file + os.replace; the tmp file goes on any failure)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def check_writable(path: str | os.PathLike, key: str) -> Path:
@@ -244,7 +231,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
     metrics.update({"train/losses": list(module.last_losses), "global_step": int(trainer.global_step),
                     "skipped_steps": module.skipped_steps, "last_ckpt": str(last), "output_dir": str(out_dir)})
     if trainer.is_global_zero:
-        write_json(metrics, out_dir / "metrics.json")
+        write_json(out_dir / "metrics.json", metrics, sort_keys=True)
         for lg in trainer.loggers:
             lg.finalize("success")
     _finish_wandb(trainer)
