@@ -9,6 +9,8 @@ import os
 import socket
 from pathlib import Path
 
+from titans.io import write_text
+
 log = logging.getLogger(__name__)
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -119,6 +121,7 @@ def csv_logger(save_dir: str = ".", name: str = "csv", version: str | int | None
 def drop_csv_rows(path: Path, step: int) -> None:
     """Rewrite the CSV at `path` (atomically) without its rows whose `step` is >= `step`; 0 removes the file."""
     import csv
+    import io
 
     if not path.is_file():
         return
@@ -129,16 +132,11 @@ def drop_csv_rows(path: Path, step: int) -> None:
         reader = csv.DictReader(f)
         fields = list(reader.fieldnames or [])
         rows = [r for r in reader if r.get("step") in (None, "") or int(float(r["step"])) < step]
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 class _DropTips(logging.Filter):
