@@ -89,7 +89,8 @@ def tensorboard_logger(save_dir: str = ".", name: str = "tensorboard", version: 
 
 def csv_logger(save_dir: str = ".", name: str = "csv", version: str | int | None = "", **kwargs):
     """Lightning's `CSVLogger`, except that it never deletes a metrics.csv it finds: a resumed run continues
-    the file (`drop_from(step)` first removes the rows the interrupted run logged after its checkpoint)."""
+    the file (`continue_log()`: the rows the interrupted run logged after its checkpoint are dropped), a new
+    run in the same directory starts it over (`drop_from(0)`)."""
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -110,10 +111,24 @@ def csv_logger(save_dir: str = ".", name: str = "csv", version: str | int | None
                 self._experiment = AppendingWriter(log_dir=self.log_dir)
             return self._experiment
 
+        resuming = False
+
         def drop_from(self, step: int) -> None:
-            """Keep only the rows logged before optimizer step `step` (0: start the file over)."""
+            """Keep only the rows logged at steps before `step` (0: start the file over)."""
             drop_csv_rows(Path(self.log_dir) / "metrics.csv", step)
             self._experiment = None
+
+        def continue_log(self) -> None:
+            """A resumed run: its first logged step is where the log continues; the rows an interrupted run
+            logged from that step on (after its checkpoint) are dropped then, before the new rows go in."""
+            self.resuming = True
+
+        def log_metrics(self, metrics, step=None) -> None:
+            if self.resuming and step is not None:
+                self.resuming = False
+                self.save()  # nothing pending is lost
+                self.drop_from(step)
+            super().log_metrics(metrics, step)
 
     return ResumableCSVLogger(save_dir=str(save_dir), name=name, version=version, **kwargs)
 

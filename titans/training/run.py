@@ -210,10 +210,11 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
     callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks or [])
     saved = (resume or {}).get("titans") or {}
     loggers = _loggers(cfg, saved.get("wandb_id"))
-    resume_step = int((resume or {}).get("global_step", 0))
-    for lg in loggers:
-        if hasattr(lg, "drop_from"):  # CSV: keep the history up to the checkpoint, drop what came after it
-            lg.drop_from(resume_step)
+    for lg in loggers:  # CSV: a resumed run continues the file, a new one starts it over
+        if resume is not None and hasattr(lg, "continue_log"):
+            lg.continue_log()
+        elif hasattr(lg, "drop_from"):
+            lg.drop_from(0)
     trainer = build_trainer(cfg, callbacks=callbacks, loggers=loggers)
     resolved = to_plain(cfg)
     resolved.pop("hydra", None)
