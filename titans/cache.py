@@ -9,6 +9,12 @@ A patched decoder layer keeps, in its `TitansCacheLayer`:
 Unpatched layers keep Hugging Face's own cache layers. The layers update functionally: a forward reads
 a `LayerState`, computes a new one and writes it back, so activation checkpointing can recompute.
 
+What the model reports comes back on the cache too: `model(ids, output_memory_aux=True)` fills
+`out.past_key_values.memory_aux` (layer index -> the `MemoryAux` of each memory call of that forward:
+gate, θ/η/α, surprise, errors, the state after the call), and `titans.patch.collect_diagnostics(out)`
+turns it into per-layer scalars. Within one forward the cache also hands the last memory read to the
+next patched layer (cross-layer query refinement); nothing of this is kept on the modules.
+
 `detach_cache` cuts the autograd graph (end of a bptt window) of a `TitansCache` or any `DynamicCache`;
 `save_cache` / `load_cache` write and read the whole cache through safetensors.
 """
@@ -26,7 +32,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicS
 from titans.io import atomic_path
 from titans.memory import MemoryState
 
-__all__ = ["LayerState", "TitansCache", "TitansCacheLayer", "detach_cache", "load_cache", "save_cache"]
+__all__ = ["LayerState", "MemoryAux", "TitansCache", "TitansCacheLayer", "detach_cache", "load_cache", "save_cache"]
 
 
 @dataclass
@@ -38,6 +44,24 @@ class LayerState:
     memory: MemoryState | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
     offset: int = 0  # tokens seen before this call
+
+
+@dataclass
+class MemoryAux:
+    """What one memory call of a patched layer reports when the forward is asked (`output_memory_aux=True`).
+
+    gate:   g `[B, T, D]` as it mixed the memory into the residual stream (with its graph); None for gate="none".
+    scale:  the gate's per-channel scale `[D]`.
+    memory: the `NeuralMemory`'s aux dict (`NeuralMemory.forward(..., return_aux=True)`): queries, keys, values,
+            retrieved, errors `[B, H, T, head_dim]` (errors with their graph), lr (θ), momentum_decay (η),
+            forget (α), surprise `[B, H, T]`.
+    state:  the memory state after the call.
+    """
+
+    gate: Tensor | None
+    scale: Tensor
+    memory: dict[str, Tensor]
+    state: MemoryState
 
 
 class TitansCacheLayer(DynamicLayer):
@@ -121,6 +145,7 @@ class TitansCache(DynamicCache):
 
     def __init__(self, config=None, **kwargs) -> None:
         super().__init__(config=config, **kwargs)
+        self.begin_forward(False)
         titans = getattr(config, "titans", None) if config is not None else None
         if titans:
             from titans.config import TitansConfig
@@ -138,7 +163,20 @@ class TitansCache(DynamicCache):
                     "static, quantized and offloaded caches are not supported."
                 )
             cache.__class__ = cls
+            cache.begin_forward(False)
         return cache
+
+    # ---------------------------------------------------------------- what one forward reports
+
+    def begin_forward(self, output_memory_aux: bool) -> None:
+        """Called by the patched model at the start of every forward: forget the last forward's reports."""
+        self.memory_aux: dict[int, list[MemoryAux]] = {}
+        self.wants_memory_aux = output_memory_aux
+        self.memory_read: Tensor | None = None  # the last memory read of this forward (cross-layer query)
+
+    def end_forward(self) -> None:
+        """Called by the patched model at the end of every forward: the read is only meaningful inside it."""
+        self.memory_read = None
 
     def titans_layer(self, layer_idx: int) -> TitansCacheLayer:
         """The `TitansCacheLayer` of decoder layer `layer_idx` (created, or swapped in for an empty HF layer)."""
@@ -174,6 +212,8 @@ def detach_cache(cache: Cache | None) -> Cache | None:
         return None
     if not isinstance(cache, Cache):
         raise TypeError(f"detach_cache needs a transformers Cache, got {type(cache).__name__}")
+    if isinstance(cache, TitansCache):
+        cache.memory_aux = {}  # reports hold the graph of the last forward
     for layer in cache.layers:
         if isinstance(layer, TitansCacheLayer):
             layer.detach()

@@ -72,7 +72,6 @@ class TitansConfig(DictRoundTrip):
     freeze:   "memory" (only new parameters train), "lora" (LoRA on the base via peft + the memory),
               "none" (everything trains).
     lora_r, lora_alpha, lora_dropout, lora_targets: LoRA settings for freeze="lora".
-    diagnostics: keep detached per-layer scalars of the last forward (gate, surprise, θ/η/α, weight norm).
     """
 
     variant: str = "mag"
@@ -93,7 +92,6 @@ class TitansConfig(DictRoundTrip):
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-    diagnostics: bool = True
     hidden_size: int | None = None  # filled by patch_qwen3 from the model (the memory's dim)
 
     def __post_init__(self) -> None:
@@ -202,3 +200,10 @@ class TitansConfig(DictRoundTrip):
 
     _unknown_hint = " Memory fields go inside memory=dict(...)."
     _internal_keys = frozenset({"hidden_size"})
+    # switches of earlier releases still found in saved configs, ignored on load: `diagnostics` (they are now
+    # asked per forward, `model(ids, output_memory_aux=True)`)
+    _legacy_keys = frozenset({"diagnostics"})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TitansConfig:
+        return super().from_dict({k: v for k, v in data.items() if k not in cls._legacy_keys})

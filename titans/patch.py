@@ -4,6 +4,8 @@
     out = model(ids, use_cache=True)            # logits [B, T, vocab]; out.past_key_values is a TitansCache
     out = model(more_ids, cache=out.past_key_values)   # continue (`past_key_values=` before transformers 5.24)
     model.generate(ids, max_new_tokens=32)
+    out = model(ids, output_memory_aux=True)    # + gates, θ/η/α, surprise, errors in out.past_key_values.memory_aux
+    collect_diagnostics(out)                    # {"layer0/gate_mean": ..., ...}
 
 Patching swaps `model.model.layers[i]` for a `TitansDecoderLayer` subclass (base parameter names
 unchanged, new ones under `memory.`, `memory_gate.`, `persistent`, `cross_query.`, `longterm_`), stores
@@ -24,13 +26,14 @@ import torch
 from torch import Tensor, nn
 from transformers import Qwen3ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
+from transformers.utils import ModelOutput
 
 from titans.cache import TitansCache
-from titans.compat import cache_kwargs, take_cache
+from titans.compat import cache_kwargs, output_cache, take_cache
 from titans.config import TitansConfig
 from titans.io import atomic_path
+from titans.memory import query_error_cosine
 from titans.variants import LAYER_CLASSES, TitansDecoderLayer
-from titans.variants.common import CrossLayerContext
 
 __all__ = [
     "LAYER_CLASSES",
@@ -38,6 +41,7 @@ __all__ = [
     "TitansQwen3Model",
     "apply_freeze",
     "collect_diagnostics",
+    "memory_diagnostics",
     "from_pretrained",
     "load_memory",
     "patch_qwen3",
@@ -55,28 +59,35 @@ _FINGERPRINT = ("model_type", "hidden_size", "num_hidden_layers", "num_attention
 class TitansQwen3Model(Qwen3Model):
     """diff with Qwen3Model: creates a `TitansCache` (instead of a `DynamicCache`) when a cache is needed,
     upgrades a plain `DynamicCache` passed in (e.g. by `generate`), rejects left padding (the memory would
-    learn from pad tokens), resets the cross-layer context per call, and skips HF's model-level mask when
-    every layer is patched (the layers build their own)."""
+    learn from pad tokens), skips HF's model-level mask when every layer is patched (the layers build their
+    own), and takes `output_memory_aux`: when True, every memory layer leaves what it computed (gate, θ/η/α,
+    surprise, errors: `titans.cache.MemoryAux`) in the returned cache's `memory_aux`. The cache also carries
+    each memory layer's read to the next one within the forward (cross-layer query); with `use_cache=False`
+    a cache for this call only is made for that and not returned."""
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, cache=None, **kwargs):
+                inputs_embeds=None, use_cache=None, cache=None, output_memory_aux: bool = False, **kwargs):
         # transformers >= 5.24 passes the cache as `cache`, earlier releases as `past_key_values` (titans.compat)
         past_key_values = take_cache(cache, past_key_values, "TitansQwen3Model.forward")
         use = use_cache if use_cache is not None else self.config.use_cache
-        if past_key_values is None and use:
-            past_key_values = TitansCache(config=self.config)
+        if output_memory_aux and not use:
+            raise ValueError(
+                "output_memory_aux=True needs use_cache=True: the memory's aux comes back on the cache "
+                "(out.past_key_values.memory_aux); drop use_cache=False."
+            )
+        cross_layer = any(getattr(la, "cross_query", None) is not None for la in self.layers)
+        if past_key_values is None and (use or cross_layer):
+            past_key_values = TitansCache(config=self.config)  # returned only with use_cache
         elif past_key_values is not None:
             TitansCache.upgrade(past_key_values)
+        if past_key_values is not None:
+            past_key_values.begin_forward(bool(output_memory_aux))
         if isinstance(attention_mask, Tensor) and attention_mask.dim() == 2 and attention_mask.shape[1] > 1:
             if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
                 raise ValueError(
                     "attention_mask has left padding or holes; a Titans model writes every token into its memory, "
                     "so batch sequences of equal length or pad on the right (tokenizer.padding_side='right')."
                 )
-        for layer in self.layers:
-            if isinstance(layer, TitansDecoderLayer) and layer.context is not None:
-                layer.context.prev_read = None
-                break
         # HF turns the cache off under gradient checkpointing (its layers would write it twice); patched layers
         # checkpoint functionally and keep it, so when every layer is patched the cache stays on.
         all_patched = all(isinstance(la, TitansDecoderLayer) for la in self.layers)
@@ -94,6 +105,8 @@ class TitansQwen3Model(Qwen3Model):
         finally:
             if keep_cache:
                 self.gradient_checkpointing = True
+            if past_key_values is not None:
+                past_key_values.end_forward()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -185,7 +198,7 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
         variant: "mag", "mal", "mac", or "swa" (sliding window only, the no-memory baseline).
         **options: `TitansConfig` fields: memory (MemoryConfig or dict), layers, memory_layers, window, segment_len,
             num_longterm, mac_memory_input, num_persistent, gate, gate_bias_init, identity_init, cross_layer_query,
-            freeze, lora_r, lora_alpha, lora_dropout, lora_targets, diagnostics.
+            freeze, lora_r, lora_alpha, lora_dropout, lora_targets.
     Returns:
         The same model, patched in place (a peft `PeftModel` around it when freeze="lora"). Inputs
         `input_ids [B, T]` -> logits `[B, T, vocab]` as before.
@@ -204,7 +217,6 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
     layers = base.model.layers
     indices = cfg.layer_indices(len(layers))
     with_memory = cfg.memory_layer_indices(len(layers))
-    context = CrossLayerContext()
     for i in indices:
         layer_cfg = cfg
         if cfg.has_memory and i not in with_memory:  # memory_layers: the same windowed attention, no memory
@@ -221,7 +233,6 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
                 f"missing {sorted(set(missing) - new_names)}"
             )
         new.to(dtype=ref.dtype)
-        new.context = context
         new.gradient_checkpointing = bool(getattr(old, "gradient_checkpointing", False))
         new.train(old.training)
         layers[i] = new
@@ -299,21 +310,63 @@ def _apply_freeze(model: nn.Module, cfg: TitansConfig) -> nn.Module:
     return model
 
 
-def collect_diagnostics(model: nn.Module) -> dict[str, float]:
-    """`{"layer3/gate_mean": ..., "layer3/surprise_norm": ...}` from every patched layer's last forward.
+def memory_diagnostics(source: Any) -> dict[str, Tensor]:
+    """Detached per-layer scalars (0-dim tensors, no host sync) from a forward run with `output_memory_aux=True`.
 
-    Keys per layer: gate_mean, gate_std, scale_abs_mean, surprise_norm, lr_mean (θ), momentum_decay_mean (η),
-    forget_mean (α), memory_weight_norm, query_grad_cos (mean cos(q_t, M(k_t) − v_t) over written tokens)
-    (MAC: of the last segment of the last forward). One host sync in all.
+    source: the model output, or its `TitansCache`. Keys `layer<i>/<name>` per memory layer, from the layer's
+    last memory call of that forward (MAC: its last segment): gate_mean, gate_std (0 without a gate),
+    scale_abs_mean, surprise_norm (mean inner-gradient norm over written tokens), lr_mean (θ),
+    momentum_decay_mean (η), forget_mean (α), memory_weight_norm (‖M‖ after the call, mean over the batch),
+    query_grad_cos (mean cos(q_t, M(k_t) − v_t) over written tokens; MemoryMAG §6.1: should rise in training).
+    Empty when the forward was not asked for aux.
     """
-    names, values = [], []
-    for i, layer in titans_layers(model).items():
-        for k, v in layer.diagnostics.items():
-            names.append(f"layer{i}/{k}")
-            values.append(v.float().to("cpu"))
+    cache = source
+    if not isinstance(cache, TitansCache):
+        cache = output_cache(source) if isinstance(source, ModelOutput) else None
+        if not isinstance(cache, TitansCache):
+            raise TypeError(
+                "memory_diagnostics / collect_diagnostics read a forward's output (or its TitansCache): "
+                "out = model(ids, output_memory_aux=True); collect_diagnostics(out). "
+                f"Got {type(source).__name__}{' without a TitansCache' if cache is None else ''}."
+            )
+    out = {}
+    with torch.no_grad():
+        for i, records in sorted(cache.memory_aux.items()):
+            if not records:
+                continue
+            r = records[-1]
+            aux = r.memory
+            surprise = aux["surprise"]
+            finite = torch.isfinite(surprise)
+            cos, written = query_error_cosine(aux)
+            g = r.gate.detach().float() if r.gate is not None else None
+            wsq = sum(w.detach().float().pow(2).flatten(1).sum(1) for w in r.state.weights.values())  # (B,)
+            zero = surprise.new_zeros((), dtype=torch.float32)
+            values = {
+                "gate_mean": g.mean() if g is not None else zero + 1.0,
+                "gate_std": g.std() if g is not None and g.numel() > 1 else zero,
+                "scale_abs_mean": r.scale.detach().float().abs().mean(),
+                "surprise_norm": torch.where(finite, surprise, 0).sum() / finite.sum().clamp_min(1),
+                "lr_mean": aux["lr"].detach().float().mean(),
+                "momentum_decay_mean": aux["momentum_decay"].detach().float().mean(),
+                "forget_mean": aux["forget"].detach().float().mean(),
+                "memory_weight_norm": wsq.sqrt().mean(),
+                "query_grad_cos": cos.sum() / written.sum().clamp_min(1),
+            }
+            out.update({f"layer{i}/{k}": v.float() for k, v in values.items()})
+    return out
+
+
+def collect_diagnostics(source: Any) -> dict[str, float]:
+    """`memory_diagnostics(source)` as floats (one host sync): `{"layer3/gate_mean": 0.05, ...}`.
+
+    source: the output of `model(ids, output_memory_aux=True)`, its cache, or a dict of 0-dim tensors
+    (what `memory_diagnostics` returned earlier)."""
+    values = source if isinstance(source, dict) and not isinstance(source, ModelOutput) else memory_diagnostics(source)
     if not values:
         return {}
-    return dict(zip(names, torch.stack(values).tolist()))
+    names = list(values)
+    return dict(zip(names, torch.stack([values[k].detach().float().to("cpu") for k in names]).tolist()))
 
 
 # ---------------------------------------------------------------------------------------------- save / load
@@ -335,6 +388,8 @@ def _options(titans: dict) -> tuple[str, dict]:
     opts = dict(titans)
     variant = opts.pop("variant")
     opts.pop("hidden_size", None)
+    for key in TitansConfig._legacy_keys:  # switches of earlier releases found in saved configs
+        opts.pop(key, None)
     return variant, opts
 
 

@@ -22,9 +22,9 @@ Rows (the tiny random-init `conf/model/qwen3_tiny.yaml`, 2 layers, hidden 128):
     mag_proof_2l  mag_proof with its memory in both layers (the CPU proof before it moved to one memory layer)
     *_compiled  mag and mag_proof with `memory.compile=true` (the memory's forward under torch.compile);
                 `warmup_s` of the first step at each (batch, T) includes compiling for its shapes
-The memory's diagnostics (aux tensors: surprise, errors, query/error cosine) are off, as `DiagnosticsCallback`
-turns them off on the training steps that do not log (it records on 2 of every `log_every_n_steps`, 10 in
-conf/trainer/cpu.yaml); `--diagnostics` times every step with them on.
+The memory's diagnostics (aux tensors: surprise, errors, query/error cosine) are off, as on the training steps
+that `DiagnosticsCallback` does not log (it asks on 2 of every `every_n_steps`); `--diagnostics` asks on every
+step (the last segment's forward, as the callback does).
 Every parameter trains (`--freeze none`, so the rows do the same backbone work; `--freeze default`
 uses training's default, memory-only for MAG). Timings are interleaved (one step of each row in turn,
 the order rotated each repeat) after one warm-up step per row, and the medians are reported with the
@@ -70,7 +70,7 @@ BASELINES = ("swa", "full")
 OVERHEAD_TARGET = 1.5  # issue 7: MAG costs at most 1.5x the baseline's time
 
 
-def build(row: str, freeze: str = "none", diagnostics: bool = False):
+def build(row: str, freeze: str = "none"):
     """The tiny Qwen3 for one row (see module docstring), in train mode."""
     from omegaconf import OmegaConf
 
@@ -81,16 +81,14 @@ def build(row: str, freeze: str = "none", diagnostics: bool = False):
     conf, overrides = ROWS[row]
     memory_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/memory" / conf), overrides)
     model, _ = build_model(OmegaConf.load(MODEL_CONF), memory_cfg, freeze=None if freeze == "default" else freeze)
-    for module in model.modules():  # as DiagnosticsCallback sets it on the steps that do not log
-        if hasattr(module, "record_diagnostics"):
-            module.record_diagnostics = diagnostics
     return model.train()
 
 
 class Stepper:
     """One row's model, `TitansLitModule` (outside a Trainer) and AdamW; `step(ids)` is one training step."""
 
-    def __init__(self, model, segment_len: int, bptt_window: int, grad_clip: float = 1.0, lr: float = 1e-3):
+    def __init__(self, model, segment_len: int, bptt_window: int, grad_clip: float = 1.0, lr: float = 1e-3,
+                 diagnostics: bool = False):
         from titans.training.module import BPTTConfig, TitansLitModule
 
         self.module = TitansLitModule(model, BPTTConfig(segment_len=segment_len, bptt_window=bptt_window,
@@ -99,6 +97,7 @@ class Stepper:
         self.params = params
         self.opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
         self.grad_clip = grad_clip
+        self.diagnostics = diagnostics  # as DiagnosticsCallback asks on the steps that log
 
     def step(self, input_ids: torch.Tensor) -> tuple[float, float]:
         """(seconds, loss) of zero_grad + segments with backward + clip + optimizer step."""
@@ -106,7 +105,8 @@ class Stepper:
 
         start = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        loss, finite = self.module.run_segments(input_ids, shift_targets(input_ids), backward=True)
+        loss, finite = self.module.run_segments(input_ids, shift_targets(input_ids), backward=True,
+                                                diagnostics=self.diagnostics)
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.grad_clip)
         if finite and torch.isfinite(grad_norm):  # the module skips non-finite steps too
             self.opt.step()
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     # the *_compiled rows compile one graph per (config, batch, state layout) in this one process: more than
     # dynamo's default limit of 8 per function, past which it would silently run eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    steppers = {r: Stepper(build(r, args.freeze, args.diagnostics), args.segment_len, args.bptt_window)
+    steppers = {r: Stepper(build(r, args.freeze), args.segment_len, args.bptt_window, diagnostics=args.diagnostics)
                 for r in args.rows}
     runs = []
     head = f"{'T':>6} {'row':<18} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'vs full':>8} {'params':>8}"

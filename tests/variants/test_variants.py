@@ -175,8 +175,7 @@ def test_lora_trains_only_lora_and_memory(base, ids):
 
 def test_diagnostics(base, ids):
     model = make(base, "mag")
-    model(ids)
-    diag = collect_diagnostics(model)
+    diag = collect_diagnostics(model(ids, output_memory_aux=True))
     keys = {"gate_mean", "gate_std", "scale_abs_mean", "surprise_norm", "lr_mean", "momentum_decay_mean",
             "forget_mean", "memory_weight_norm", "query_grad_cos"}
     assert {k.split("/")[1] for k in diag} == keys and {k.split("/")[0] for k in diag} == {"layer0", "layer1"}

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 
 import lightning.pytorch as pl
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +39,21 @@ class ThroughputCallback(pl.Callback):
         self.tokens = int(state_dict.get("tokens", 0))
 
 
-def default_collector() -> Callable | None:
-    try:
-        from titans.patch import collect_diagnostics
-    except ImportError:
-        return None
-    return collect_diagnostics
+def default_collector(pl_module) -> dict[str, float]:
+    """The memory diagnostics the module computed on its last recorded batch, as floats (one host sync)."""
+    from titans.patch import collect_diagnostics
+
+    return collect_diagnostics(getattr(pl_module, "last_diagnostics", {}))
 
 
 class DiagnosticsCallback(pl.Callback):
-    """Every `every_n_steps` optimizer steps, logs `diag/<name>` for each float of
-    `collect_diagnostics(model)` (per-layer gate, surprise, θ/η/α, memory norm); warns once per name when a
-    gate's mean is below `gate_low` or above `gate_high` (stuck closed / open) and logs `diag/stuck_gates`.
+    """Every `every_n_steps` optimizer steps, logs `diag/<name>` for each float of the memory diagnostics
+    (`titans.patch.memory_diagnostics`: per-layer gate, surprise, θ/η/α, memory norm); warns once per name when
+    a gate's mean is below `gate_low` or above `gate_high` (stuck closed / open) and logs `diag/stuck_gates`.
+    It sets `pl_module.record_diagnostics` on the batches whose end may log, so the module asks the memory for
+    its aux only then and keeps the scalars in `pl_module.last_diagnostics`.
 
-    collector: model -> {name: float}; default `titans.patch.collect_diagnostics` (no-op without it).
+    collector: LightningModule -> {name: float}; default `default_collector` (the module's last diagnostics).
     """
 
     def __init__(self, every_n_steps: int = 10, gate_low: float = 0.01, gate_high: float = 0.99,
@@ -66,38 +66,27 @@ class DiagnosticsCallback(pl.Callback):
         self.warned: set[str] = set()
         self.last: dict[str, float] = {}
 
-    def collect(self, model: torch.nn.Module) -> dict[str, float]:
-        fn = self.collector or default_collector()
-        if fn is None:
-            return {}
-        return {str(k): float(v) for k, v in fn(model).items()}
+    def collect(self, pl_module) -> dict[str, float]:
+        fn = self.collector or default_collector
+        return {str(k): float(v) for k, v in fn(pl_module).items()}
 
     def stuck_gates(self, diag: dict[str, float]) -> list[str]:
         """Names of gate diagnostics (a name containing 'gate' and not 'std') outside [gate_low, gate_high]."""
         return [k for k, v in diag.items() if "gate" in k and "std" not in k
                 and (v < self.gate_low or v > self.gate_high)]
 
-    @staticmethod
-    def _set_recording(model: torch.nn.Module, on: bool) -> None:
-        for module in model.modules():
-            if hasattr(module, "record_diagnostics"):
-                module.record_diagnostics = on
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # record only on batches whose end may log (the step count advances by one, or not if skipped)
         step, n = trainer.global_step, self.every_n_steps
-        self._set_recording(pl_module.model, step % n == 0 or (step + 1) % n == 0)
+        pl_module.record_diagnostics = step % n == 0 or (step + 1) % n == 0
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._set_recording(pl_module.model, True)
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._set_recording(pl_module.model, True)
+        pl_module.record_diagnostics = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every_n_steps:
             return
-        diag = self.collect(pl_module.model)
+        diag = self.collect(pl_module)
         if not diag:
             return
         self.last = diag

@@ -9,6 +9,8 @@ training_step, per batch `input_ids [B, T]`:
     clip, skip the step if the loss or gradient norm is not finite, optimizer step, scheduler step
 One optimizer step per batch: gradients of all bptt windows of the batch accumulate. Logits are only
 computed at positions that are loss targets (`logits_to_keep`), which matters for a 151k vocabulary.
+The regularisers and the diagnostics read what the memory reports from the forward's own output
+(`model(..., output_memory_aux=True)` -> `cache.memory_aux`), asked only on the segments that need it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from torch import Tensor, nn
 from titans.cache import detach_cache
 from titans.compat import cache_kwargs, output_cache
 from titans.memory import NeuralMemory, query_error_cosine
+from titans.patch import memory_diagnostics
 from titans.training.bptt import needed_positions, segment_bounds, segment_loss_sum, shift_targets
+from titans.variants.common import MemoryGate
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ class BPTTConfig:
     strict_segments: require seq_len % segment_len == 0; gate_reg: weight of the gate regulariser
     (mean squared distance of the memory gates g to `gate_target`, weighted by segment length; keeps
     gates away from stuck-at-0/1, the MemoryMAG red flag), 0 = off; align_reg: weight λ of the MemoryMAG
-    alignment term (SPEC §3.3, L_align = −cos(query, memory gradient)): minus the mean, over the tokens
+    alignment term (L_align = −cos(query, memory gradient)): minus the mean, over the tokens
     every memory layer wrote in the segment, of cos(q_t, M_{t'}(k_t) − v_t), the query against the
     value-space direction of the token's inner gradient ∇ℓ (Eq. 12), weighted by segment length; the error
     side is detached, so the term trains the query path (how to ask), not the write; 0 = off.
@@ -77,68 +81,8 @@ class BPTTConfig:
                              f"of the MemoryMAG query/memory-gradient alignment term; 0 = off).")
 
 
-class GateRecorder:
-    """Records the gate activations g `[B, S, D]` of every memory gate during a forward (with their graph),
-    for the gate regulariser. Hooks modules that return `(contribution, g)`: the patch's `MemoryGate`.
-    Records only while `active` (inside its module's `run_segments`), so a recorder left behind by another
-    module on the same model neither records nor holds graphs."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.gates: list[Tensor] = []
-        self.handles = []
-        self.active = False
-        try:
-            from titans.variants.common import MemoryGate
-        except ImportError:
-            return
-        for m in model.modules():
-            if isinstance(m, MemoryGate) and m.form != "none":
-                self.handles.append(m.register_forward_hook(self._hook))
-
-    def _hook(self, _module, _inputs, output) -> None:
-        if self.active:
-            self.gates.append(output[1])
-
-    def pop(self) -> list[Tensor]:
-        gates, self.gates = self.gates, []
-        return gates
-
-
-class MemoryAuxRecorder:
-    """Records the aux dict (queries, errors, ...) of every `NeuralMemory` call made with gradients enabled,
-    for the alignment term. Asks the memory for aux (`return_aux=True`) and hands the caller the output it
-    asked for, so the layers need not know; without gradients (validation) nothing is asked or recorded.
-    Active only inside its module's `run_segments` (like `GateRecorder`); the output hook is prepended, so
-    several recorders on one memory nest (the last to force aux is the first to see it)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.records: list[dict[str, Tensor]] = []
-        self.handles = []
-        self.active = False
-        self._forced: dict[int, bool] = {}
-        for m in model.modules():
-            if isinstance(m, NeuralMemory):
-                self.handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
-                self.handles.append(m.register_forward_hook(self._post, prepend=True))
-
-    def _pre(self, module, args, kwargs):
-        asked = bool(args[2]) if len(args) > 2 else bool(kwargs.get("return_aux", False))
-        force = self.active and torch.is_grad_enabled() and not asked
-        self._forced[id(module)] = force
-        return (args[:2], {**kwargs, "return_aux": True}) if force else None
-
-    def _post(self, module, _inputs, output):
-        if self.active and len(output) == 3 and torch.is_grad_enabled():
-            self.records.append(output[2])
-        return output[:2] if self._forced.pop(id(module), False) else None
-
-    def pop(self) -> list[dict[str, Tensor]]:
-        records, self.records = self.records, []
-        return records
-
-
 def alignment_cosine(records: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor] | None:
-    """Mean cos(q_t, M_{t'}(k_t) − v_t) over the written tokens of all recorded memory calls, the error side
+    """Mean cos(q_t, M_{t'}(k_t) − v_t) over the written tokens of the memory calls' aux dicts, the error side
     detached (a scalar with the query's graph; 0 when no token was written: a segment shorter than a chunk),
     and whether any token was written (a 0/1 scalar; tensors, so no host sync). None without records."""
     if not records:
@@ -176,42 +120,35 @@ class TitansLitModule(pl.LightningModule):
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.last_losses: list[float] = []  # per-batch training loss of this process (tests, curriculum logs)
-        self.gate_recorder = GateRecorder(model) if self.bptt.gate_reg > 0 else None
-        if self.gate_recorder is not None and not self.gate_recorder.handles:
+        self.has_memory = any(isinstance(m, NeuralMemory) for m in model.modules())
+        if self.bptt.gate_reg > 0 and not any(isinstance(m, MemoryGate) and m.form != "none" for m in model.modules()):
             raise ValueError(f"bptt.gate_reg={self.bptt.gate_reg} but the model has no memory gates (memory=none, "
                              f"or gate='none'); set bptt.gate_reg=0 or use memory=mag|mal|mac.")
-        self.align_recorder = MemoryAuxRecorder(model) if self.bptt.align_reg > 0 else None
-        if self.align_recorder is not None and not self.align_recorder.handles:
+        if self.bptt.align_reg > 0 and not self.has_memory:
             raise ValueError(f"bptt.align_reg={self.bptt.align_reg} but the model has no neural memory (memory=none); "
                              f"set bptt.align_reg=0 or use memory=mag|mal|mac.")
-        self.recorders = [r for r in (self.gate_recorder, self.align_recorder) if r is not None]
         self._grad_norm: Tensor | None = None  # set in on_before_optimizer_step under fp16 loss scaling
         self.last_align: tuple[Tensor, Tensor] | None = None  # (Σ cos·(e−s)/T, Σ (e−s)/T) of the last batch
+        # DiagnosticsCallback sets record_diagnostics on the batches whose end logs; the training step then asks the
+        # last segment's forward for the memory's aux (it costs ~4% of a tiny model's step) and keeps the scalars
+        self.record_diagnostics = False
+        self.last_diagnostics: dict[str, Tensor] = {}  # titans.patch.memory_diagnostics of the last recorded batch
 
     # ------------------------------------------------------------------ forward over segments
 
     def run_segments(self, input_ids: Tensor, targets: Tensor, extra_mask: Tensor | None = None,
-                     backward: bool = False, on_logits: Callable[[int, Tensor, Tensor], None] | None = None
-                     ) -> tuple[Tensor, bool]:
+                     backward: bool = False, on_logits: Callable[[int, Tensor, Tensor], None] | None = None,
+                     diagnostics: bool = False) -> tuple[Tensor, bool]:
         """Run all segments of `input_ids [B, T]`, carrying the cache.
 
         targets `[B, T]`: next-token targets (-100 = no loss). extra_mask `[B, T]`: more positions whose
         logits `on_logits(start, positions, logits [B, P, V])` wants (answer accuracy). With `backward`,
-        backpropagate every `bptt_window` segments and detach the cache. Returns (loss, finite): the
-        mean token loss of the sequence (detached) and whether every window's loss was finite.
+        backpropagate every `bptt_window` segments and detach the cache. With `diagnostics`, keep the memory
+        diagnostics of the last segment in `last_diagnostics`. Returns (loss, finite): the mean token loss of
+        the sequence (detached) and whether every window's loss was finite.
         """
-        for r in self.recorders:
-            r.active = True
-        try:
-            return self._run_segments(input_ids, targets, extra_mask, backward, on_logits)
-        finally:
-            for r in self.recorders:
-                r.active = False
-                r.pop()
-
-    def _run_segments(self, input_ids: Tensor, targets: Tensor, extra_mask: Tensor | None, backward: bool,
-                      on_logits: Callable[[int, Tensor, Tensor], None] | None) -> tuple[Tensor, bool]:
         B, T = input_ids.shape
+        regularise = (self.bptt.gate_reg > 0 or self.bptt.align_reg > 0) and torch.is_grad_enabled()
         n_targets = (targets != -100).sum().clamp_min(1)
         bounds = segment_bounds(T, self.bptt.segment_len, self.bptt.strict_segments)
         cache = None
@@ -224,10 +161,13 @@ class TitansLitModule(pl.LightningModule):
             masks = [seg_targets != -100] + ([extra_mask[:, s:e]] if extra_mask is not None else [])
             positions = needed_positions(*masks)
             keep = positions if positions is not None else 1  # 1: cheapest (last position only)
-            for r in self.recorders:
-                r.pop()  # drop what a recomputation (gradient checkpointing) recorded in the last backward
-            out = self.model(input_ids=input_ids[:, s:e], **cache_kwargs(cache), use_cache=True, logits_to_keep=keep)
+            ask = self.has_memory and (regularise or (diagnostics and k == len(bounds) - 1))
+            out = self.model(input_ids=input_ids[:, s:e], **cache_kwargs(cache), use_cache=True, logits_to_keep=keep,
+                             **({"output_memory_aux": True} if ask else {}))
             cache = output_cache(out)
+            records = [r for layer in cache.memory_aux.values() for r in layer] if ask else []
+            if ask and diagnostics and k == len(bounds) - 1:
+                self.last_diagnostics = memory_diagnostics(cache)
             if cache is None and k < len(bounds) - 1:
                 raise ValueError("the model returned no cache, so the next segment would start from scratch: HF "
                                  "turns the cache off under gradient checkpointing unless every decoder layer is "
@@ -241,14 +181,14 @@ class TitansLitModule(pl.LightningModule):
                 loss_k = out.logits.sum() * 0.0  # no targets: every rank still runs the same backward calls (DDP)
             else:
                 loss_k = torch.zeros((), device=input_ids.device)  # no targets: nothing to backpropagate
-            if self.gate_recorder is not None:
-                gates = self.gate_recorder.pop()
-                if gates and torch.is_grad_enabled():
+            if self.bptt.gate_reg > 0 and regularise:
+                gates = [r.gate for r in records if r.gate is not None]
+                if gates:
                     reg = torch.stack([(g.float() - self.bptt.gate_target).pow(2).mean() for g in gates]).mean()
                     loss_k = loss_k + self.bptt.gate_reg * reg * (e - s) / T
-            if self.align_recorder is not None:
-                align = alignment_cosine(self.align_recorder.pop())
-                if align is not None:  # MemoryMAG SPEC §3.3: L_align = −cos(query, memory gradient)
+            if self.bptt.align_reg > 0 and regularise:
+                align = alignment_cosine([r.memory for r in records])
+                if align is not None:  # MemoryMAG: L_align = −cos(query, memory gradient)
                     cos, written = align
                     loss_k = loss_k - self.bptt.align_reg * cos * (e - s) / T
                     align_sum = align_sum + cos.detach() * (e - s) / T
@@ -266,7 +206,7 @@ class TitansLitModule(pl.LightningModule):
                 total = total + window_loss.detach()
                 window_loss = None
                 cache = detach_cache(cache)
-        if self.align_recorder is not None and torch.is_grad_enabled():
+        if self.bptt.align_reg > 0 and torch.is_grad_enabled():
             self.last_align = (align_sum, align_weight)
         return total, finite
 
@@ -288,7 +228,7 @@ class TitansLitModule(pl.LightningModule):
         opt.zero_grad(set_to_none=True)
         input_ids = batch["input_ids"]
         targets = shift_targets(batch["labels"])
-        loss, finite = self.run_segments(input_ids, targets, backward=True)
+        loss, finite = self.run_segments(input_ids, targets, backward=True, diagnostics=self.record_diagnostics)
         self.batches_seen += 1
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         grad_norm = torch.tensor(float("nan"))
@@ -330,7 +270,7 @@ class TitansLitModule(pl.LightningModule):
         self.log("train/grad_norm", grad_norm, batch_size=bs)
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=bs)
         self.log("train/lr", opt.param_groups[0]["lr"], batch_size=bs)
-        if self.align_recorder is not None and self.last_align is not None:
+        if self.bptt.align_reg > 0 and self.last_align is not None:
             align_sum, align_weight = self.last_align
             self.log("train/align_loss", -self.bptt.align_reg * align_sum, batch_size=bs)  # its part of train/loss
             self.log("train/align_cos", align_sum / align_weight.clamp_min(1e-12), batch_size=bs)  # should rise

@@ -20,19 +20,12 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3DecoderLayer, apply_rotary_pos_emb
 
-from titans.cache import LayerState, TitansCache
+from titans.cache import LayerState, MemoryAux, TitansCache
 from titans.compat import take_cache
 from titans.config import TitansConfig
-from titans.memory import MemoryState, NeuralMemory, query_error_cosine
+from titans.memory import MemoryState, NeuralMemory
 
 BASE_PREFIXES = ("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")
-
-
-class CrossLayerContext:
-    """Per-forward scratch space shared by the patched layers of one model (cross-layer query refinement)."""
-
-    def __init__(self) -> None:
-        self.prev_read: Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -137,11 +130,6 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         self.titans = titans
         self.window = titans.window
         self._titans_checkpointing = False
-        self.context: CrossLayerContext | None = None
-        self.diagnostics: dict[str, Tensor] = {}
-        # with titans.diagnostics on, whether this forward records them (DiagnosticsCallback turns it off on the
-        # training steps it does not log: the aux tensors cost ~4% of a tiny model's step)
-        self.record_diagnostics = True
         dim = config.hidden_size
         self.persistent = nn.Parameter(torch.randn(titans.num_persistent, dim)) if titans.num_persistent else None
         self.memory: NeuralMemory | None = None
@@ -181,30 +169,40 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
     ) -> Tensor:
         """hidden_states `[B, T, D]` -> `[B, T, D]`. The model-level `attention_mask` is not used: the
         layer builds its own (causal, window, persistent tokens); padding is rejected by the model. The
-        cache arrives as `cache` (transformers >= 5.24) or `past_key_values` (earlier)."""
+        cache arrives as `cache` (transformers >= 5.24) or `past_key_values` (earlier). Through the cache
+        (a `TitansCache`) the layer also gets the previous memory layer's read of this forward (cross-layer
+        query) and hands on its own, and, when the forward was asked (`cache.wants_memory_aux`), leaves its
+        `MemoryAux` records in `cache.memory_aux[layer_idx]`."""
         past_key_values = take_cache(cache, past_key_values, f"{type(self).__name__}.forward")
         T = hidden_states.shape[1]
-        cache_layer = None
+        titans_cache = cache_layer = None
         state = LayerState()
         if past_key_values is not None:
-            cache_layer = TitansCache.upgrade(past_key_values).titans_layer(self.layer_idx)
+            titans_cache = TitansCache.upgrade(past_key_values)
+            cache_layer = titans_cache.titans_layer(self.layer_idx)
             state = cache_layer.get_state()
         cos, sin = position_embeddings
-        prev = self.context.prev_read if self.context is not None and self.cross_query is not None else None
+        prev = titans_cache.memory_read if titans_cache is not None and self.cross_query is not None else None
+        want_aux = titans_cache is not None and titans_cache.wants_memory_aux and self.memory is not None
         if self._titans_checkpointing and self.training and torch.is_grad_enabled():
-            out, new_state, read = checkpoint(self._step, hidden_states, cos, sin, state, prev, use_reentrant=False)
+            out, new_state, read, aux = checkpoint(self._step, hidden_states, cos, sin, state, prev, want_aux,
+                                                   use_reentrant=False)
         else:
-            out, new_state, read = self._step(hidden_states, cos, sin, state, prev)
-        if self.context is not None:
-            self.context.prev_read = read
+            out, new_state, read, aux = self._step(hidden_states, cos, sin, state, prev, want_aux)
+        if titans_cache is not None:
+            if read is not None:  # layers without memory leave the last read for the next memory layer
+                titans_cache.memory_read = read
+            if want_aux:
+                titans_cache.memory_aux[self.layer_idx] = aux
         if cache_layer is not None:
             cache_layer.set_state(new_state, T)
         return out
 
     def _step(
-        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None
-    ) -> tuple[Tensor, LayerState, Tensor | None]:
-        """Pure function of its inputs: (new hidden `[B, T, D]`, new LayerState, memory read or None)."""
+        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None, output_aux: bool
+    ) -> tuple[Tensor, LayerState, Tensor | None, list[MemoryAux]]:
+        """Pure function of its inputs: (new hidden `[B, T, D]`, new LayerState, memory read `[B, T, D]` or None,
+        the `MemoryAux` of each memory call when `output_aux`, else [])."""
         raise NotImplementedError
 
     # -------------------------------------------------------------------------------- shared pieces
@@ -247,37 +245,21 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         return out, keep_last(k, keep), keep_last(v, keep)
 
     def memory_branch(
-        self, x: Tensor, mem_state: MemoryState | None, prev_read: Tensor | None
-    ) -> tuple[Tensor, Tensor, MemoryState]:
-        """Run the neural memory on x `[B, T, D]` and gate it. Returns (contribution, raw read, new state)."""
+        self, x: Tensor, mem_state: MemoryState | None, prev_read: Tensor | None, output_aux: bool = False
+    ) -> tuple[Tensor, Tensor, MemoryState, MemoryAux | None]:
+        """Run the neural memory on x `[B, T, D]` and gate it.
+
+        Returns (contribution `[B, T, D]`, raw read `[B, T, D]`, new state, `MemoryAux` when `output_aux` else None).
+        """
         inp = x
         if self.cross_query is not None and prev_read is not None:  # MemoryMAG cross-layer query refinement
             inp = x + self.cross_query(prev_read)
-        if self.titans.diagnostics and self.record_diagnostics:
+        if output_aux:
             y, new_state, aux = self.memory(inp, mem_state, return_aux=True)
         else:
             y, new_state = self.memory(inp, mem_state)
-            aux = None
         contribution, g = self.memory_gate(x, y)
-        if aux is not None:
-            self._record(g, aux, new_state)
-        return contribution, y, new_state
-
-    @torch.no_grad()
-    def _record(self, g: Tensor, aux: dict[str, Tensor], state: MemoryState) -> None:
-        """Detached scalars of the last forward (no host sync: `collect_diagnostics` converts them)."""
-        surprise = aux["surprise"]
-        finite = torch.isfinite(surprise)
-        cos, written = query_error_cosine(aux)
-        wsq = sum(w.detach().float().pow(2).flatten(1).sum(1) for w in state.weights.values())  # (B,)
-        self.diagnostics = {
-            "gate_mean": g.detach().float().mean(),
-            "gate_std": g.detach().float().std() if g.numel() > 1 else g.new_zeros(()).float(),
-            "scale_abs_mean": self.memory_gate.scale.detach().float().abs().mean(),
-            "surprise_norm": torch.where(finite, surprise, 0).sum() / finite.sum().clamp_min(1),
-            "lr_mean": aux["lr"].detach().float().mean(),
-            "momentum_decay_mean": aux["momentum_decay"].detach().float().mean(),
-            "forget_mean": aux["forget"].detach().float().mean(),
-            "memory_weight_norm": wsq.sqrt().mean(),
-            "query_grad_cos": cos.sum() / written.sum().clamp_min(1),  # MemoryMAG §6.1: should rise in training
-        }
+        if not output_aux:
+            return contribution, y, new_state, None
+        gate = g if self.memory_gate.form != "none" else None
+        return contribution, y, new_state, MemoryAux(gate, self.memory_gate.scale, aux, new_state)

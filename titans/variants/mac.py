@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from titans.cache import LayerState
+from titans.cache import LayerState, MemoryAux
 from titans.variants.common import TitansDecoderLayer, attend, project_qkv, window_mask
 
 
@@ -77,8 +77,8 @@ class MACDecoderLayer(TitansDecoderLayer):
         return self.longterm_out(y)
 
     def _step(
-        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None
-    ) -> tuple[Tensor, LayerState, Tensor | None]:
+        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None, output_aux: bool
+    ) -> tuple[Tensor, LayerState, Tensor | None, list[MemoryAux]]:
         B, T, _ = h.shape
         S = self.segment_len
         attn = self.self_attn
@@ -90,7 +90,7 @@ class MACDecoderLayer(TitansDecoderLayer):
         lt_values = state.extra.get("lt_values", empty)
         seg_weights = {k[4:]: v for k, v in state.extra.items() if k.startswith("seg.")}
         pkv = self.persistent_kv(B)
-        outs, reads = [], []
+        outs, reads, auxes = [], [], []
         pos = state.offset
         start = 0
         while start < T:  # one piece per (part of a) segment
@@ -124,14 +124,16 @@ class MACDecoderLayer(TitansDecoderLayer):
             y = attend(attn, q, torch.cat(parts_k, 2), torch.cat(parts_v, 2), torch.cat(masks, 1))  # Eq. 23
             prev = None if prev_read is None else prev_read[:, start : start + n]
             mem_in = {"attention": y, "residual": hp + y, "input": x}[self.memory_input]
-            mem, read, mem_state = self.memory_branch(mem_in, mem_state, prev)  # Eq. 24-25
+            mem, read, mem_state, aux = self.memory_branch(mem_in, mem_state, prev, output_aux)  # Eq. 24-25
             hp = hp + y + mem
             outs.append(hp + self.mlp(self.post_attention_layernorm(hp)))
             reads.append(read)
+            if aux is not None:
+                auxes.append(aux)
             pos += n
             start += n
         if pos % S == 0:  # the segment is complete: its KV is no longer needed
             keys, values, lt_keys, lt_values = empty, empty, empty, empty
         extra = {"lt_keys": lt_keys, "lt_values": lt_values, **{f"seg.{k}": v for k, v in seg_weights.items()}}
         new_state = LayerState(keys, values, mem_state, extra, state.offset)
-        return torch.cat(outs, 1), new_state, torch.cat(reads, 1)
+        return torch.cat(outs, 1), new_state, torch.cat(reads, 1), auxes

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from titans.cache import LayerState
+from titans.cache import LayerState, MemoryAux
 from titans.variants.common import TitansDecoderLayer
 
 
@@ -24,11 +24,11 @@ class MAGDecoderLayer(TitansDecoderLayer):
     variant = "mag"
 
     def _step(
-        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None
-    ) -> tuple[Tensor, LayerState, Tensor | None]:
+        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None, output_aux: bool
+    ) -> tuple[Tensor, LayerState, Tensor | None, list[MemoryAux]]:
         x = self.input_layernorm(h)  # x̃: what attention and memory both read
         attn, keys, values = self.window_attention(x, cos, sin, state)  # Eq. 27
-        mem, read, mem_state = self.memory_branch(x, state.memory, prev_read)  # M(x̃)
+        mem, read, mem_state, aux = self.memory_branch(x, state.memory, prev_read, output_aux)  # M(x̃)
         h = h + attn + mem  # Eq. 28 (gated, additive)
         h = h + self.mlp(self.post_attention_layernorm(h))
-        return h, LayerState(keys, values, mem_state, {}, state.offset), read
+        return h, LayerState(keys, values, mem_state, {}, state.offset), read, [aux] if aux is not None else []

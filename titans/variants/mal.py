@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from titans.cache import LayerState
+from titans.cache import LayerState, MemoryAux
 from titans.variants.common import TitansDecoderLayer
 
 
@@ -23,12 +23,12 @@ class MALDecoderLayer(TitansDecoderLayer):
     variant = "mal"
 
     def _step(
-        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None
-    ) -> tuple[Tensor, LayerState, Tensor | None]:
+        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None, output_aux: bool
+    ) -> tuple[Tensor, LayerState, Tensor | None, list[MemoryAux]]:
         x = self.input_layernorm(h)
-        mem, read, mem_state = self.memory_branch(x, state.memory, prev_read)  # Eq. 30
+        mem, read, mem_state, aux = self.memory_branch(x, state.memory, prev_read, output_aux)  # Eq. 30
         h = h + mem
         attn, keys, values = self.window_attention(self.input_layernorm(h), cos, sin, state)  # Eq. 31
         h = h + attn
         h = h + self.mlp(self.post_attention_layernorm(h))
-        return h, LayerState(keys, values, mem_state, {}, state.offset), read
+        return h, LayerState(keys, values, mem_state, {}, state.offset), read, [aux] if aux is not None else []

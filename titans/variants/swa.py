@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from titans.cache import LayerState
+from titans.cache import LayerState, MemoryAux
 from titans.variants.common import TitansDecoderLayer
 
 
@@ -15,9 +15,9 @@ class SWADecoderLayer(TitansDecoderLayer):
     variant = "swa"
 
     def _step(
-        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None
-    ) -> tuple[Tensor, LayerState, Tensor | None]:
+        self, h: Tensor, cos: Tensor, sin: Tensor, state: LayerState, prev_read: Tensor | None, output_aux: bool
+    ) -> tuple[Tensor, LayerState, Tensor | None, list[MemoryAux]]:
         attn, keys, values = self.window_attention(self.input_layernorm(h), cos, sin, state)
         h = h + attn
         h = h + self.mlp(self.post_attention_layernorm(h))
-        return h, LayerState(keys, values, None, {}, state.offset), prev_read
+        return h, LayerState(keys, values, None, {}, state.offset), None, []
