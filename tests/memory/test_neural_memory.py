@@ -109,7 +109,7 @@ def test_surprise_clip_scales_lr_and_matches_oracle():
 
 
 def test_chunk_step_cap_bounds_the_chunk_step_and_matches_oracle():
-    mem = make(chunk_size=4, fixed_lr=0.5, momentum=False, forgetting=False, chunk_step_cap=1.0).double()
+    mem = make(chunk_size=4, depth=1, fixed_lr=0.5, momentum=False, forgetting=False, chunk_step_cap=1.0).double()
     x = torch.randn(2, 12, 16, dtype=torch.float64)
     _, state, aux = mem(x, return_aux=True)
     per_chunk = aux["lr"].reshape(2, 2, 3, 4).sum(-1)  # no momentum/forgetting: Σ u_j = Σ θ_j
@@ -117,6 +117,54 @@ def test_chunk_step_cap_bounds_the_chunk_step_and_matches_oracle():
     w = _oracle_weights(mem, aux, b=1, h=1)
     for n in w:
         torch.testing.assert_close(state.weights[n][1, 1], w[n], atol=1e-10, rtol=1e-9)
+
+
+def _autograd_curvature(mlp, weights, key, value):
+    """κ = ‖∇_W ℓ‖² / ‖2(M(k) − v)‖² for one token, by autograd (independent of the fast path's formula)."""
+    w = {n: t.clone().requires_grad_(True) for n, t in weights.items()}
+    err = functional_call(mlp, w, (key[None],))[0] - value
+    grads = torch.autograd.grad(err.pow(2).sum(), list(w.values()))
+    return sum(g.pow(2).sum() for g in grads) / (2 * err).pow(2).sum()
+
+
+def test_chunk_step_cap_measures_deep_steps_by_their_curvature():
+    """A deep memory's step along ∇ℓ_j moves its output at k_j by 2θκ_j, κ_j = ‖∇ℓ_j‖²/‖2e_j‖² (for a linear
+    memory with unit keys κ = 1). The cap bounds Σ_j θ_j κ_j per chunk, κ at the chunk-start weights."""
+    mem = make(chunk_size=4, depth=2, expansion=4, fixed_lr=2.0, momentum=False, forgetting=False).double()
+    with torch.no_grad():  # large initial weights: κ ≫ 1, the regime where a cap on Σθ alone diverged
+        for p in mem.memory_model.parameters():
+            p.mul_(3.0)
+    x = torch.randn(1, 8, 16, dtype=torch.float64)
+    _, state, aux = mem(x, return_aux=True)
+    w = {n: t[0, 0] for n, t in mem.init_state(1).weights.items()}
+    for chunk in range(2):
+        tokens = range(4 * chunk, 4 * chunk + 4)
+        kappa = torch.stack([_autograd_curvature(mem.memory_model, w, aux["keys"][0, 0, t], aux["values"][0, 0, t])
+                             for t in tokens])
+        assert (kappa > 2).all(), kappa  # the deep regime this test is about
+        lr = aux["lr"][0, 0, 4 * chunk: 4 * chunk + 4]
+        torch.testing.assert_close((lr * kappa).sum(), torch.tensor(1.0, dtype=torch.float64))
+        _, w, _ = reference_memory(mem.memory_model, w, aux["queries"][0, 0, tokens], aux["keys"][0, 0, tokens],
+                                   aux["values"][0, 0, tokens], lr, aux["momentum_decay"][0, 0, tokens],
+                                   aux["forget"][0, 0, tokens], 4)
+    for n in w:
+        torch.testing.assert_close(state.weights[n][0, 0], w[n], atol=1e-10, rtol=1e-9)
+
+
+def test_deep_memory_with_grown_weights_stays_bounded():
+    """Regression: a trained depth-2 MAG memory (weights ~5× init) grew 150× in 64 tokens to NaN when the cap
+    bounded Σθ only. Scaled-up initial weights, momentum, the default cap: the weights must stay bounded."""
+    torch.manual_seed(0)
+    mem = NeuralMemory(MemoryConfig(dim=64, heads=2, depth=2, chunk_size=16, max_lr=0.5, lr_bias_init=4.0))
+    with torch.no_grad():
+        for p in mem.memory_model.parameters():
+            p.mul_(4.0)
+        w0 = max(p.norm().item() for p in mem.memory_model.parameters())
+        x = torch.randn(1, 64, 64).repeat(1, 16, 1) + 0.3 * torch.randn(1, 1024, 64)  # repeated, similar keys
+        y, state = mem(x)
+    assert torch.isfinite(y).all()
+    grown = max(t.norm(dim=(-2, -1)).max().item() for t in state.weights.values()) / w0
+    assert grown < 3, grown
 
 
 def test_default_config_stays_finite_on_repeated_tokens():

@@ -25,8 +25,7 @@ from titans.memory.config import MemoryConfig
 from titans.memory.mlp import MemoryMLP
 
 
-def chunk_coefficients(lr: Tensor, log_eta: Tensor | None, log_keep: Tensor, chunk_size: int,
-                       step_cap: float = 0.0) -> tuple:
+def chunk_coefficients(lr: Tensor, log_eta: Tensor | None, log_keep: Tensor, chunk_size: int) -> tuple:
     """Per-chunk coefficients of Eq. 13-14 with gradients at the chunk-start weights (Eq. 16-18).
 
     Gates `[g, k*C]` for k complete chunks (log η None without momentum). Returns (u, s_coef `[g, k, C]`;
@@ -54,24 +53,42 @@ def chunk_coefficients(lr: Tensor, log_eta: Tensor | None, log_keep: Tensor, chu
         s_coef = lr * D[..., -1, :]  # θ_j D_{C,j}
         carry_m = (beta * torch.exp(L)).sum(-1)  # c_S = Σ_t β_t Π_{i≤t} η_i
         carry_s = torch.exp(L[..., -1])  # E = Π η
-    cap = step_cap
-    if cap > 0:
-        # Stability guard. All tokens of a chunk step from the same (stale) weights, so the steps of
-        # similar keys add up, and momentum carries each step into later chunks. Token j's total step
-        # is u_j now plus s_j·c_S·(1 + E + E² + …) later (assuming the same gates); capping the chunk's
-        # sum at `cap` keeps a linear memory with unit keys a contraction (heavy ball: α/(1−β) ≤ 1).
-        # Equivalent to scaling every θ_j of the chunk by the same factor ≤ 1.
-        # Forgetting shifts the bound: along a unit key the chunk maps W to A·W − 2Σu·(k·W), so the factor
-        # A − 2Σu stays in [−1, 1] only if Σu ≤ (1 + A)/2. With A → 0 (strong forgetting) a plain Σu ≤ 1
-        # allowed −2 per chunk, and a trained MAC memory grew 12× per 64 tokens to NaN.
-        total = u.sum(-1, keepdim=True)
-        if carry_m is not None:
-            later = carry_m / (1 - carry_s).clamp_min(1e-6)  # c_S / (1 − E)
-            total = total + s_coef.sum(-1, keepdim=True) * later.unsqueeze(-1)
-        limit = cap * (1 + decay.unsqueeze(-1)) / 2  # (g, k, 1); = cap without forgetting
-        scale = (limit / total.clamp_min(1e-12)).clamp(max=1.0)  # (g, k, 1)
-        u, s_coef, lr = u * scale, s_coef * scale, lr * scale
     return u, s_coef, decay, carry_m, carry_s, lr
+
+
+def cap_steps(u: Tensor, s_coef: Tensor, lr: Tensor, decay: Tensor, carry_m: Tensor | None, carry_s: Tensor | None,
+              curvature: Tensor, cap: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The chunk step cap (`MemoryConfig.chunk_step_cap`): scale every θ_j of a chunk by one factor ≤ 1 so the
+    chunk's total step, measured in the memory's output space, keeps the update a contraction.
+
+    u, s_coef, lr, curvature: `[..., C]`; decay, carry_*: `[...]`. Returns (u, s_coef, lr) scaled.
+
+    All tokens of a chunk step from the same (stale) weights, so the steps of similar keys add up, and momentum
+    carries each step into later chunks: token j's total step is u_j now plus s_j·c_S·(1 + E + E² + …) later
+    (assuming the same gates). A step of size u along ∇ℓ_j moves the memory's output at k_j by −2u·κ_j·e_j
+    along its own error e_j = M(k_j) − v_j, where κ_j = ‖∇ℓ_j‖² / ‖2e_j‖² (`curvature`: the memory's neural
+    tangent kernel at k_j along e_j) is ‖k_j‖² for a linear memory but grows with the weights of a deep one.
+    Along a key the chunk maps the error by A − 2Σ_j u_j κ_j (A = Π(1−α)), which stays in [−1, 1] iff
+    Σ u_j κ_j ≤ (1 + A)/2. So the cap is Σ_j (u_j + s_j·c_S/(1−E))·κ_j ≤ cap·(1 + A)/2.
+    History: a cap on Σu alone (κ taken as 1) let a trained depth-2 MAG memory's steps grow with its own
+    weights, 150× per 64 tokens to NaN; before that, Σu ≤ cap (no (1 + A)/2) allowed a factor −2 per chunk
+    under strong forgetting, and a trained MAC memory grew 12× per 64 tokens.
+    """
+    total = (u * curvature).sum(-1, keepdim=True)
+    if carry_m is not None:
+        later = carry_m / (1 - carry_s).clamp_min(1e-6)  # c_S / (1 − E)
+        total = total + (s_coef * curvature).sum(-1, keepdim=True) * later.unsqueeze(-1)
+    limit = cap * (1 + decay.unsqueeze(-1)) / 2  # (..., 1); = cap without forgetting
+    scale = (limit / total.clamp_min(1e-12)).clamp(max=1.0)
+    return u * scale, s_coef * scale, lr * scale
+
+
+def curvature(inputs: list[Tensor], deltas: list[Tensor]) -> Tensor:
+    """Per-token κ_t = ‖∇ℓ_t‖² / ‖δ_{L,t}‖² = Σ_l ‖h_{l,t}‖²‖δ_{l,t}‖² / ‖δ_{L,t}‖² `[g, c]`, without gradient (a
+    normaliser): how far a unit step along ∇ℓ_t moves the memory's output at k_t along its error. ‖k_t‖² if linear."""
+    with torch.no_grad():
+        sq = sum(h.pow(2).sum(-1) * d.pow(2).sum(-1) for h, d in zip(inputs, deltas))
+        return sq / deltas[-1].pow(2).sum(-1).clamp_min(1e-30)
 
 
 def chunk_scan(
@@ -112,7 +129,6 @@ def chunk_scan(
         None if log_eta is None else rearrange(log_eta, "b h n -> (b h) n")[:, : n_full * C],
         log_keep[:, : n_full * C],
         C,
-        c.chunk_step_cap,
     )
 
     # split / unbind once, not t[:, s:e] per chunk: each indexing op's backward allocates a zero gradient
@@ -137,6 +153,9 @@ def chunk_scan(
         if clip:
             scale = (c.surprise_clip / surprise_norm(inputs, deltas).clamp_min(1e-12)).clamp(max=1.0)
             u, s_coef, lr_c = u * scale, s_coef * scale, lr_c * scale
+        if c.chunk_step_cap > 0:
+            u, s_coef, lr_c = cap_steps(u, s_coef, lr_c, decay, carry_m, carry_s, curvature(inputs, deltas),
+                                        c.chunk_step_cap)
         weights, momentum = apply_update(weights, momentum, inputs, deltas, u, s_coef, decay, carry_m, carry_s)
         inputs_all.append(inputs)
         deltas_all.append(deltas)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from titans.memory.chunk import chunk_coefficients, pad_nan
+from titans.memory.chunk import cap_steps, chunk_coefficients, pad_nan
 from titans.memory.config import MemoryConfig
 
 
@@ -63,8 +63,10 @@ def linear_scan(
             lr[:, : nf * C], None if log_eta is None else rearrange(log_eta, "b h n -> (b h) n")[:, : nf * C],
             log_keep[:, : nf * C],
             C,
-            c.chunk_step_cap,
         )
+        if c.chunk_step_cap > 0:  # a linear memory's curvature along any error is ‖k_j‖² (1 for ℓ2-normed keys)
+            curv = k[:, : nf * C].detach().pow(2).sum(-1).reshape(g, nf, C)
+            u, s_coef, lr_c = cap_steps(u, s_coef, lr_c, decay, carry_m, carry_s, curv, c.chunk_step_cap)
         kc = k[:, : nf * C].reshape(g * nf, C, d)
         vc = v[:, : nf * C].reshape(g * nf, C, d)
         eye = torch.eye(d, device=q.device, dtype=dtype)
