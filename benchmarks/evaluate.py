@@ -139,6 +139,17 @@ def _wandb_run(cfg: dict):
     return instantiate(logger_cfg["wandb"])
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (as training does before it builds its model)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def evaluate(cfg) -> dict[str, Any]:
     """Run `cfg.benchmark` on the configured model (and `cfg.baselines`); returns {model name: summary}.
 
@@ -157,6 +168,12 @@ def evaluate(cfg) -> dict[str, Any]:
     for b in baselines:
         if b not in BASELINES:
             raise ValueError(f"baselines contains {b!r}; allowed: {list(BASELINES)}")
+    segment_len, seed = cfg.get("segment_len", 512), cfg.get("seed", 0)
+    if isinstance(segment_len, bool) or not isinstance(segment_len, int) or segment_len <= 0:
+        raise ValueError(f"segment_len={segment_len!r} is not allowed; allowed: an int > 0 (tokens per forward "
+                         f"call while streaming the context, e.g. 512).")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r} is not allowed; allowed: an int.")
     out = Path(cfg["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -172,6 +189,7 @@ def evaluate(cfg) -> dict[str, Any]:
     results: dict[str, dict] = {}
     loaders = [lambda: _main_model(cfg)] + [lambda b=b: _baseline(cfg, b) for b in baselines]
     for load in loaders:
+        seed_everything(seed)  # the same config builds the same model (memory init) in every process
         name, model, tok = load()
         if name in results:
             log.warning("baseline %r is the model under evaluation; evaluated once", name)
@@ -179,7 +197,7 @@ def evaluate(cfg) -> dict[str, Any]:
         model.to(device).eval()
         log.info("evaluating %s on %s", name, suite)
         results[name] = run_suite(model, tok, suite, output_dir=out / name, lengths=lengths, samples=samples,
-                                  segment_len=int(cfg.get("segment_len") or 512), seed=int(cfg.get("seed") or 0),
+                                  segment_len=segment_len, seed=seed,
                                   max_new_tokens=cfg.get("max_new_tokens"), model_name=name,
                                   progress=bool(cfg.get("progress", True)), wandb_run=wandb_run, **bench)
         del model

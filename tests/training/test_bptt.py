@@ -236,3 +236,34 @@ def test_fp16_autocast_keeps_the_memory_state_fp32_and_loss_scaling_skips_overfl
     assert metrics["skipped_steps"] == 1 and seen["scale"] == pytest.approx([65536.0, 1.5e38, 1024.0])  # halved
     # as in Lightning's automatic AMP, a step the scaler skipped still counts in global_step
     assert metrics["global_step"] == 3 and len(metrics["train/losses"]) == 3
+
+
+def test_val_answer_acc_known_answer():
+    """val/answer_acc on hand-made logits: a sample counts only when every answer token is the argmax.
+    Answers at positions 5-7 of 8 tokens; sample 0 right, 1 one token wrong, 2 all wrong, 3 has no answer:
+    1/3 (inverted scoring gives 2/3, "any token right" gives 2/3, counting sample 3 gives 1/4 or 2/4)."""
+    from types import SimpleNamespace
+
+    from titans.compat import CACHE_KWARG
+    from titans.training.module import BPTTConfig, TitansLitModule
+
+    V, T = 11, 8
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]] * 4)
+    answer = torch.zeros(4, T, dtype=torch.bool)
+    answer[:3, 5:] = True
+    pred = torch.roll(ids, -1, dims=1)  # position t predicts token t+1: all right
+    pred[1, 5] = 0  # sample 1: the second answer token (position 6) wrong
+    pred[2, 4:7] = 0  # sample 2: every answer token wrong
+
+    class Known(torch.nn.Module):
+        def forward(self, input_ids, logits_to_keep=1, use_cache=True, **kwargs):
+            logits = torch.nn.functional.one_hot(pred[:, :input_ids.shape[1]], V).float() * 10.0
+            keep = logits_to_keep
+            logits = logits[:, keep] if torch.is_tensor(keep) else logits[:, -keep:]
+            return SimpleNamespace(logits=logits, **{CACHE_KWARG: None})
+
+    module = TitansLitModule(Known(), BPTTConfig(segment_len=T))
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    module.validation_step({"input_ids": ids, "answer_mask": answer, "labels": ids.clone()}, 0)
+    assert logged["val/answer_acc"] == pytest.approx(1 / 3)
