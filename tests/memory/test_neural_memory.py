@@ -1,6 +1,6 @@
 """The neural memory's contract: fast path == float64 oracle, whole == pieces, causality, gradients."""
 
-import math
+import re
 
 import pytest
 import torch
@@ -416,21 +416,80 @@ def test_input_errors():
 
 
 def test_linear_memory_recalls_stored_pair():
-    """Test-time learning: after writing k -> v a read with q = k returns something close to v."""
+    """Test-time learning through the module: write k -> v (one token, θ = 1/2, W_0 = 0), then a token with the
+    same input (so q = k) reads back v exactly; a different key does not."""
+    cfg = MemoryConfig(dim=8, heads=1, depth=1, chunk_size=1, conv_kernel=0, fixed_lr=0.5, momentum=False,
+                       forgetting=False, input_norm=False, output_norm=False, output_gate=False, chunk_step_cap=0.0)
     torch.manual_seed(0)
-    cfg = MemoryConfig(dim=8, heads=1, depth=1, chunk_size=1, conv_kernel=0, fixed_lr=1.0 / 2,
-                       momentum=False, forgetting=False)
     mem = NeuralMemory(cfg).double()
     with torch.no_grad():
-        for p in mem.memory_model.parameters():
-            p.zero_()
-    k = torch.nn.functional.normalize(torch.randn(8, dtype=torch.float64), dim=0)
-    v = torch.randn(8, dtype=torch.float64)
-    weights = {"w0": torch.zeros(1, 1, 8, 8, dtype=torch.float64)}
-    # one inner step with θ = 1/2 on ‖kW − v‖² from W = 0 gives W = k^T v, so k W = v (‖k‖ = 1)
-    grad = 2 * torch.outer(k, -v)
-    w1 = weights["w0"][0, 0] - 0.5 * grad
-    assert math.isclose(float((k @ w1 - v).abs().max()), 0.0, abs_tol=1e-12)
+        mem.memory_model.w0.zero_()  # W_0 = 0
+        mem.to_out.weight.copy_(torch.eye(8))  # y = the raw read
+        mem.to_qkv.weight.normal_()
+        mem.to_qkv.weight[8:16] = mem.to_qkv.weight[:8]  # W_K = W_Q
+    first, other = torch.randn(2, 8, dtype=torch.float64)
+    x = torch.stack([first, first, other])[None]  # write k(first) -> v(first); read with q = k(first), then other
+    y, _, aux = mem(x, return_aux=True)
+    k, v = aux["keys"][0, 0], aux["values"][0, 0]
+    torch.testing.assert_close(aux["queries"][0, 0, 1], k[0])  # same input, same projection: q_2 = k_1
+    # one inner step with θ = 1/2 on ‖kW − v‖² from W = 0 gives W = k^T v, so a read with q = k returns v (‖k‖ = 1)
+    torch.testing.assert_close(y[0, 1], v[0], atol=1e-12, rtol=0)
+    assert (y[0, 0].abs().max()) == 0  # read before any write: W_0 = 0
+    assert (y[0, 2] - v[0]).abs().max() > 0.1  # another key reads something else
+
+
+def test_nonfinite_input_is_an_error_naming_its_position():
+    mem = make()
+    x = torch.randn(2, 9, 16)
+    _, state = mem(x)
+    bad = torch.randn(2, 9, 16)
+    bad[1, 5, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"not finite \(NaN or inf\) at batch 1, token 5 of this call \(token 14 "
+                                         r"of the sequence\).*nonfinite='skip'"):
+        mem(bad, state)
+    bad[1, 5, 3] = 0.0
+    bad[0, 7, 0] = float("inf")
+    with pytest.raises(ValueError, match="at batch 0, token 7"):
+        mem(bad)
+
+
+def test_nonfinite_input_with_skip_leaves_the_state_clean_and_matches_the_oracle():
+    """nonfinite='skip': the token is read and written as a zero input with θ = 0, its output is NaN, and the
+    state stays finite; the same rule in the float64 oracle gives the same result, also when the bad token
+    waits in the buffer across calls."""
+    from titans.memory.reference import reference_forward
+
+    mem = make(nonfinite="skip", chunk_step_cap=0.0).double()
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    x[1, 5] = float("nan")
+    x[1, 6, 2] = float("-inf")
+    y, state = mem(x)
+    assert all(torch.isfinite(w).all() for w in [*state.weights.values(), *state.momentum.values()])
+    assert y[1, 5:7].isnan().all() and torch.isfinite(y[0]).all() and torch.isfinite(y[1, 7:]).all()
+    y_ref, w_ref, s_ref, _ = reference_forward(mem, x)
+    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-8, equal_nan=True)
+    for n in w_ref:
+        torch.testing.assert_close(state.weights[n], w_ref[n], atol=1e-10, rtol=1e-8)
+        torch.testing.assert_close(state.momentum[n], s_ref[n], atol=1e-10, rtol=1e-8)
+    clean = x.clone()
+    clean[1] = 0.0
+    _, clean_state = mem(clean)
+    torch.testing.assert_close(state.weights["w0"][0], clean_state.weights["w0"][0])  # sample 0 untouched
+    y1, s1 = mem(x[:, :6])  # the NaN token waits in the buffer (chunk 4: tokens 4, 5)
+    y2, s2 = mem(x[:, 6:], s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, equal_nan=True)
+    torch.testing.assert_close(s2.weights["w0"], state.weights["w0"])
+    with pytest.raises(ValueError, match="nonfinite"):
+        MemoryConfig(dim=16, nonfinite="ignore")
+
+
+def test_state_of_another_head_count_is_refused_naming_both_shapes():
+    _, state4 = make(heads=4)(torch.randn(1, 8, 16))
+    mem2 = make(heads=2)
+    want = (1, 2, *mem2.memory_model.w0.shape)
+    msg = f"weights['w0'] has shape (1, 4, 4, 8) but this memory (heads=2, head_dim=8, depth=2) needs {want}"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        mem2(torch.randn(1, 8, 16), state4)
 
 
 def test_induction_init_key_is_previous_query_also_across_calls():

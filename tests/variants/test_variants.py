@@ -8,7 +8,7 @@ from titans_tiny import patched as make
 from transformers import Qwen3ForCausalLM
 
 from titans.cache import TitansCache, TitansCacheLayer
-from titans.compat import cache_kwargs, enable_activation_checkpointing
+from titans.compat import cache_kwargs, enable_activation_checkpointing, output_cache
 from titans.patch import collect_diagnostics, patch_qwen3, titans_layers
 
 VARIANTS = ["mag", "mal", "mac", "swa"]
@@ -81,13 +81,17 @@ def test_kv_bounded_by_window(base, ids, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_generate_cache_equals_recompute(base, ids, variant):
+    """Greedy decoding with the cache equals recomputing every step from scratch, on the scores (1e-5), not
+    only the tokens."""
     model = make(base, variant)
     prompt = ids[:, :9]
+    kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
     with torch.no_grad():
-        cached = model.generate(prompt, max_new_tokens=10, do_sample=False, pad_token_id=0)
-        recomputed = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=False, pad_token_id=0)
-    assert cached.shape == (2, 19)
-    assert torch.equal(cached, recomputed)
+        cached = model.generate(prompt, **kw)
+        recomputed = model.generate(prompt, use_cache=False, **kw)
+    assert cached.sequences.shape == (2, 19)
+    assert torch.equal(cached.sequences, recomputed.sequences)
+    torch.testing.assert_close(torch.stack(cached.scores), torch.stack(recomputed.scores), atol=1e-5, rtol=0)
 
 
 def test_mixed_layers_split(base, ids):
@@ -229,15 +233,59 @@ def test_config_object_shared_between_models(tiny_path):
     patch_qwen3(second, "swa", window=4)  # not "already patched"
 
 
-def test_beam_search_and_multiple_returns(base, ids):
-    """Beam reordering and batch expansion reach the memory states too (cache == recompute)."""
+def _beam_search(model, prompt, **kw):
+    kw = dict(max_new_tokens=6, do_sample=False, num_beams=3, num_return_sequences=2, pad_token_id=0,
+              output_scores=True, return_dict_in_generate=True, **kw)
+    with torch.no_grad():
+        return model.generate(prompt, **kw)
+
+
+@pytest.mark.parametrize("variant", ["mag", "mac"])
+def test_beam_search_scores_with_cache_equal_recompute(base, ids, variant):
+    """Beam reordering and batch expansion reach the memory states too: every step's beam scores and the final
+    sequence scores with the cache equal recomputing from scratch at 1e-5."""
+    model = make(base, variant)
+    prompt = ids[:1, :9]
+    cached, recomputed = _beam_search(model, prompt), _beam_search(model, prompt, use_cache=False)
+    assert cached.sequences.shape == (2, 15) and torch.equal(cached.sequences, recomputed.sequences)
+    torch.testing.assert_close(torch.stack(cached.scores), torch.stack(recomputed.scores), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached.sequences_scores, recomputed.sequences_scores, atol=1e-5, rtol=0)
+
+
+def test_beam_search_scores_move_when_the_memory_is_not_reordered(base, ids, monkeypatch):
+    """The test above can fail: reorder only the KV (as a plain DynamicCache would) and the scores move."""
     model = make(base, "mag")
     prompt = ids[:1, :9]
+    recomputed = _beam_search(model, prompt, use_cache=False)
+    orders = []
+
+    def kv_only(self, beam_idx):
+        orders.append(beam_idx.tolist())
+        memory, self.memory = self.memory, None
+        TitansCacheLayer._map(self, lambda t: t.index_select(0, beam_idx.to(t.device)))
+        self.memory = memory
+
+    monkeypatch.setattr(TitansCacheLayer, "reorder_cache", kv_only)
+    broken = _beam_search(model, prompt)
+    assert any(order != sorted(order) for order in orders), "beams must actually reorder for this test to mean anything"
+    assert (torch.stack(broken.scores) - torch.stack(recomputed.scores)).abs().max() > 1e-3
+
+
+def test_titans_cache_reorder_cache_reorders_memory_states(base, ids):
+    model = make(base, "mac")
     with torch.no_grad():
-        kw = dict(max_new_tokens=5, do_sample=False, num_beams=3, num_return_sequences=2, pad_token_id=0)
-        cached = model.generate(prompt, **kw)
-        recomputed = model.generate(prompt, use_cache=False, **kw)
-    assert cached.shape == (2, 14) and torch.equal(cached, recomputed)
+        cache = output_cache(model(ids[:, :11].repeat(2, 1), use_cache=True))  # 4 rows, 2 distinct samples
+    before = {i: (s.weights["w0"].clone(), s.momentum["w0"].clone(), s.buffer.clone())
+              for i, s in cache.memory_states.items()}
+    extra = {i: dict(layer.extra) for i, layer in enumerate(cache.layers) if isinstance(layer, TitansCacheLayer)}
+    order = torch.tensor([3, 0, 0, 2])
+    cache.reorder_cache(order)
+    for i, state in cache.memory_states.items():
+        w, m, buf = before[i]
+        assert torch.equal(state.weights["w0"], w[order]) and torch.equal(state.momentum["w0"], m[order])
+        assert torch.equal(state.buffer, buf[order]) and state.offset == 11
+        for k, v in extra[i].items():
+            assert torch.equal(cache.layers[i].extra[k], v[order]), k
 
 
 def test_swa_matches_hugging_face_sliding_window(tiny_path, ids):

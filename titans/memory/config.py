@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 ACTIVATIONS = ("silu", "gelu", "relu")
 QK_INITS = ("random", "induction")
+NONFINITE = ("error", "skip")
 
 
 def config_error(owner: str, key: str, value: object, allowed: str, fix: str = "") -> None:
@@ -81,6 +82,11 @@ class MemoryConfig(DictRoundTrip):
     # Without it, correlated keys in a chunk add their stale-gradient steps and the memory diverges.
     chunk_step_cap: float = 1.0
 
+    # a token whose input holds NaN/inf: "error" (raise, naming its batch row and token) or "skip" (its write is
+    # skipped: it enters the conv and gates as a zero input with θ = 0, and its output is NaN); either way the
+    # memory state is never poisoned
+    nonfinite: str = "error"
+
     # output
     output_norm: bool = True
     output_gate: bool = True
@@ -128,6 +134,8 @@ class MemoryConfig(DictRoundTrip):
             _fail("chunk_step_cap", self.chunk_step_cap, "a float >= 0 (0 = off)")
         if self.surprise_clip < 0:
             _fail("surprise_clip", self.surprise_clip, "a float >= 0 (0 = off)")
+        if self.nonfinite not in NONFINITE:
+            _fail("nonfinite", self.nonfinite, f"one of {NONFINITE}")
         if not isinstance(self.compile, bool):
             _fail("compile", self.compile, "True or False")
         if self.init_std <= 0:

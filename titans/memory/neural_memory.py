@@ -139,6 +139,21 @@ class NeuralMemory(nn.Module):
                 raise ValueError(
                     f"state weights {sorted(state.weights)} do not match this memory's {self.memory_model.names}"
                 )
+            B = x.shape[0]
+            for kind, tensors in (("weights", state.weights), ("momentum", state.momentum)):
+                for name, p in self.memory_model.named_parameters():
+                    want = (B, c.heads, *p.shape)
+                    if tuple(tensors[name].shape) != want:
+                        raise ValueError(
+                            f"state {kind}[{name!r}] has shape {tuple(tensors[name].shape)} but this memory "
+                            f"(heads={c.heads}, head_dim={c.head_dim}, depth={c.depth}) needs {want} "
+                            "[batch, heads, in, out]: the state comes from a memory with another config."
+                        )
+            for kind, t in (("buffer", state.buffer), ("conv_context", state.conv_context)):
+                if t.dim() != 3 or t.shape[-1] != c.dim:
+                    raise ValueError(
+                        f"state {kind} has shape {tuple(t.shape)} but this memory needs [{B}, n, dim={c.dim}]"
+                    )
 
     @property
     def _has_momentum(self) -> bool:
@@ -208,6 +223,8 @@ class NeuralMemory(nn.Module):
         self._check(x, state)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device)
+        if self.config.nonfinite == "error":
+            self._check_finite(x, state.offset)
         # the tensor work is a function of tensors only (no offset, no MemoryState), so torch.compile
         # specialises on shapes and layouts but not on how many tokens were seen
         step = _compiled_forward() if self.config.compile and not torch.compiler.is_compiling() else type(self)._forward
@@ -216,6 +233,17 @@ class NeuralMemory(nn.Module):
         )
         new_state = MemoryState(weights, momentum, buffer, conv_context, offset=state.offset + x.shape[1])
         return (y, new_state, aux) if return_aux else (y, new_state)
+
+    def _check_finite(self, x: Tensor, offset: int) -> None:
+        """Raise naming the first non-finite token (one host sync): its write would poison the memory for good."""
+        if not bool(torch.isfinite(x).all()):
+            b, t = (int(i) for i in (~torch.isfinite(x).all(-1)).nonzero()[0])  # the first bad (batch, token)
+            raise ValueError(
+                f"NeuralMemory input x is not finite (NaN or inf) at batch {b}, token {t} of this call (token "
+                f"{offset + t} of the sequence); writing it would poison that sample's memory state for good. "
+                "Find where the non-finite value comes from, or set MemoryConfig.nonfinite='skip' to skip the "
+                "writes of such tokens (their output is NaN)."
+            )
 
     def _forward(
         self,
@@ -232,6 +260,11 @@ class NeuralMemory(nn.Module):
         n_ctx, n_buf = conv_context.shape[1], buffer.shape[1]
         xs = torch.cat([conv_context.to(x.dtype), buffer.to(x.dtype), x], dim=1)  # (b, ctx+buf+t, d)
         raw = xs  # what the state carries: raw inputs (normalising twice would not be exact)
+        skip = None
+        if c.nonfinite == "skip":  # non-finite tokens (also ones carried in the buffer) enter as zeros, unwritten
+            skip = ~torch.isfinite(xs).all(-1)  # (b, ctx+buf+t)
+            xs = torch.where(skip[..., None], 0.0, xs)
+            x = xs[:, n_ctx + n_buf :]
         if self.input_norm is not None:  # RMSNorm: the memory sees inputs of a fixed scale
             rms = torch.rsqrt(xs.to(self.state_dtype).pow(2).mean(-1, keepdim=True) + 1e-6)
             xs = xs * rms.to(xs.dtype) * self.input_norm
@@ -243,6 +276,8 @@ class NeuralMemory(nn.Module):
             qkv = qkv[:, n_ctx:]
         qkv = F.silu(qkv)  # (b, n, 3*inner); token 0 starts a chunk
         lr, log_eta, log_keep, eta, alpha = self._gates(xs[:, n_ctx:], with_values=return_aux)  # (b, h, n)
+        if skip is not None:
+            lr = torch.where(skip[:, None, n_ctx:], 0.0, lr)  # θ = 0: a skipped token writes nothing
 
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = self.state_dtype
@@ -268,6 +303,8 @@ class NeuralMemory(nn.Module):
         if self.to_out_gate is not None:
             out = out * torch.sigmoid(self.to_out_gate(x))
         y = self.to_out(out)
+        if skip is not None:
+            y = torch.where(skip[:, n_ctx + n_buf :, None], float("nan"), y)
 
         n = n_buf + T
         n_keep = n % c.chunk_size  # tokens of the unfinished chunk
