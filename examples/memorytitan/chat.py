@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> Chat:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--turns", nargs="*", help="user turns to play (default: read stdin)")
     p.add_argument("--embedder", choices=("auto", "minilm", "hashing"), default="auto")
-    p.add_argument("--architecture", choices=("mac", "mag", "mal"), default="mag")
+    p.add_argument("--architecture", choices=("mac", "mag", "mal", "mem"), default="mag")
     p.add_argument("--short-term-size", type=int, default=16)
     p.add_argument("--load", type=Path, help="continue a chat memory saved with --save")
     p.add_argument("--save", type=Path)

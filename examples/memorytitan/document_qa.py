@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], str | None]:
     p.add_argument("--chunk-size", type=int, default=1000)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--embedder", choices=("auto", "minilm", "hashing"), default="auto")
-    p.add_argument("--architecture", choices=("mac", "mag", "mal"), default="mac")
+    p.add_argument("--architecture", choices=("mac", "mag", "mal", "mem"), default="mac")
     p.add_argument("--short-term-size", type=int, default=8, help="small, so most chunks live in long-term memory")
     p.add_argument("--save", type=Path, help="save the memory here afterwards")
     args = p.parse_args(argv)

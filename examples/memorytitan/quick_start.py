@@ -15,12 +15,12 @@ from titans.manager import TitansManager
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--embedder", choices=("auto", "minilm", "hashing"), default="auto")
-    p.add_argument("--architecture", choices=("mac", "mag", "mal"), default="mac")
+    p.add_argument("--architecture", choices=("mac", "mag", "mal", "mem"), default="mac")
     args = p.parse_args(argv)
 
     titans = TitansManager(
         embedder=make_embedder(args.embedder),
-        architecture=args.architecture,  # "mac", "mag" or "mal"
+        architecture=args.architecture,  # "mac", "mag", "mal" or "mem" (long-term memory only)
         short_term_size=512,  # the last 512 documents, searched exactly
         long_term_size=2048,  # documents kept by the neural long-term memory
         persistent_size=64,  # task documents you add with memory_type="persistent"

@@ -17,10 +17,18 @@ constants here: there is no outer loop to learn them):
   higher is more selective (MemoryTitan's 0.7 keeps ~98% of a corpus of distinct facts here).
 - `projection_scale` (0.1) -> q/k/v projections = scale · I: SiLU(0.1·e) ≈ 0.05·e, so keys, values
   and queries stay (almost) the embeddings.
+
+MemoryTitan's other fields are accepted, so its code runs unchanged (None = not set):
+- `vector_dim`: the embedding width; `TitansManager` checks it against its own `vector_dim`.
+- `max_capacity`: the long-term store's capacity, i.e. `TitansManager(long_term_size=)` (the manager
+  takes it from here when `long_term_size` is not given; both given and different is an error).
+- `hidden_dim`: hidden width of a deep memory (depth >= 2); the neural memory's hidden width is a
+  multiple of `vector_dim`, so it is rounded up to one (`expansion = ceil(hidden_dim / vector_dim)`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from titans.memory.config import DictRoundTrip, config_error
@@ -43,6 +51,10 @@ class LongTermMemoryConfig(DictRoundTrip):
     surprise_window: int = 256
     projection_scale: float = 0.1
     seed: int = 0  # initial weights of a deep memory (depth > 1); a linear memory starts at zero
+    # MemoryTitan's fields (see the module docstring); None = not set
+    vector_dim: int | None = None
+    hidden_dim: int | None = None
+    max_capacity: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.surprise_threshold, (int, float)) or not 0.0 <= self.surprise_threshold < 1e6:
@@ -68,6 +80,14 @@ class LongTermMemoryConfig(DictRoundTrip):
             _fail("projection_scale", self.projection_scale, "a float > 0 (0.1 keeps SiLU near-linear)")
         if not isinstance(self.seed, int):
             _fail("seed", self.seed, "an int")
+        for key in ("vector_dim", "hidden_dim", "max_capacity"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                _fail(key, value, "None or a positive int")
+
+    def expansion(self, dim: int) -> int | None:
+        """The neural memory's `expansion` for `hidden_dim` at width `dim` (None: the memory's default)."""
+        return None if self.hidden_dim is None else max(1, math.ceil(self.hidden_dim / dim))
 
     def fixed_gates(self, long_term_size: int) -> dict[str, float | bool | None]:
         """The `MemoryConfig` gate fields this config maps to (see the module docstring)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,44 @@ from titans.manager.config import LongTermMemoryConfig
 from titans.manager.long_term import LongTermMemory, cosine
 from titans.manager.stores import VectorStore
 
-ARCHITECTURES = ("mac", "mag", "mal")
+
+class ArchitectureType(str, Enum):
+    """MemoryTitan's architecture names; `TitansManager(architecture=)` takes these or their strings."""
+
+    MEMORY_AS_CONTEXT = "mac"
+    MEMORY_AS_GATE = "mag"
+    MEMORY_AS_LAYER = "mal"
+    MEMORY_ONLY = "mem"  # the long-term memory alone (and persistent documents): no short-term memory
+
+
+ARCHITECTURES = tuple(a.value for a in ArchitectureType)
 MEMORY_TYPES = ("all", "short_term", "long_term", "persistent")
 RANK_MODES = (*ARCHITECTURES, "short_term", "long_term", "persistent", "exact")
 _FORMAT = "titans-manager/2"  # texts and metadata in tensors (/1 kept them in the header; still loaded)
 _FORMATS = ("titans-manager/1", _FORMAT)
+
+
+def _resolve(name: str, given: int | None, sources: list[tuple[str, int | None]], default: int) -> int:
+    """`given`, else the first source that is set, else `default`; two set values that differ are an error."""
+    values = ([(name, given)] if given is not None else []) + [s for s in sources if s[1] is not None]
+    for (where_a, a), (where_b, b) in zip(values, values[1:]):
+        if a != b:
+            raise ValueError(f"TitansManager {name}: {where_a}={a} but {where_b}={b}; pass equal values or set one")
+    return values[0][1] if values else default
+
+
+def _check_memory_types(memory_types: object, caller: str, mode: str) -> frozenset[str]:
+    """None -> every memory (the long-term memory alone for "mem", as in MemoryTitan); else a non-empty
+    list of memory names (MemoryTitan's `memory_types`)."""
+    allowed = MEMORY_TYPES[1:]
+    if memory_types is None:
+        return frozenset(["long_term"] if mode == "mem" else allowed)
+    if isinstance(memory_types, str) or not isinstance(memory_types, (list, tuple, set, frozenset)):
+        raise TypeError(f"{caller}(memory_types={memory_types!r}): a list of {allowed}, e.g. ['long_term']")
+    bad = [t for t in memory_types if t not in allowed]
+    if bad or not memory_types:
+        raise ValueError(f"{caller}(memory_types={list(memory_types)!r}): allowed a non-empty list of {allowed}")
+    return frozenset(memory_types)
 
 
 def _positive_int(name: str, value: object, zero_ok: bool = False) -> int:
@@ -69,48 +103,59 @@ class TitansManager:
     def __init__(
         self,
         embedder: Any,
-        architecture: str = "mac",
+        architecture: str | ArchitectureType = "mac",
         short_term_size: int = 512,
-        long_term_size: int = 2048,
+        long_term_size: int | None = None,
         persistent_size: int = 64,
-        vector_dim: int = 384,
+        vector_dim: int | None = None,
         long_term_config: LongTermMemoryConfig | None = None,
         candidates: int = 32,
         gate_temperature: float = 0.1,
+        gate_factor: float | None = None,
     ) -> None:
+        """long_term_size: default `long_term_config.max_capacity`, else 2048. vector_dim: default the
+        embedder's `dim`, else `long_term_config.vector_dim`, else 384. gate_factor (MAG): None = the
+        per-query gate (module docstring); a float in [0, 1] = MemoryTitan's fixed gate g."""
         if not callable(getattr(embedder, "embed", None)):
             raise TypeError(
                 f"TitansManager(embedder={type(embedder).__name__}): needs an object with embed(texts) -> [N, D];"
                 " subclass titans.embedders.BaseEmbedder"
             )
-        arch = architecture.lower() if isinstance(architecture, str) else architecture
+        arch = architecture.value if isinstance(architecture, ArchitectureType) else architecture
+        arch = arch.lower() if isinstance(arch, str) else arch
         if arch not in ARCHITECTURES:
-            raise ValueError(f"TitansManager(architecture={architecture!r}): allowed one of {ARCHITECTURES}")
-        self.vector_dim = _positive_int("vector_dim", vector_dim)
-        emb_dim = getattr(embedder, "dim", None)
-        if emb_dim is not None and emb_dim != vector_dim:
             raise ValueError(
-                f"TitansManager(vector_dim={vector_dim}) but the embedder makes {emb_dim}-dim vectors:"
-                f" pass vector_dim={emb_dim}"
+                f"TitansManager(architecture={architecture!r}): allowed one of {ARCHITECTURES} or an ArchitectureType"
             )
         if long_term_config is not None and not isinstance(long_term_config, LongTermMemoryConfig):
             raise TypeError(
                 "TitansManager(long_term_config=...) needs a LongTermMemoryConfig,"
                 f" got {type(long_term_config).__name__}"
             )
+        cfg = long_term_config or LongTermMemoryConfig()
+        emb_dim = getattr(embedder, "dim", None)
+        dims = [("the embedder's dim", emb_dim), ("long_term_config.vector_dim", cfg.vector_dim)]
+        vector_dim = _resolve("vector_dim", vector_dim, dims, 384)
+        capacities = [("long_term_config.max_capacity", cfg.max_capacity)]
+        long_term_size = _resolve("long_term_size", long_term_size, capacities, 2048)
         if not isinstance(gate_temperature, (int, float)) or not gate_temperature > 0:
             raise ValueError(f"TitansManager(gate_temperature={gate_temperature!r}): allowed a float > 0")
+        if gate_factor is not None and (not isinstance(gate_factor, (int, float)) or not 0.0 <= gate_factor <= 1.0):
+            raise ValueError(f"TitansManager(gate_factor={gate_factor!r}): allowed None (per-query gate) or [0, 1]")
         self.embedder = embedder
         self.architecture = arch
-        self.short_term_size = _positive_int("short_term_size", short_term_size)
+        self.vector_dim = _positive_int("vector_dim", vector_dim)
+        self.short_term_size = _positive_int("short_term_size", short_term_size, zero_ok=True)
         self.long_term_size = _positive_int("long_term_size", long_term_size)
         self.persistent_size = _positive_int("persistent_size", persistent_size, zero_ok=True)
         self.candidates = _positive_int("candidates", candidates)
         self.gate_temperature = float(gate_temperature)
-        self.long_term_config = long_term_config or LongTermMemoryConfig()
-        self.short_term = VectorStore(vector_dim, short_term_size)
-        self.persistent = VectorStore(vector_dim, max(persistent_size, 1))
-        self.long_term = LongTermMemory(vector_dim, long_term_size, self.long_term_config)
+        self.gate_factor = None if gate_factor is None else float(gate_factor)
+        self.long_term_config = cfg
+        # "mem" (long-term memory only) has no short-term memory: its adds go to the long-term memory
+        self.short_term = VectorStore(vector_dim, 0 if arch == "mem" else short_term_size)
+        self.persistent = VectorStore(vector_dim, persistent_size)
+        self.long_term = LongTermMemory(vector_dim, long_term_size, cfg)
         self._docs: dict[int, tuple[str, dict]] = {}  # id -> (content, metadata), for documents held anywhere
         self._pending: set[int] = set()  # short-term documents not yet written to the long-term memory
         self._next_id = 0
@@ -130,7 +175,11 @@ class TitansManager:
         return emb / np.maximum(norms, 1e-12)  # unit rows (an all-zero row stays zero)
 
     def add_documents(
-        self, texts: list[str], memory_type: str | None = None, metadatas: list[dict] | None = None
+        self,
+        texts: list[str],
+        memory_type: str | None = None,
+        consolidate: bool = False,
+        metadatas: list[dict] | None = None,
     ) -> list[int]:
         """Embed and store `texts`; returns their document ids.
 
@@ -138,17 +187,30 @@ class TitansManager:
         when surprising) and put in short-term memory. "short_term": short-term only; written to the
         long-term memory by `consolidate_memories()` or when it leaves short-term memory.
         "long_term": written to the long-term memory only. "persistent": task documents, always
-        visible (at most `persistent_size`). metadatas: one JSON-serialisable dict per text, or None.
+        visible (at most `persistent_size`). With architecture "mem" (no short-term memory) "all" and
+        "short_term" are written to the long-term memory. consolidate: run `consolidate_memories()`
+        afterwards (MemoryTitan's default was True; here nothing waits unwritten for long, see above).
+        metadatas: one JSON-serialisable dict per text, or None.
         """
         kind = "all" if memory_type is None else memory_type
         if kind not in MEMORY_TYPES:
             raise ValueError(f"add_documents(memory_type={memory_type!r}): allowed None or one of {MEMORY_TYPES}")
+        if not isinstance(consolidate, bool):
+            raise TypeError(
+                f"add_documents(consolidate=...) must be a bool, got {type(consolidate).__name__}"
+                " (pass metadatas by keyword: metadatas=[...])"
+            )
+        if self.architecture == "mem" and kind in ("all", "short_term"):
+            kind = "long_term"
         texts = check_texts(texts)
         metas = self._check_metadatas(metadatas, len(texts))
         self._check_persistent_room(kind, len(texts))  # before embedding; again under the lock
         emb = self._embed(texts)
         with self._lock:
-            return self._add(emb, texts, metas, kind)
+            ids = self._add(emb, texts, metas, kind)
+            if consolidate:
+                self._consolidate()
+            return ids
 
     def _check_persistent_room(self, kind: str, n: int) -> None:
         if kind == "persistent" and len(self.persistent) + n > self.persistent_size:
@@ -163,20 +225,21 @@ class TitansManager:
         self._next_id += len(texts)
         for i, text, meta in zip(ids, texts, metas):
             self._docs[i] = (text, meta)
+        # texts of documents that may have left every memory are dropped at the end only: a document the
+        # long-term store evicts during this call may still be about to enter short-term memory
+        left: list[int] = []
         if kind == "persistent":
             for i, vec in zip(ids, emb):
                 self.persistent.add(i, vec)
         elif kind == "long_term":
-            self._write_long_term(emb, ids)
-        elif kind == "all":
-            # write first (in order), then enter short-term memory; only then drop what no memory holds
-            unheld = self._write_long_term(emb, ids, drop=False)
-            self._push_short_term(emb, ids)
-            for i in unheld:
-                self._drop_if_unheld(i)
+            left += self._write_long_term(emb, ids)
+        elif kind == "all":  # written first (in order), then into short-term memory
+            left += self._write_long_term(emb, ids)
+            left += self._push_short_term(emb, ids)
         else:
             self._pending.update(ids)
-            self._push_short_term(emb, ids)
+            left += self._push_short_term(emb, ids)
+        self._drop_unheld(left)
         return ids
 
     @staticmethod
@@ -195,17 +258,14 @@ class TitansManager:
                 raise TypeError(f"metadatas[{i}] must be JSON-serialisable (it is saved): {err}") from None
         return [dict(m) for m in metadatas]
 
-    def _write_long_term(self, emb: np.ndarray, ids: list[int], drop: bool = True) -> list[int]:
-        """Write into the long-term memory; returns the ids the store did not keep or evicted, after
-        dropping those no memory holds (unless `drop=False`)."""
+    def _write_long_term(self, emb: np.ndarray, ids: list[int]) -> list[int]:
+        """Write into the long-term memory; returns the ids the store did not keep or evicted."""
         kept, evicted, _ = self.long_term.write(emb, ids)
-        out = [i for i, k in zip(ids, kept) if not k] + evicted
-        if drop:
-            for i in out:
-                self._drop_if_unheld(i)
-        return out
+        return [i for i, k in zip(ids, kept) if not k] + evicted
 
-    def _push_short_term(self, emb: np.ndarray, ids: list[int]) -> None:
+    def _push_short_term(self, emb: np.ndarray, ids: list[int]) -> list[int]:
+        """Into short-term memory; returns the ids that left it or the long-term store meanwhile."""
+        left = []
         for i, vec in zip(ids, emb):
             evicted = self.short_term.add(i, vec)
             if evicted is None:
@@ -213,12 +273,15 @@ class TitansManager:
             old, old_vec = evicted
             if old in self._pending:  # leaving short-term memory unwritten: consolidate it now
                 self._pending.discard(old)
-                self._write_long_term(old_vec[None], [old])
-            self._drop_if_unheld(old)
+                left += self._write_long_term(old_vec[None], [old])
+            left.append(old)
+        return left
 
-    def _drop_if_unheld(self, doc_id: int) -> None:
-        if doc_id not in self.short_term and doc_id not in self.long_term and doc_id not in self.persistent:
-            self._docs.pop(doc_id, None)
+    def _drop_unheld(self, doc_ids: list[int]) -> None:
+        """Forget the texts of the documents no memory holds."""
+        for doc_id in doc_ids:
+            if doc_id not in self.short_term and doc_id not in self.long_term and doc_id not in self.persistent:
+                self._docs.pop(doc_id, None)
 
     def consolidate_memories(self) -> int:
         """Write every short-term document not yet written (oldest first) into the long-term memory.
@@ -234,88 +297,110 @@ class TitansManager:
             return 0
         self._pending.clear()
         before = self.long_term.admitted
-        self._write_long_term(np.stack([self.short_term.vector(i) for i in order]), order)
+        self._drop_unheld(self._write_long_term(np.stack([self.short_term.vector(i) for i in order]), order))
         return self.long_term.admitted - before
 
     # ------------------------------------------------------------------ querying
 
-    def query(self, text: str, top_k: int = 5) -> list[dict]:
-        """The `top_k` best documents for `text`: `[{content, score, source, metadata, id}]`, best first."""
+    def query(self, text: str, top_k: int = 5, memory_types: list[str] | None = None) -> list[dict]:
+        """The `top_k` best documents for `text`: `[{content, score, source, metadata, id}]`, best first.
+
+        memory_types: results only from these memories (a list of "short_term", "long_term",
+        "persistent"); None = all ("mem": the long-term memory). The architecture's computation (the
+        memory read, MAG's gate) is the same whichever memories are asked.
+        """
         if not isinstance(text, str):
             raise TypeError(f"query(text=...) must be a str, got {type(text).__name__}")
-        return self.query_many([text], top_k)[0]
+        return self.query_many([text], top_k, memory_types)[0]
 
-    def query_many(self, texts: list[str], top_k: int = 5) -> list[list[dict]]:
+    def query_many(self, texts: list[str], top_k: int = 5, memory_types: list[str] | None = None) -> list[list[dict]]:
         """`query` for several texts at once (one embedding call, one memory read)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
             raise ValueError(f"query(top_k={top_k!r}): allowed an int >= 1")
+        use = _check_memory_types(memory_types, "query", self.architecture)
         q = self._embed(texts, "text" if len(texts) == 1 else "texts")
         with self._lock:  # rank and read the texts in one state (an add may drop a ranked document's text)
-            return [
-                [self._result(i, s, src) for i, s, src in ranked] for ranked in self.rank(q, top_k, self.architecture)
-            ]
+            ranked = self._rank(q, top_k, self.architecture, use)
+            return [[self._result(i, s, src) for i, s, src in r] for r in ranked]
 
     def _result(self, doc_id: int, score: float, source: str) -> dict:
         content, meta = self._docs[doc_id]
         return {"content": content, "score": float(score), "source": source, "metadata": dict(meta), "id": doc_id}
 
-    def _source(self, doc_id: int) -> str:
-        if doc_id in self.persistent:
+    def _source(self, doc_id: int, use: frozenset[str] = frozenset(MEMORY_TYPES[1:])) -> str:
+        if doc_id in self.persistent and "persistent" in use:
             return "persistent"
-        return "short_term" if doc_id in self.short_term else "long_term"
+        return "short_term" if doc_id in self.short_term and "short_term" in use else "long_term"
 
-    def rank(self, queries: np.ndarray, top_k: int, mode: str) -> list[list[tuple[int, float, str]]]:
+    def rank(
+        self, queries: np.ndarray, top_k: int, mode: str, memory_types: list[str] | None = None
+    ) -> list[list[tuple[int, float, str]]]:
         """Rank documents for unit query embeddings `[M, D]` -> per query `[(id, score, source)]`.
 
-        mode: an architecture ("mac", "mag", "mal") or one memory alone: "short_term" (exact cosine),
-        "long_term" (the memory read decoded against the store), "persistent", "exact" (cosine over
-        every held document: the ceiling).
+        mode: an architecture ("mac", "mag", "mal", "mem") or one memory alone: "short_term" (exact
+        cosine), "long_term" (the memory read decoded against the store), "persistent", "exact" (cosine
+        over every held document: the ceiling). memory_types: as in `query`.
         """
         if mode not in RANK_MODES:
             raise ValueError(f"rank(mode={mode!r}): allowed one of {RANK_MODES}")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
             raise ValueError(f"rank(top_k={top_k!r}): allowed an int >= 1")
+        use = _check_memory_types(memory_types, "rank", mode)
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.vector_dim:
             raise ValueError(f"rank(queries): expected unit vectors [M, {self.vector_dim}], got shape {queries.shape}")
         with self._lock:
-            return self._rank(queries, top_k, mode)
+            return self._rank(queries, top_k, mode, use)
 
-    def _rank(self, queries: np.ndarray, top_k: int, mode: str) -> list[list[tuple[int, float, str]]]:
-        n_st, n_p = len(self.short_term), len(self.persistent)
+    def _rank(
+        self, queries: np.ndarray, top_k: int, mode: str, use: frozenset[str]
+    ) -> list[list[tuple[int, float, str]]]:
+        m_q = len(queries)
+        none = (np.zeros((m_q, 0), np.float32), np.zeros((m_q, 0), np.int64))  # a memory left out: no results
+
+        def search(kind: str, store: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            return store.search(q, k) if kind in use else none
+
         if mode == "short_term":
-            return self._pack(*self.short_term.search(queries, top_k), "short_term")
+            return self._pack(*search("short_term", self.short_term, queries, top_k), "short_term")
         if mode == "persistent":
-            return self._pack(*self.persistent.search(queries, top_k), "persistent")
-        if mode in ("long_term", "mac", "mag", "mal"):
+            return self._pack(*search("persistent", self.persistent, queries, top_k), "persistent")
+        if mode in ("long_term", "mac", "mag", "mal", "mem"):
             reads = self.long_term.read(queries)
         if mode == "long_term":
-            return self._pack(*self.long_term.search(reads, top_k), "long_term")
+            return self._pack(*search("long_term", self.long_term, reads, top_k), "long_term")
+        if mode == "mem":  # the long-term memory's read decoded against its store (+ persistent when asked)
+            lt = search("long_term", self.long_term, reads, top_k)
+            parts = [lt, search("persistent", self.persistent, queries, top_k)]
+            return [self._merge(parts, m, top_k, use) for m in range(m_q)]
         if mode == "mal":
             queries = reads + queries
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         # one score per mode across memories, so each memory's own top_k is enough for the union's top_k
+        st = search("short_term", self.short_term, queries, top_k)
+        pe = search("persistent", self.persistent, queries, top_k)
         if mode in ("mal", "exact"):
-            parts = [self.short_term.search(queries, top_k), self.persistent.search(queries, top_k)]
-            parts.append(self.long_term.search_keys(queries, top_k))
-            return [self._merge(parts, m, top_k) for m in range(len(queries))]
-        # the memory's candidates: the long-term documents no other memory shows (what the window lost)
-        lt_scores, lt_ids = self.long_term.search(reads, max(self.candidates, top_k) + n_st + n_p)
-        st = self.short_term.search(queries, top_k)
-        pe = self.persistent.search(queries, top_k)
+            lt = self.long_term.search_keys(queries, top_k) if "long_term" in use else none
+            return [self._merge([st, pe, lt], m, top_k, use) for m in range(m_q)]
+
+        # the memory's candidates: the long-term documents no other (used) memory shows (what the window lost)
+        def shown(i: int) -> bool:
+            return (i in self.short_term and "short_term" in use) or (i in self.persistent and "persistent" in use)
+
+        n_shown = len(self.short_term) * ("short_term" in use) + len(self.persistent) * ("persistent" in use)
+        lt_scores, lt_ids = search("long_term", self.long_term, reads, max(self.candidates, top_k) + n_shown)
         out = []
-        for m in range(len(queries)):
-            fresh_at = [c for c, i in enumerate(lt_ids[m]) if i not in self.short_term and i not in self.persistent]
-            fresh_at = fresh_at[: max(self.candidates, top_k)]
+        for m in range(m_q):
+            fresh_at = [c for c, i in enumerate(lt_ids[m]) if not shown(int(i))][: max(self.candidates, top_k)]
             if mode == "mac":  # candidates join the context; the context is ranked by exact cosine with q
                 fresh = np.array([lt_ids[m][c] for c in fresh_at], dtype=np.int64)
                 keys = self.long_term.keys[[self.long_term._slot_of[int(i)] for i in fresh]]  # (n, D)
                 lt_exact = cosine(queries[m : m + 1], keys)  # (1, n)
                 row = slice(m, m + 1)
                 parts = [(st[0][row], st[1][row]), (pe[0][row], pe[1][row]), (lt_exact, fresh[None])]
-                out.append(self._merge(parts, 0, top_k))
+                out.append(self._merge(parts, 0, top_k, use))
                 continue
-            # MAG: (1 − g)·attention + g·memory with a per-query gate
+            # MAG: (1 − g)·attention + g·memory with a per-query gate (or MemoryTitan's fixed gate_factor)
             attn: dict[int, float] = {}
             for scores, ids in (st, pe):
                 attn.update({int(i): float(s) for s, i in zip(scores[m], ids[m])})
@@ -324,18 +409,20 @@ class TitansManager:
                 g = 0.0
             elif not attn:
                 g = 1.0
+            elif self.gate_factor is not None:
+                g = self.gate_factor
             else:
                 g = 1.0 / (1.0 + math.exp(-(max(mem.values()) - max(attn.values())) / self.gate_temperature))
             mixed = {i: (1 - g) * a for i, a in attn.items()}
             mixed.update({i: g * v for i, v in mem.items()})
             best = sorted(mixed.items(), key=lambda kv: -kv[1])[:top_k]
-            out.append([(i, s, self._source(i)) for i, s in best])
+            out.append([(i, s, self._source(i, use)) for i, s in best])
         return out
 
     def _pack(self, scores: np.ndarray, ids: np.ndarray, source: str) -> list[list[tuple[int, float, str]]]:
         return [[(int(i), float(s), source) for s, i in zip(sr, ir)] for sr, ir in zip(scores, ids)]
 
-    def _merge(self, parts: list, m: int, top_k: int) -> list[tuple[int, float, str]]:
+    def _merge(self, parts: list, m: int, top_k: int, use: frozenset[str]) -> list[tuple[int, float, str]]:
         """Union of (scores, ids) `[M, k]` pairs for query m: one entry per id (its best score), top_k."""
         best: dict[int, float] = {}
         for scores, ids in parts:
@@ -344,7 +431,7 @@ class TitansManager:
                 if i not in best or s > best[i]:
                     best[i] = float(s)
         ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top_k]
-        return [(i, s, self._source(i)) for i, s in ranked]
+        return [(i, s, self._source(i, use)) for i, s in ranked]
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -363,21 +450,25 @@ class TitansManager:
                 self.long_term.reset()
             if "persistent" in kinds:
                 self.persistent.clear()
-            for doc_id in list(self._docs):
-                self._drop_if_unheld(doc_id)
+            self._drop_unheld(list(self._docs))
 
     def stats(self) -> dict[str, Any]:
-        """Sizes, capacities and long-term write statistics (JSON-serialisable)."""
+        """Sizes, capacities and long-term write statistics (JSON-serialisable). MemoryTitan's keys are
+        included: short_term utilization; long_term avg_surprise / max_surprise (over every write since
+        the last clear), forget_rate, momentum (the norm of the memory's momentum S); persistent
+        num_vectors and vector_dim."""
         with self._lock:
             lt = self.long_term
             window = np.fromiter(lt.window, dtype=np.float64, count=len(lt.window))
+            st_capacity = self.short_term.capacity  # 0 for "mem"
             return {
                 "architecture": self.architecture,
                 "vector_dim": self.vector_dim,
                 "documents": len(self._docs),
                 "short_term": {
                     "size": len(self.short_term),
-                    "capacity": self.short_term_size,
+                    "capacity": st_capacity,
+                    "utilization": len(self.short_term) / st_capacity if st_capacity else 0.0,
                     "pending": len(self._pending),
                 },
                 "long_term": {
@@ -389,11 +480,24 @@ class TitansManager:
                     "evicted": lt.evicted,
                     "surprise_mean": float(window.mean()) if len(window) else None,
                     "surprise_std": float(window.std()) if len(window) else None,
+                    "avg_surprise": lt.surprise_sum / lt.writes if lt.writes else 0.0,
+                    "max_surprise": lt.surprise_max,
+                    "forget_rate": self.long_term_config.forget_rate,
+                    "momentum": lt.momentum_norm(),
                     "gates": self.long_term_config.fixed_gates(self.long_term_size),
                     "config": self.long_term_config.to_dict(),
                 },
-                "persistent": {"size": len(self.persistent), "capacity": self.persistent_size},
+                "persistent": {
+                    "size": len(self.persistent),
+                    "capacity": self.persistent_size,
+                    "num_vectors": len(self.persistent),
+                    "vector_dim": self.vector_dim,
+                },
             }
+
+    # MemoryTitan's names for the same methods (docs/manager.md has the migration table)
+    get_stats = stats
+    clear_memories = clear
 
     def settings(self) -> dict[str, Any]:
         """Constructor arguments (less the embedder) as a JSON-serialisable dict."""
@@ -406,6 +510,7 @@ class TitansManager:
             "long_term_config": self.long_term_config.to_dict(),
             "candidates": self.candidates,
             "gate_temperature": self.gate_temperature,
+            "gate_factor": self.gate_factor,
         }
 
     def save(self, path: str | Path) -> None:

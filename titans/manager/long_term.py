@@ -69,9 +69,11 @@ class LongTermMemory:
             raise ValueError(f"LongTermMemory(capacity={capacity!r}): allowed a positive int (long_term_size)")
         self.dim, self.capacity = dim, capacity
         self.config = cfg = config or LongTermMemoryConfig()
+        expansion = {} if cfg.expansion(dim) is None else {"expansion": cfg.expansion(dim)}
         mcfg = MemoryConfig(
             dim=dim, heads=1, depth=cfg.memory_depth, chunk_size=cfg.chunk_size, conv_kernel=0,
             input_norm=False, qk_l2_norm=True, output_norm=False, output_gate=False, **cfg.fixed_gates(capacity),
+            **expansion,
         )  # fmt: skip
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -107,6 +109,7 @@ class LongTermMemory:
         self.surprise = np.zeros(self.capacity, dtype=np.float64)  # raw surprise at write time
         self.window: deque[float] = deque(maxlen=self.config.surprise_window)
         self.writes = self.admitted = self.rejected = self.evicted = 0
+        self.surprise_sum = self.surprise_max = 0.0  # over every write since the last reset
         self._slot_of: dict[int, int] = {}
         self._index()
 
@@ -163,6 +166,8 @@ class LongTermMemory:
             s = float(surp[i])
             ratio = self.relative_surprise(s)
             self.window.append(s)
+            self.surprise_sum += s
+            self.surprise_max = max(self.surprise_max, s)
             t = self.writes
             self.writes += 1
             if ratio < self.config.surprise_threshold:
@@ -191,6 +196,10 @@ class LongTermMemory:
             self.admitted += 1
             kept.append(True)
         return kept, evicted, surp
+
+    def momentum_norm(self) -> float:
+        """ℓ2 norm of the memory's momentum S (past surprise carried to the next write; 0 without momentum)."""
+        return float(sum(float(v.double().pow(2).sum()) for v in self.state.momentum.values()) ** 0.5)
 
     def relative_surprise(self, surprise: float) -> float:
         """`surprise` over the median surprise of the last `surprise_window` writes (1.0 before any write)."""
@@ -243,7 +252,8 @@ class LongTermMemory:
             tensors[f"store.{name}"] = torch.from_numpy(np.ascontiguousarray(getattr(self, name)))
         tensors["store.window"] = torch.tensor(list(self.window), dtype=torch.float64)
         counters = {k: getattr(self, k) for k in ("writes", "admitted", "rejected", "evicted")}
-        return tensors, {"state_meta": meta, "counters": counters}
+        totals = {"surprise_sum": self.surprise_sum, "surprise_max": self.surprise_max}
+        return tensors, {"state_meta": meta, "counters": counters, "surprise_totals": totals}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """Restore what `to_tensors` wrote (shapes must match this memory's dim and capacity)."""
@@ -259,8 +269,11 @@ class LongTermMemory:
                 raise ValueError(f"saved long-term store.{name} has shape {arr.shape}, expected {want}")
             setattr(self, name, arr)
         self.window = deque(tensors["store.window"].tolist(), maxlen=self.config.surprise_window)
-        for k, v in meta["counters"].items():
-            setattr(self, k, int(v))
+        for k in ("writes", "admitted", "rejected", "evicted"):
+            setattr(self, k, int(meta["counters"][k]))
+        totals = meta.get("surprise_totals", {})  # absent in saves written before they were kept
+        self.surprise_sum = float(totals.get("surprise_sum", 0.0))
+        self.surprise_max = float(totals.get("surprise_max", 0.0))
         self._slot_of = {int(i): s for s, i in enumerate(self.ids) if i >= 0}
         self._index()
 

@@ -37,7 +37,10 @@ class VectorStore:
         return list(self._slot_of)
 
     def add(self, doc_id: int, vector: np.ndarray) -> tuple[int, np.ndarray] | None:
-        """Insert; when full, the oldest document leaves first. Returns (evicted id, its vector) or None."""
+        """Insert; when full, the oldest document leaves first. Returns (evicted id, its vector) or None.
+        A store of capacity 0 holds nothing: the document itself comes back as evicted."""
+        if self.capacity == 0:
+            return doc_id, np.array(vector, dtype=np.float32)
         evicted = None
         if len(self._slot_of) >= self.capacity:
             old, slot = self._slot_of.popitem(last=False)

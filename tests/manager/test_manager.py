@@ -193,7 +193,7 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(TypeError, match="JSON"):
         m.add_documents(["a"], metadatas=[{"f": object()}])
     with pytest.raises(ValueError, match="architecture"):
-        manager("mem")
+        manager("memory_only")
     with pytest.raises(ValueError, match="vector_dim=384"):
         TitansManager(HashingEmbedder(dim=DIM), vector_dim=384)
     with pytest.raises(ValueError, match="persistent_size"):
@@ -301,7 +301,8 @@ def test_adds_saves_and_queries_from_threads_at_once(arch, tmp_path):
         sys.setswitchinterval(old)
     assert errors == []
     s = m.stats()
-    assert s["long_term"]["size"] == 8 and s["short_term"]["size"] == 4 and m.long_term.writes > 8
+    assert s["long_term"]["size"] == 8 and s["short_term"]["size"] == (0 if arch == "mem" else 4)
+    assert m.long_term.writes > 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temporary file left
 
 
@@ -383,3 +384,15 @@ def test_eviction_state_round_trips_through_save_load(tmp_path, corpus):
         x.add_documents(corpus.docs[40:80])
     assert r.long_term.stored_ids() == m.long_term.stored_ids() and r.stats() == m.stats()
     assert m.long_term.evicted > 10
+
+
+def test_every_held_document_keeps_its_text():
+    """A document the long-term store evicted while its own add was still putting it into short-term
+    memory lost its text (a later query of it raised KeyError); found by the threads test."""
+    docs = make_corpus(300, seed=5).docs
+    m = TitansManager(HashingEmbedder(dim=64), vector_dim=64, short_term_size=4, long_term_size=8)
+    for i in range(90):  # the first loss was at add 78
+        m.add_documents(docs[3 * i : 3 * i + 3], memory_type="short_term" if i % 2 else None)
+        held = set(m.short_term.order()) | set(m.long_term.stored_ids())
+        assert held <= set(m._docs), f"add {i}: documents {held - set(m._docs)} are held without text"
+        assert set(m._docs) <= held  # and nothing else is kept
