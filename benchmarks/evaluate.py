@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from titans.io import write_json, write_text
 from titans.training.builders import build_model, memory_options, to_plain
@@ -54,11 +56,7 @@ def load_model_dir(path: str | Path):
     if patched:
         import titans
 
-        loader = getattr(titans, "from_pretrained", None)
-        if loader is None:
-            raise ValueError(f"model_dir={str(path)!r} holds a Titans-patched model but titans.from_pretrained is "
-                             f"not available in this install; update titans")
-        model = loader(str(path))
+        model = titans.from_pretrained(str(path))
     else:
         from transformers import AutoModelForCausalLM
 
@@ -67,8 +65,9 @@ def load_model_dir(path: str | Path):
     return model, load_tokenizer(str(path) if has_tok else "byte")
 
 
-def _main_model(cfg: dict):
-    """(name, model, tokenizer) of the model under evaluation, from the first source that is set."""
+def main_model(cfg: Mapping[str, Any]):
+    """(name, model, tokenizer) of the model under evaluation, from the first source of `cfg` that is set
+    (`model_dir`, else `model` + `memory` with the weights of `checkpoint` when given); `model_name` names it."""
     variant, options = memory_options(cfg.get("memory"))
     if cfg.get("model_dir"):
         model, tok = load_model_dir(cfg["model_dir"])
@@ -101,35 +100,6 @@ def _baseline(cfg: dict, which: str):
     return f"swa{window}", model, tok
 
 
-def _comparison(results: dict[str, dict], out: Path, suite: str) -> dict:
-    """One row per model: the mean of the suite's table rows at each length (RULER: its average row)."""
-    from benchmarks import reports
-
-    table: dict[str, dict[int, float | None]] = {}
-    lengths: list[int] = []
-    for name, s in results.items():
-        lengths = sorted(set(lengths) | {int(n) for n in s["lengths"]})
-        if suite == "ppl":
-            table[name] = {int(n): v for n, v in s["late"].items()}
-            continue
-        rows = s["table"].get("average") and {"average": s["table"]["average"]} or s["table"]
-        table[name] = {}
-        for n in s["lengths"]:
-            vals = [r[n] for r in rows.values() if r.get(n) is not None]
-            table[name][int(n)] = round(sum(vals) / len(vals), 2) if vals else None
-    if suite == "sniah":  # the Titans paper's Table 2: one row per model, PK/N/W x length columns
-        wide = {name: {r: {int(n): v for n, v in vals.items()} for r, vals in s["table"].items()}
-                for name, s in results.items()}
-        write_text(out / "table2.md", "# S-NIAH (Titans Table 2 layout)\n\n"
-                           + reports.wide_markdown_table(wide, lengths))
-    metric = "perplexity of the last position bucket" if suite == "ppl" else "mean score (%)"
-    write_text(out / "comparison.md", f"# {suite}: models compared ({metric})\n\n"
-                       + reports.markdown_table(table, lengths, "model", digits=2))
-    reports.lines(table, lengths, out / "comparison.png", title=f"{suite}: models compared", metric=metric,
-                  ylim=None if suite == "ppl" else (0, 100))
-    return table
-
-
 def _wandb_run(cfg: dict):
     logger_cfg = cfg.get("logger") or {}
     if "wandb" not in logger_cfg:
@@ -150,17 +120,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def evaluate_model(name: str, model, tokenizer, benchmark: Mapping[str, Any], output_dir: str | Path,
+                   cfg: Mapping[str, Any], wandb_run=None) -> dict:
+    """One model on one benchmark (`benchmark`: `name`, `lengths`, `samples` and the suite's options) through
+    `benchmarks.runner.run_suite`, with the run settings of `cfg` (`device`, `segment_len`, `seed`,
+    `max_new_tokens`, `progress`); results under `output_dir`. Returns the suite's summary."""
+    from benchmarks.runner import run_suite
+
+    bench = dict(benchmark)
+    suite, lengths, samples = bench.pop("name"), bench.pop("lengths", None), bench.pop("samples", None)
+    model.to(resolve_device(cfg.get("device"))).eval()
+    log.info("evaluating %s on %s", name, suite)
+    return run_suite(model, tokenizer, suite, output_dir=output_dir, lengths=lengths, samples=samples,
+                     segment_len=cfg.get("segment_len", 512), seed=cfg.get("seed", 0),
+                     max_new_tokens=cfg.get("max_new_tokens"), model_name=name,
+                     progress=bool(cfg.get("progress", True)), wandb_run=wandb_run, **bench)
+
+
 def evaluate(cfg) -> dict[str, Any]:
     """Run `cfg.benchmark` on the configured model (and `cfg.baselines`); returns {model name: summary}.
 
     `cfg` is the composed conf/eval.yaml (a DictConfig or a plain dict with the same keys).
     """
-    from benchmarks.runner import run_suite
-    from benchmarks.suites import SUITE_NAMES
+    from benchmarks.suites import SUITE_NAMES, get_suite
 
     cfg = to_plain(cfg)
-    bench = dict(cfg.get("benchmark") or {})
-    suite = bench.pop("name", None)
+    suite = (cfg.get("benchmark") or {}).get("name")
     if suite not in SUITE_NAMES:
         raise ValueError(f"benchmark.name={suite!r} is not allowed; allowed: {list(SUITE_NAMES)} "
                          f"(pick one with benchmark=<name>)")
@@ -176,34 +161,21 @@ def evaluate(cfg) -> dict[str, Any]:
         raise ValueError(f"seed={seed!r} is not allowed; allowed: an int.")
     out = Path(cfg["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        from omegaconf import OmegaConf
-
-        text = OmegaConf.to_yaml(OmegaConf.create(cfg))
-    except ImportError:  # pragma: no cover
-        text = json.dumps(cfg, indent=2)
-    write_text(out / "config.yaml", text)
-    device = resolve_device(cfg.get("device"))
+    write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
     wandb_run = _wandb_run(cfg)
-    lengths, samples = bench.pop("lengths", None), bench.pop("samples", None)
     results: dict[str, dict] = {}
-    loaders = [lambda: _main_model(cfg)] + [lambda b=b: _baseline(cfg, b) for b in baselines]
+    loaders = [lambda: main_model(cfg)] + [lambda b=b: _baseline(cfg, b) for b in baselines]
     for load in loaders:
         seed_everything(seed)  # the same config builds the same model (memory init) in every process
         name, model, tok = load()
         if name in results:
             log.warning("baseline %r is the model under evaluation; evaluated once", name)
             continue
-        model.to(device).eval()
-        log.info("evaluating %s on %s", name, suite)
-        results[name] = run_suite(model, tok, suite, output_dir=out / name, lengths=lengths, samples=samples,
-                                  segment_len=segment_len, seed=seed,
-                                  max_new_tokens=cfg.get("max_new_tokens"), model_name=name,
-                                  progress=bool(cfg.get("progress", True)), wandb_run=wandb_run, **bench)
+        results[name] = evaluate_model(name, model, tok, cfg["benchmark"], out / name, cfg, wandb_run)
         del model
     write_json(out / "summary.json", results)
     if len(results) > 1:
-        _comparison(results, out, suite)
+        get_suite(suite).write_comparison(results, out)
     if wandb_run is not None:
         getattr(wandb_run, "experiment", wandb_run).finish()
     return results

@@ -9,8 +9,8 @@ For each variant (mag, mac, mal: memory; swa: the same model with sliding-window
   1. train with `python -m titans.training.curriculum experiment=cpu_proof_<variant>` (composed here with
      Hydra's compose API; stages and their checkpoints under <train-dir>/<variant>/),
   2. load the last stage's checkpoint into the model built from the same config,
-  3. evaluate pass-key and single-hop hash-hop retrieval through the real inference path (the context
-     streamed through the model's cache in segments, then greedy decoding; benchmarks.runner.run_suite)
+  3. evaluate pass-key and single-hop hash-hop retrieval through evaluate.py's path (benchmarks.evaluate: the
+     context streamed through the model's cache in segments, then greedy decoding; benchmarks.runner.run_suite)
      at 16-64x the attention window, plus a depth x length pass-key heatmap for the first variant,
   4. write <out>/summary.json shaped {variant: {task: {length: accuracy percent}}}, results.md (the
      table), <out>/<variant>/curve.csv (its training curve, stages concatenated), curves.png (every
@@ -77,26 +77,28 @@ def train(variant: str, out_dir: Path, overrides: list[str], steps_scale: float)
 
 def evaluate(variant: str, cfg, ckpt: Path, out_dir: Path, lengths: list[int], samples: int,
              heatmap: bool, tasks: dict | None = None) -> dict:
+    """The variant's checkpoint on each task through evaluate.py's path (`benchmarks.evaluate`: the model built
+    from the training config, the checkpoint loaded, `run_suite`); returns {task: {length: accuracy}}."""
     import torch
 
-    from benchmarks.runner import run_suite
-    from titans.training.builders import build_model
-    from titans.training.checkpoint import load_model_weights
+    from benchmarks.evaluate import evaluate_model, main_model, seed_everything
+    from titans.training.builders import to_plain
 
     torch.set_num_threads(int(cfg.get("cpu_threads") or torch.get_num_threads()))
-    model, tokenizer = build_model(cfg.model, cfg.memory, freeze="none")
-    load_model_weights(model, ckpt, "checkpoint")
-    model.eval()
+    run = {"model": to_plain(cfg.model), "memory": to_plain(cfg.memory), "checkpoint": str(ckpt),
+           "model_name": variant, "device": "cpu", "segment_len": 256, "seed": 0}
+    seed_everything(run["seed"])
+    name, model, tokenizer = main_model(run)
     table = {}
     for suite, params in (tasks or TASKS).items():
-        summary = run_suite(model, tokenizer, suite, output_dir=out_dir / suite, lengths=lengths, samples=samples,
-                            segment_len=256, model_name=variant, task_params=params)
+        bench = {"name": suite, "lengths": lengths, "samples": samples, "task_params": params}
+        summary = evaluate_model(name, model, tokenizer, bench, out_dir / suite, run)
         row = next(iter(summary["table"].values()))
         table[suite] = {str(k): float(v) for k, v in row.items()}
     if heatmap:
-        run_suite(model, tokenizer, "niah", output_dir=out_dir / "niah", lengths=lengths,
-                  samples=max(1, samples // 4), segment_len=256, model_name=variant,
-                  task_params={"haystack": "noise", "intro": False}, depths=[0, 25, 50, 75, 90])
+        bench = {"name": "niah", "lengths": lengths, "samples": max(1, samples // 4), "depths": [0, 25, 50, 75, 90],
+                 "task_params": {"haystack": "noise", "intro": False}}
+        evaluate_model(name, model, tokenizer, bench, out_dir / "niah", run)
     return table
 
 

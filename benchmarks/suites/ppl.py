@@ -15,14 +15,15 @@ sliding-window baseline.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import reports
-from titans.io import write_json, write_text
+from benchmarks.inference import token_nll
+from benchmarks.suites.base import Cell, Suite
+from titans.io import write_text
 
 PPL_DEFAULTS = dict(lengths=[1024, 2048, 4096], samples=4, source="essays", text_field="text", split="train",
                     first_bucket=64)
@@ -90,72 +91,85 @@ def _bucket_name(lo: int, hi: int) -> str:
     return f"{lo}-{hi}"
 
 
-def run_ppl(model, tokenizer, *, output_dir: str | Path, lengths: Sequence[int] | None = None,
-            samples: int | None = None, segment_len: int = 512, model_name: str = "model", progress: bool = True,
-            wandb_run=None, **options) -> dict:
-    """Perplexity by position bucket x context length (see the module docstring); writes samples.jsonl
-    (one record per window: per-bucket mean loss), summary.json/.csv, results.md, ppl.png.
+class PerplexitySuite(Suite):
+    """`ppl` as a Suite: a cell is one context length, a sample one window of the token stream; measuring a
+    sample is the streamed per-token loss (`benchmarks.inference.token_nll`), pooled per position bucket."""
 
-    Returns the summary: `table` {bucket: {length: ppl}}, `by_length` {length: ppl over the window},
-    `late` {length: ppl of the last bucket}.
-    """
-    from tqdm.auto import tqdm
+    def options(self, overrides):
+        opts = super().options(overrides)
+        if opts["lengths"][0] < 2:
+            raise ValueError(f"benchmark.lengths={opts['lengths']} is not allowed; lengths must be >= 2 tokens")
+        bucket_edges(opts["lengths"][-1], opts["first_bucket"])  # a bad first_bucket fails before any compute
+        return opts
 
-    from benchmarks.inference import token_nll
-    from benchmarks.records import read_records, weights_fingerprint
+    def prepare(self, tokenizer, cells, opts, seed, todo):
+        """The token stream the windows are cut from (only loaded when a window is left to run)."""
+        if not todo:
+            return []
+        return load_token_stream(tokenizer, opts["source"], opts["lengths"][-1] * opts["samples"], opts["text_field"],
+                                 opts["split"])
 
-    unknown = sorted(set(options) - set(PPL_DEFAULTS))
-    if unknown:
-        raise ValueError(f"benchmark 'ppl' has no option(s) {unknown}; allowed: {sorted(PPL_DEFAULTS)}")
-    o = dict(PPL_DEFAULTS, **{k: v for k, v in options.items() if v is not None})
-    lengths = sorted({int(n) for n in (lengths or o["lengths"])})
-    samples = int(samples or o["samples"])
-    if not lengths or lengths[0] < 2 or samples < 1:
-        raise ValueError(f"benchmark.lengths={lengths} / benchmark.samples={samples} is not allowed; "
-                         f"lengths must be >= 2 tokens and samples >= 1")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fp = {"model": model_name, "weights": weights_fingerprint(model), "segment_len": segment_len,
-          "source": o["source"], "split": o["split"]}
-    path = out / "samples.jsonl"
-    records = [r for r in read_records(path, fp) if r.get("suite") == "ppl"]
-    done = {(r["length"], r["index"]) for r in records}
-    todo = [(n, i) for n in lengths for i in range(samples) if (n, i) not in done]
-    stream: list[int] = []
-    if todo:
-        stream = load_token_stream(tokenizer, o["source"], lengths[-1] * samples, o["text_field"], o["split"])
-    bar = tqdm(total=len(lengths) * samples, initial=len(lengths) * samples - len(todo), desc=f"ppl [{model_name}]",
-               disable=not progress, unit="window")
-    with path.open("a", encoding="utf-8") as f:
-        for n, i in todo:
-            ids = stream[i * n:(i + 1) * n]  # window i of length n: non-overlapping, same start for every n's i=0
-            t0 = time.perf_counter()
-            nll = token_nll(model, ids, segment_len=segment_len).cpu()  # [n-1]: loss of predicting token t+1
-            edges = bucket_edges(n, int(o["first_bucket"]))
-            buckets = {}
-            for lo, hi in zip(edges[:-1], edges[1:]):
-                part = nll[max(0, lo - 1):hi - 1]  # targets at positions lo..hi-1 (position 0 has no loss)
-                if part.numel():
-                    buckets[_bucket_name(lo, hi)] = [float(part.sum()), int(part.numel())]
-            rec = {"suite": "ppl", "length": n, "index": i, "offset": i * n, "buckets": buckets,
-                   "mean_nll": float(nll.mean()), "seconds": round(time.perf_counter() - t0, 4), "fingerprint": fp}
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            records.append(rec)
-            bar.update(1)
-    bar.close()
-    summary = summarize_ppl(records, lengths, samples)
-    summary.update(model=model_name, segment_len=segment_len, source=o["source"])
-    md = [f"# ppl — {model_name}\n", f"Perplexity by token position (rows) and context length (columns); "
-          f"{samples} window(s) of {o['source']} per length, streamed in segments of {segment_len}.\n",
-          reports.markdown_table(summary["table"], lengths, "position", digits=2)]
-    write_text(out / "results.md", "\n".join(md))
-    reports.csv_rows(out / "summary.csv", summary["cells"])
-    write_json(out / "summary.json", summary)
-    png = reports.lines(_by_position(summary), summary["positions"], out / "ppl.png", title=f"ppl — {model_name}",
-                        metric="perplexity", ylim=None)
-    reports.log_wandb(wandb_run, summary, [png], prefix=f"{model_name}/ppl")
-    return summary
+    def fingerprint(self, model_name, weights, seed, segment_len, max_new_tokens, opts):
+        return {"model": model_name, "weights": weights, "segment_len": segment_len, "source": opts["source"],
+                "split": opts["split"]}
+
+    def record_key(self, record):
+        return _cell(record["length"]).key, record["index"]
+
+    def measure(self, model, tokenizer, cell, index, ctx, *, seed, segment_len, max_new_tokens):
+        """Window `index` of length n = `cell.length`: per position bucket, the summed loss and its token count."""
+        n = cell.length
+        ids = ctx[index * n:(index + 1) * n]  # non-overlapping windows, the same start for every n's index 0
+        t0 = time.perf_counter()
+        nll = token_nll(model, ids, segment_len=segment_len).cpu()  # [n-1]: loss of predicting token t+1
+        edges = bucket_edges(n, int(dict(cell.coords)["first_bucket"]))
+        buckets = {}
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            part = nll[max(0, lo - 1):hi - 1]  # targets at positions lo..hi-1 (position 0 has no loss)
+            if part.numel():
+                buckets[_bucket_name(lo, hi)] = [float(part.sum()), int(part.numel())]
+        return {"suite": "ppl", "cell": cell.key, "length": n, "index": index, "offset": index * n,
+                "buckets": buckets, "mean_nll": float(nll.mean()), "seconds": round(time.perf_counter() - t0, 4)}
+
+    def progress_postfix(self, record):
+        return {"length": record["length"], "nll": f"{record['mean_nll']:.2f}"}
+
+    def summarize(self, cells, records, opts):
+        summary = summarize_ppl(records, opts["lengths"], opts["samples"])
+        summary["source"] = opts["source"]
+        return summary
+
+    def write_reports(self, summary, output_dir, title):
+        lengths = summary["lengths"]
+        md = [f"# {title}\n", f"Perplexity by token position (rows) and context length (columns); "
+              f"{summary['samples']} window(s) of {summary['source']} per length, streamed in segments of "
+              f"{summary['segment_len']}.\n",
+              reports.markdown_table(summary["table"], lengths, "position", digits=2)]
+        write_text(output_dir / "results.md", "\n".join(md))
+        reports.csv_rows(output_dir / "summary.csv", summary["cells"])
+        return [reports.lines(_by_position(summary), summary["positions"], output_dir / "ppl.png", title=title,
+                              metric="perplexity", ylim=None)]
+
+    def comparison_row(self, summary):
+        return {int(n): v for n, v in summary["late"].items()}
+
+
+def _cell(length: int, first_bucket: int | None = None) -> Cell:
+    """The cell of one context length (its key does not depend on first_bucket: resume pools the same windows)."""
+    return Cell("ppl", int(length), row="ppl", coords=() if first_bucket is None else (("first_bucket", first_bucket),))
+
+
+SUITE = PerplexitySuite(
+    name="ppl",
+    description="long-document perplexity by token position and context length",
+    defaults=dict(PPL_DEFAULTS),
+    make_cells=lambda o: [_cell(n, o["first_bucket"]) for n in o["lengths"]],
+    score=lambda prediction, sample: 0.0,  # not a generation suite: measure() records losses
+    row_name="position",
+    metric="perplexity",
+    comparison_metric="perplexity of the last position bucket",
+    comparison_ylim=None,
+)
 
 
 def summarize_ppl(records: Sequence[dict], lengths: Sequence[int], samples: int) -> dict:

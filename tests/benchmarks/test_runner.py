@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import benchmarks.runner as runner
+import benchmarks.suites.base as suite_base
 from benchmarks.inference import Generation
 from benchmarks.runner import run_suite
 
@@ -48,7 +49,7 @@ def test_passkey_end_to_end_on_the_tiny_model(model, tok, tmp_path):
 
 def test_scores_aggregate_per_cell(model, tok, tmp_path, monkeypatch):
     fake, calls = oracle(right_every=2)
-    monkeypatch.setattr(runner, "greedy_answer", fake)
+    monkeypatch.setattr(suite_base, "greedy_answer", fake)
     s = run_suite(model, tok, "passkey", lengths=[300], samples=4, output_dir=tmp_path, progress=False)
     assert calls["n"] == 4
     assert s["table"]["passkey"][300] == 50.0
@@ -57,7 +58,7 @@ def test_scores_aggregate_per_cell(model, tok, tmp_path, monkeypatch):
 
 def test_resume_skips_finished_samples_and_survives_a_torn_line(model, tok, tmp_path, monkeypatch):
     fake, calls = oracle()
-    monkeypatch.setattr(runner, "greedy_answer", fake)
+    monkeypatch.setattr(suite_base, "greedy_answer", fake)
     run_suite(model, tok, "passkey", lengths=[300, 400], samples=2, output_dir=tmp_path, progress=False)
     assert calls["n"] == 4
     s = run_suite(model, tok, "passkey", lengths=[300, 400], samples=2, output_dir=tmp_path, progress=False)
@@ -86,7 +87,7 @@ def test_resume_skips_finished_samples_and_survives_a_torn_line(model, tok, tmp_
 
 def test_niah_grid_heatmap(model, tok, tmp_path, monkeypatch):
     fake, _ = oracle()
-    monkeypatch.setattr(runner, "greedy_answer", fake)
+    monkeypatch.setattr(suite_base, "greedy_answer", fake)
     s = run_suite(model, tok, "niah", lengths=[600, 1000], samples=1, depths=[0, 50, 100], output_dir=tmp_path,
                   progress=False)
     assert list(s["table"]) == ["0", "50", "100"]
@@ -108,7 +109,7 @@ RULER_NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we g
 
 def test_sniah_pk_prompt_is_rulers_niah_single_1(model, tok, tmp_path, monkeypatch):
     fake, calls = oracle()
-    monkeypatch.setattr(runner, "greedy_answer", fake)
+    monkeypatch.setattr(suite_base, "greedy_answer", fake)
     s = run_suite(model, tok, "sniah", lengths=[600], samples=1, columns=["PK"], output_dir=tmp_path, progress=False)
     prompt = tok.decode(calls["ids"][0])
     key, value = re.search(r"One of the special magic numbers for (\S+) is: (\d{7})\.", prompt).groups()
@@ -125,7 +126,7 @@ def test_sniah_pk_prompt_is_rulers_niah_single_1(model, tok, tmp_path, monkeypat
 
 def test_ruler_average_and_effective_length(model, tok, tmp_path, monkeypatch):
     fake, _ = oracle()
-    monkeypatch.setattr(runner, "greedy_answer", fake)
+    monkeypatch.setattr(suite_base, "greedy_answer", fake)
     s = run_suite(model, tok, "ruler", lengths=[600, 700], samples=1, tasks=["niah_single_1", "niah_single_3"],
                   output_dir=tmp_path, progress=False)
     assert s["table"]["niah_single_1"] == {600: 100.0, 700: 100.0}
@@ -160,10 +161,33 @@ def test_ppl_buckets_and_resume(model, tok, tmp_path):
     s2 = run_suite(model, tok, "ppl", lengths=[128, 256], samples=2, output_dir=tmp_path, segment_len=64,
                    progress=False, first_bucket=32)
     assert (tmp_path / "samples.jsonl").read_text() == before and s2["table"] == s["table"]
+    # records written before ppl was a Suite carry no "cell": they are still found
+    old = [{k: v for k, v in r.items() if k != "cell"} for r in lines(tmp_path / "samples.jsonl")]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    s3 = run_suite(model, tok, "ppl", lengths=[128, 256], samples=2, output_dir=tmp_path, segment_len=64,
+                   progress=False, first_bucket=32)
+    assert len(lines(tmp_path / "samples.jsonl")) == 4 and s3["table"] == s["table"]
+
+
+def test_ppl_bad_first_bucket_fails_before_any_compute(model, tok, tmp_path):
+    with pytest.raises(ValueError, match="first_bucket"):
+        run_suite(model, tok, "ppl", lengths=[128], samples=1, output_dir=tmp_path, progress=False, first_bucket=0)
+    assert not (tmp_path / "samples.jsonl").exists()
+
+
+@pytest.mark.parametrize("suite, kwargs", [("passkey", {"lengths": [300]}), ("ppl", {"lengths": [64]})])
+def test_every_suite_writes_its_summary_once(model, tok, tmp_path, monkeypatch, suite, kwargs):
+    written = []
+    real = runner.write_json
+    monkeypatch.setattr(runner, "write_json", lambda path, obj, **kw: written.append(path) or real(path, obj, **kw))
+    monkeypatch.setattr(suite_base, "greedy_answer", oracle()[0])
+    run_suite(model, tok, suite, samples=1, output_dir=tmp_path, segment_len=32, progress=False, **kwargs)
+    assert written == [tmp_path / "summary.json"]
 
 
 def test_babilong_uses_the_label_set_rule(model, tok, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "greedy_answer", lambda *a, **k: Generation(" Kitchen. Then the garden", [0], "stop"))
+    monkeypatch.setattr(suite_base, "greedy_answer",
+                        lambda *a, **k: Generation(" Kitchen. Then the garden", [0], "stop"))
     s = run_suite(model, tok, "babilong", lengths=[1200], samples=4, tasks=["qa1", "qa5"], output_dir=tmp_path,
                   progress=False)
     assert list(s["table"]) == ["qa1", "qa5"]
@@ -173,7 +197,7 @@ def test_babilong_uses_the_label_set_rule(model, tok, tmp_path, monkeypatch):
 
 
 def test_dependency_scores_yes_no_on_the_first_word(model, tok, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "greedy_answer", lambda *a, **k: Generation(" no, yes", [0], "stop"))
+    monkeypatch.setattr(suite_base, "greedy_answer", lambda *a, **k: Generation(" no, yes", [0], "stop"))
     s = run_suite(model, tok, "dependency", lengths=[1500], samples=4, hops=[2], output_dir=tmp_path, progress=False)
     recs = lines(tmp_path / "samples.jsonl")
     assert {r["hops"] for r in recs} == {2} and list(s["table"]) == ["2-hop"]
