@@ -1,5 +1,7 @@
 """Train: `python train.py model=qwen3_tiny memory=mag trainer.max_steps=3 paths.output_dir=DIR`."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,4 +14,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from titans.training.hydra_job import show_config_with_stage
+
+    if not show_config_with_stage(sys.argv[1:], "train"):  # `--cfg job stage=...`: the stage applied
+        main()

@@ -142,8 +142,13 @@ def evaluate(cfg) -> dict[str, Any]:
 
     `cfg` is the composed conf/eval.yaml (a DictConfig or a plain dict with the same keys).
     """
-    from benchmarks.suites import SUITE_NAMES, get_suite
+    from omegaconf import DictConfig
 
+    from benchmarks.suites import SUITE_NAMES, get_suite
+    from titans.training.hydra_job import job_output_dir
+
+    if isinstance(cfg, DictConfig):
+        job_output_dir(cfg)  # a sweep (-m): this job's own folder
     cfg = to_plain(cfg)
     suite = (cfg.get("benchmark") or {}).get("name")
     if suite not in SUITE_NAMES:

@@ -17,10 +17,10 @@ TINY = [
 ]
 
 
-def compose_cfg(overrides=(), config_name="train"):
+def compose_cfg(overrides=(), config_name="train", return_hydra_config=False):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from titans.io import write_json
 from titans.training.builders import build_model, memory_options, to_plain
 from titans.training.checkpoint import AtomicCheckpointIO, check_arch, check_checkpoint, read_checkpoint
 from titans.training.data import DataConfig, TitansDataModule
+from titans.training.hydra_job import hydra_overrides, job_output_dir
 from titans.training.module import BPTTConfig, TitansLitModule
 from titans.training.stages import apply_stage
 
@@ -131,27 +132,6 @@ def check_writable(path: str | os.PathLike, key: str) -> Path:
     return p
 
 
-def hydra_overrides() -> list[str]:
-    """The command-line overrides of the running Hydra job ([] outside @hydra.main)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return list(HydraConfig.get().overrides.task)
-
-
-def job_output_dir(cfg: DictConfig) -> None:
-    """In a Hydra sweep (`-m`) every job writes to its own directory, Hydra's `<hydra.sweep.dir>/<subdir>`
-    (conf: `<paths.output_dir>/<job number>`), never into a directory another job shares."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import open_dict
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        with open_dict(cfg):
-            cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
-
-
 def _loggers(cfg: DictConfig, wandb_id: str | None) -> list:
     """The loggers of `cfg.logger`; a resumed W&B run continues the run of the checkpoint (same id)."""
     from hydra.utils import instantiate
@@ -181,7 +161,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
     tidy_logging()
     job_output_dir(cfg)
     if cfg.get("stage") is not None:
-        cfg = apply_stage(cfg, cfg.stage)
+        cfg = apply_stage(cfg, cfg.stage, overrides=hydra_overrides())
     check_config(cfg)
     allow = bool(cfg.get("allow_arch_mismatch", False))
     ckpt_path = check_checkpoint(cfg.get("ckpt_path"), "ckpt_path")
