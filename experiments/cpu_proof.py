@@ -1,4 +1,4 @@
-"""The CPU proof (issue 7): train a tiny Qwen3 per variant, then measure recall far beyond its window.
+"""The CPU proof: train a tiny Qwen3 per variant, then measure recall far beyond its window.
 
     python -m experiments.cpu_proof [--variants mag swa] [--lengths 1024 2048 4096] [--samples 20]
                                    [--tasks passkey hashhop] [--hashhop-pairs 0]

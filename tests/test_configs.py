@@ -45,15 +45,9 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("memory", options("memory"))
 def test_tiny_model_with_every_memory_builds(memory):
-    pytest.importorskip("titans.patch")
     from titans.training.builders import build_model
 
     cfg = compose_train(["model=qwen3_tiny", f"memory={memory}", *SMALL])
-    if memory == "mac":
-        from titans.patch import LAYER_CLASSES
-
-        if "mac" not in LAYER_CLASSES:
-            pytest.skip("MAC layer not implemented in titans.patch yet")
     model, tok = build_model(cfg.model, cfg.memory)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable > 0

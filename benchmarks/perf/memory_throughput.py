@@ -2,7 +2,7 @@
 
     python benchmarks/perf/memory_throughput.py [--repeats 5] [--out results/perf/memory_throughput.json]
 
-Matched settings (issue 2): dim 512, 4 heads x 128, memory MLP depth 2 expansion 4, chunk 64, T 2048,
+Matched settings: dim 512, 4 heads x 128, memory MLP depth 2 expansion 4, chunk 64, T 2048,
 B 1; titans-pytorch with `batch_size=64` so its weights refresh every chunk like ours (the paper's
 Eq. 16-18). A second config at dim 256 (4 heads x 64). Both memories see the same input; timings are
 interleaved (ours, peer, ours, peer, ...) so load from other processes hits both alike, and the

@@ -73,7 +73,7 @@ MODELS = {
 EMPTY_MASKS = {"full_attention": None, "sliding_attention": None}
 DEFAULT_LENGTHS = ["1K", "4K", "16K", "64K", "256K", "1M"]
 SUFFIXES = {"K": 1024, "M": 1024 * 1024}
-FLAT_TARGET = 1.2  # issue 7: MAG tokens/s flat within 1.2x from 1K to 1M
+FLAT_TARGET = 1.2  # the target: MAG tokens/s flat within 1.2x from 1K to 1M
 
 
 def parse_length(text: str) -> int:

@@ -11,7 +11,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_evaluate_cli_on_a_patched_tiny_model_with_wandb_offline(tmp_path):
-    pytest.importorskip("titans.patch")
     cmd = [sys.executable, "evaluate.py", "benchmark=niah", "model=qwen3_tiny", "memory=mag",
            "benchmark.lengths=[256,512]", "benchmark.samples=1", "benchmark.depths=[0,100]", "logger=wandb",
            "baselines=[swa]", "progress=false", f"paths.output_dir={tmp_path}"]

@@ -79,8 +79,9 @@ def test_evaluate_a_saved_model_dir(tmp_path, model, tok):
 
 
 def test_evaluate_a_saved_patched_model_dir_goes_through_titans_from_pretrained(tmp_path, tok, monkeypatch):
-    patch = pytest.importorskip("titans.patch")
     from bench_helpers import tiny_qwen3
+
+    from titans import patch
 
     model = patch.patch_qwen3(tiny_qwen3(tok), "mal", window=64, memory=dict(heads=2, depth=1, chunk_size=16))
     model.save_pretrained(tmp_path / "mal")
@@ -97,7 +98,6 @@ def test_evaluate_a_saved_patched_model_dir_goes_through_titans_from_pretrained(
 
 
 def test_evaluate_ppl_compares_late_perplexity_across_models(tmp_path):
-    pytest.importorskip("titans.patch")
     results = evaluate(eval_cfg(tmp_path, "benchmark=ppl", "benchmark.lengths=[128]", "benchmark.samples=1",
                                 "benchmark.first_bucket=32", "memory=none", "memory.window=32", "baselines=[base]"))
     assert list(results) == ["swa32", "base"]
@@ -108,7 +108,6 @@ def test_evaluate_ppl_compares_late_perplexity_across_models(tmp_path):
 
 
 def test_evaluate_sniah_with_a_baseline_writes_the_table2_layout(tmp_path):
-    pytest.importorskip("titans.patch")
     results = evaluate(eval_cfg(tmp_path, "benchmark=sniah", "benchmark.lengths=[600]", "benchmark.samples=1",
                                 "benchmark.columns=[PK]", "max_new_tokens=4", "baselines=[swa]",
                                 "baseline_window=32"))

@@ -64,7 +64,7 @@ def test_bad_arguments(model, tok, kwargs, match):
 
 @pytest.mark.parametrize("variant", ["mag", "mal"])
 def test_streamed_answer_of_a_patched_model_equals_single_forward(tok, context, variant):
-    patch = pytest.importorskip("titans.patch")
+    from titans import patch
     model = tiny_qwen3(tok, seed=3, initializer_range=0.5)
     model = patch.patch_qwen3(model, variant, window=128, identity_init=False,
                               memory=dict(heads=2, depth=1, chunk_size=16)).eval()

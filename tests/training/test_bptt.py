@@ -67,7 +67,6 @@ def test_gradient_reaches_memory_writes_within_the_window_only():
     """MAG with a window far shorter than a segment: the loss on the last tokens of segment 4 can only
     reach earlier segments through the memory (attention's receptive field, 2 layers x 8 tokens, stays
     inside segment 4). Within the bptt window the gradient reaches segment 3's writes; beyond it, none."""
-    pytest.importorskip("titans.patch")
     mem = {"variant": "mag", "window": 8, "identity_init": False,
            "memory": {"heads": 2, "depth": 2, "chunk_size": 8, "max_lr": 0.02}}
     model, _ = build_model(MODEL, mem, freeze="none")
@@ -96,7 +95,6 @@ def test_detach_cache_cuts_the_graph(plain):
 
 
 def test_gate_regulariser_pulls_gates_toward_the_target():
-    pytest.importorskip("titans.patch")
     mem = {"variant": "mag", "window": 8, "memory": {"heads": 2, "depth": 1, "chunk_size": 8, "max_lr": 0.02}}
     model, _ = build_model(MODEL, mem)
     ids = torch.randint(0, 256, (1, 32))
@@ -116,7 +114,6 @@ ALIGN_MEM = {"variant": "mag", "window": 8,
 
 @pytest.fixture(scope="module")
 def mag():
-    pytest.importorskip("titans.patch")
     return build_model(MODEL, ALIGN_MEM, freeze="none")[0].train()
 
 
@@ -193,7 +190,6 @@ def _assert_autocast_keeps_memory_state_fp32(dtype: torch.dtype) -> None:
 
 
 def test_bf16_autocast_keeps_the_memory_state_fp32(tiny_cfg):
-    pytest.importorskip("titans.patch")
     from titans.training.run import train
 
     _assert_autocast_keeps_memory_state_fp32(torch.bfloat16)
@@ -206,7 +202,6 @@ def test_fp16_autocast_keeps_the_memory_state_fp32_and_loss_scaling_skips_overfl
     """fp16 AMP on CPU (Lightning would silently use bf16 there; `build_trainer` asks for fp16 with a CPU
     GradScaler). The memory state stays fp32, losses are finite, and a gradient overflow (forced at batch 1
     by an absurd loss scale) skips that step and lowers the scale instead of failing or stepping on inf."""
-    pytest.importorskip("titans.patch")
     import lightning.pytorch as pl
 
     from titans.training.run import train

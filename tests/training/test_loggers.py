@@ -1,6 +1,7 @@
 import time
 
 import pytest
+from wandb_records import read_wandb_run
 
 import titans.training.loggers as loggers
 
@@ -25,10 +26,10 @@ def test_wandb_mode_auto_is_offline_without_key_or_network(monkeypatch, tmp_path
 
 def test_read_wandb_run_rejects_other_files(tmp_path):
     with pytest.raises(ValueError, match="no run-\\*.wandb"):
-        loggers.read_wandb_run(tmp_path)
+        read_wandb_run(tmp_path)
     (tmp_path / "run-x.wandb").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a W&B run file"):
-        loggers.read_wandb_run(tmp_path)
+        read_wandb_run(tmp_path)
 
 
 def test_tensorboard_logger_names_the_missing_package(monkeypatch, tmp_path):

@@ -37,13 +37,10 @@ def to_plain(cfg: Any) -> Any:
     """A DictConfig/ListConfig (resolved) or mapping -> plain python containers; None stays None."""
     if cfg is None:
         return None
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        pass
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
     if isinstance(cfg, Mapping):
         return {k: to_plain(v) for k, v in cfg.items()}
     if isinstance(cfg, (list, tuple)):

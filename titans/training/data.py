@@ -216,9 +216,9 @@ def _source(part: dict, split: str, tokenizer) -> tuple[Callable[[int], dict], d
 
 
 class TitansDataModule:
-    """Builds the train stream and the validation loader; a LightningDataModule via `lightning_datamodule()`.
+    """Builds the train stream and the validation loader.
 
-    Kept free of Lightning so it can be used in plain loops; `as_lightning()` wraps it.
+    Kept free of Lightning so it can be used in plain loops; `titans.training.run.LitData` wraps it for a Trainer.
     """
 
     def __init__(self, config: DataConfig, tokenizer):
