@@ -5,7 +5,8 @@
                                    [--out results/cpu_proof] [--steps-scale 1.0] [--checkpoint CKPT]
                                    [--curves-only]
 
-For each variant (mag, mac, mal: memory; swa: the same model with sliding-window attention only):
+For each variant (mag, mac, mal: memory; swa: the same model with sliding-window attention only;
+titans_pytorch: the peer, `mag` with titans-pytorch 0.5.5's NeuralMemory as its memory, see below):
   1. train with `python -m titans.training.curriculum experiment=cpu_proof_<variant>` (composed here with
      Hydra's compose API; stages and their checkpoints under <train-dir>/<variant>/),
   2. load the last stage's checkpoint into the model built from the same config,
@@ -16,6 +17,11 @@ For each variant (mag, mac, mal: memory; swa: the same model with sliding-window
      table), <out>/<variant>/curve.csv (its training curve, stages concatenated), curves.png (every
      variant's curve.csv in <out>, so re-running one variant keeps the others) and the commands that made
      them (commands.txt). `--curves-only` redoes just the last two from what --train-dir holds.
+
+The peer row `titans_pytorch` composes `experiment=cpu_proof_mag` (the same model, curriculum, memory
+placement, gate and evaluation, whatever cpu_proof_mag holds) plus `++memory.memory_impl=` the adapter
+`benchmarks.peers.titans_pytorch.use_titans_pytorch_memory`, which swaps each memory for titans-pytorch's
+`NeuralMemory` matched to the same MemoryConfig (the mismatches it cannot avoid are listed in that module).
 
 Everything is measured, nothing is assumed: a variant that does not learn shows its chance-level
 numbers. Training curves and per-layer memory diagnostics (gate, θ, surprise, weight norm) are in each
@@ -35,7 +41,12 @@ from pathlib import Path
 from titans.io import atomic_path, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("mag", "mac", "mal", "swa")
+VARIANTS = ("mag", "mac", "mal", "swa", "titans_pytorch")
+# variant -> (the experiment it is trained as, overrides on top): the peer is MAG with another memory
+PEERS = {
+    "titans_pytorch": ("mag", ["++memory.memory_impl=benchmarks.peers.titans_pytorch.use_titans_pytorch_memory",
+                               "task_name=cpu_proof_titans_pytorch"]),
+}
 TASKS = {  # suite -> task parameters the curriculum trained with (noise haystack, no intro sentence)
     "passkey": {"intro": False},
     "hashhop": {"hops": 1, "intro": False},
@@ -46,10 +57,10 @@ def compose(variant: str, out_dir: Path, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    experiment, peer_overrides = PEERS.get(variant, (variant, []))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return hydra_compose(
-            "train", overrides=[f"experiment=cpu_proof_{variant}", f"paths.output_dir={out_dir}", *overrides]
-        )
+        return hydra_compose("train", overrides=[f"experiment=cpu_proof_{experiment}", *peer_overrides,
+                                                 f"paths.output_dir={out_dir}", *overrides])
 
 
 def scale_steps(cfg, factor: float) -> None:

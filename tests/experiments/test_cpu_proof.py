@@ -44,6 +44,17 @@ def test_every_experiment_composes(tmp_path):
         assert all(s.trainer.max_steps >= 2 for s in cfg.curriculum.stages)
 
 
+def test_the_peer_is_mag_with_another_memory(tmp_path):
+    """`titans_pytorch` trains exactly what `mag` trains (curriculum, model, memory config), plus the adapter."""
+    from omegaconf import OmegaConf
+
+    mag = OmegaConf.to_container(cpu_proof.compose("mag", tmp_path, []), resolve=True)
+    peer = OmegaConf.to_container(cpu_proof.compose("titans_pytorch", tmp_path, []), resolve=True)
+    assert peer["memory"].pop("memory_impl") == "benchmarks.peers.titans_pytorch.use_titans_pytorch_memory"
+    assert peer.pop("task_name") == "cpu_proof_titans_pytorch" and mag.pop("task_name") == "cpu_proof_mag"
+    assert peer == mag
+
+
 def _fake_stage(root, stage, rows):
     d = root / stage / "csv"
     d.mkdir(parents=True)

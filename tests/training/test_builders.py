@@ -58,3 +58,32 @@ def test_model_cfg_errors():
         build_model({**TINY, "arch": {**TINY["arch"], "hidden_size": "big"}}, None)
     with pytest.raises(ValueError, match="freeze='memory'"):
         build_model(TINY, None, freeze="memory")
+
+
+def _mark_model(model):
+    """A `memory.memory_impl` for the test below: records that it ran, after patching."""
+    model.memory_impl_saw = type(model.model.layers[0]).__name__
+    return model
+
+
+@pytest.mark.parametrize(
+    "impl, variant, words",
+    [
+        ("nodots", "mag", ["memory.memory_impl='nodots'", "dotted path"]),
+        ("titans.no_such_module.fn", "mag", ["memory.memory_impl='titans.no_such_module.fn'", "cannot be imported"]),
+        ("titans.training.builders.MODEL_KEYS", "mag", ["not a function"]),
+        ("tests.training.test_builders._mark_model", None, ["memory.memory_impl", "memory.variant=None"]),
+    ],
+    ids=["not-dotted", "missing-module", "not-callable", "without-memory"],
+)
+def test_memory_impl_errors_name_the_key(impl, variant, words):
+    with pytest.raises(ValueError) as e:
+        build_model(TINY, {"variant": variant, "window": 8, "memory_impl": impl})
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_memory_impl_runs_after_patching():
+    model, _ = build_model(TINY, {"variant": "mag", "window": 8, "memory": {"heads": 2, "depth": 1, "chunk_size": 4},
+                                  "memory_impl": f"{__name__}._mark_model"})
+    assert model.memory_impl_saw == "MAGDecoderLayer"

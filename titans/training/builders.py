@@ -7,16 +7,22 @@
     memory_cfg (conf/memory/*.yaml)  variant (null | mac | mag | mal), window, and the other keyword
                                      options of `titans.patch_qwen3` (memory=MemoryConfig fields, layers,
                                      segment_len, num_longterm, num_persistent, ...); null values are
-                                     left to patch_qwen3's defaults.
+                                     left to patch_qwen3's defaults. `memory_impl` (optional): the dotted
+                                     path of a function `model -> model` applied right after patching,
+                                     before weights are loaded and `freeze` applied: how a benchmark swaps
+                                     in another implementation of the memory (the CPU proof's peer row:
+                                     `benchmarks.peers.titans_pytorch.use_titans_pytorch_memory`) without
+                                     this package importing it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 MODEL_KEYS = {"name", "pretrained", "tokenizer", "dtype", "seed", "arch"}
-MEMORY_KEYS_RESERVED = {"name", "variant"}
+MEMORY_KEYS_RESERVED = {"name", "variant", "memory_impl"}
 
 
 def to_plain(cfg: Any) -> Any:
@@ -177,6 +183,22 @@ def memory_options(memory_cfg: Mapping | None) -> tuple[str | None, dict]:
     return variant, options
 
 
+def resolve_memory_impl(path: Any) -> Callable[[nn.Module], nn.Module]:
+    """`memory.memory_impl`: the dotted path `package.module.function` of a function `model -> model`, imported."""
+    allowed = "a dotted path 'package.module.function' of a function model -> model, or null"
+    if not isinstance(path, str) or "." not in path.strip("."):
+        raise ValueError(f"memory.memory_impl={path!r} is not allowed; allowed: {allowed}.")
+    module_name, _, name = path.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"memory.memory_impl={path!r} cannot be imported ({type(e).__name__}: {e}); allowed: "
+                         f"{allowed}. Check the spelling and that its package is installed.") from e
+    if not callable(fn):
+        raise ValueError(f"memory.memory_impl={path!r} is a {type(fn).__name__}, not a function; allowed: {allowed}.")
+    return fn
+
+
 def default_freeze(variant: str | None) -> str:
     """'memory' for a memory variant (the backbone stays as pretrained), 'none' otherwise."""
     return "memory" if variant in MEMORY_VARIANTS else "none"
@@ -201,11 +223,19 @@ def build_model(model_cfg: Mapping, memory_cfg: Mapping | None = None, freeze: s
     """
     from titans.patch import apply_freeze, patch_qwen3
 
+    variant, options = memory_options(memory_cfg)
+    impl = (to_plain(memory_cfg) or {}).get("memory_impl")
+    if impl is not None and variant not in MEMORY_VARIANTS:
+        raise ValueError(f"memory.memory_impl={impl!r} replaces the memory, but memory.variant="
+                         f"{(to_plain(memory_cfg) or {}).get('variant')!r} has none; use one of {MEMORY_VARIANTS} "
+                         f"or set memory.memory_impl=null.")
+    hook = resolve_memory_impl(impl) if impl is not None else None
     tokenizer = build_tokenizer(model_cfg)
     model = build_base_model(model_cfg, tokenizer)
-    variant, options = memory_options(memory_cfg)
     if variant is not None:
         model = patch_qwen3(model, variant, **{**options, "freeze": "none"})  # frozen below, after init_from
+    if hook is not None:  # another memory implementation (benchmarks), before weights are loaded into it
+        model = hook(model)
     if init_from is not None:
         from titans.training.checkpoint import load_model_weights
 
