@@ -104,17 +104,18 @@ def eos_token_ids(model, tokenizer) -> set[int]:
 
 @torch.no_grad()
 def greedy_answer(model, tokenizer, input_ids, *, segment_len: int, max_new_tokens: int,
-                  stop: Sequence[str] = ("\n",), eos_ids: set[int] | None = None) -> Generation:
+                  stop: Sequence[str] = ("\n",), eos_ids: set[int] | None = None, cache=None) -> Generation:
     """Stream the context `input_ids` ([T] or [1, T]) in segments, then decode greedily from the cache.
 
     The first T-1 tokens are streamed; the last context token is fed alone so its logits start the
     answer; every generated token is fed back through the same cache. Stops at the first of: a
     string of `stop` in the decoded answer (the answer is cut before it), an eos id, or
-    `max_new_tokens` tokens.
+    `max_new_tokens` tokens. `cache`: a cache that already holds the tokens before `input_ids` (e.g. streamed
+    by the caller, as benchmarks.diagnose does to read the memory on the way); it is continued in place.
     """
     model.eval()
     ids = _as_ids(input_ids, _device(model))
-    cache = stream_context(model, ids[:, :-1], segment_len)
+    cache = stream_context(model, ids[:, :-1], segment_len, cache=cache)
     state = {"cache": cache}
 
     def forward(tok: torch.Tensor) -> torch.Tensor:
