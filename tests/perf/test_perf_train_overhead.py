@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ def test_bad_flags_name_the_flag():
         train_overhead.parse_args(["--repeats", "0"])
     with pytest.raises(ValueError, match="--batch"):
         train_overhead.parse_args(["--batch", "1", "1"])
+    with pytest.raises(ValueError, match="--model 'qwen3_huge'.*qwen3_0.6b_shape"):
+        train_overhead.parse_args(["--model", "qwen3_huge"])
 
 
 def test_tiny_run_writes_ratios(tmp_path):
@@ -33,3 +36,25 @@ def test_tiny_run_writes_ratios(tmp_path):
     assert [run["batch"] for run in res["runs"]] == [1, 2]
     cells = json.loads(out.read_text())["target"]["cells"]
     assert cells["mag_linear@64"]["met"] in (True, False) and "mag_linear@64/b2" in cells
+    # the analytic ratio beside the measured one: the memory adds FLOPs, the baseline has none of its own
+    assert rows["swa"]["memory_flop_share"] == 0 and 0 < rows["mag_linear"]["memory_flop_share"] < 1
+    assert rows["mag_linear"]["flop_ratio_vs_swa"] == pytest.approx(1 / (1 - rows["mag_linear"]["memory_flop_share"]))
+    assert cells["mag_linear@64"]["target"] == 1.5
+
+
+def test_default_mag_target_is_per_model():
+    assert train_overhead.target_for("mag", "qwen3_tiny") == 2.5
+    assert train_overhead.target_for("mag_compiled", "qwen3_0.6b_shape") == 2.2
+    assert train_overhead.target_for("mag_proof", "qwen3_tiny") == 1.5
+
+
+@pytest.mark.slow
+def test_qwen3_06b_shape_memory_costs_about_a_layer(tmp_path, capsys):
+    """qwen3_0.6b_shape: the default MAG's memory (4 heads of 256, depth 2) is ~0.9x a decoder layer's FLOPs, so
+    a MAG step is ~1.9x the swa step at best; the line format of the report is kept."""
+    res = train_overhead.main(["--model", "qwen3_0.6b_shape", "--seq-lens", "32", "--rows", "swa", "mag",
+                               "--repeats", "1", "--segment-len", "32", "--batch", "1",
+                               "--out", str(tmp_path / "t.json")])
+    mag = res["runs"][0]["rows"]["mag"]
+    assert 1.8 < mag["flop_ratio_vs_swa"] < 2.0 and mag["trainable_params"] > 4e7
+    assert re.search(r"^mag@32: \d+\.\d\dx the swa step time; target <= 2\.2x", capsys.readouterr().out, re.M)
