@@ -4,13 +4,11 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from benchmarks.peers import titans_pytorch as peer
 from titans.cache import TitansCache, detach_cache
 from titans.compat import cache_kwargs, output_cache
 from titans.memory import MemoryConfig
 from titans.patch import patch_qwen3
-
-peer = pytest.importorskip("benchmarks.peers.titans_pytorch")
-pytest.importorskip("titans_pytorch")
 
 VOCAB = 300
 # the CPU proof's memory at toy size: linear, no momentum, conv + induction init (which the peer cannot match)
