@@ -13,6 +13,7 @@ _LAZY = {
     "save_memory": "titans.patch",
     "load_memory": "titans.patch",
     "collect_diagnostics": "titans.patch",
+    "count_trainable_parameters": "titans.patch",
     "TitansConfig": "titans.config",
     "TitansCache": "titans.cache",
     "detach_cache": "titans.cache",

@@ -13,7 +13,7 @@ from titans.memory.config import DictRoundTrip, config_error
 
 MEMORY_VARIANTS = ("mac", "mag", "mal")  # the variants with a neural memory
 VARIANTS = (*MEMORY_VARIANTS, "swa")  # "swa": sliding-window attention only, the no-memory baseline
-GATES = ("sigmoid", "scalar", "none")
+GATES = ("sigmoid", "scalar", "none", "convex")
 FREEZE = ("memory", "lora", "none")  # what trains: the new parameters, + LoRA on the base, everything
 MAC_MEMORY_INPUTS = ("attention", "residual", "input")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -61,7 +61,9 @@ class TitansConfig(DictRoundTrip):
               attention output blends the segment and carries a token's own identity only weakly.
     num_persistent: learned input-independent tokens (Eq. 19) visible to every query.
     gate:     "sigmoid" (g = σ(W_g x̃ + b), per token and channel, MemoryMAG), "scalar" (g = σ(b) per
-              channel) or "none" (g = 1). The memory contributes `scale ⊙ g ⊙ memory(x̃)`.
+              channel) or "none" (g = 1): the memory contributes `scale ⊙ g ⊙ memory(x̃)`. "convex" (MAG
+              only, MemoryMAG's convex gate): h + (1 − g)·attn + g·memory(x̃) with g = clamp(scale, 0, 1) ⊙
+              σ(W_g x̃ + b), so g = 0 at init with `identity_init` (the base layer exactly).
     gate_bias_init: b at init (-3 -> g ≈ 0.047: nearly closed, as MemoryMAG).
     identity_init: `scale` starts at 0, so the patched model equals the base model at step 0; the
               first backward then reaches only `scale` (everything upstream gets its first non-zero
@@ -125,6 +127,9 @@ class TitansConfig(DictRoundTrip):
             _fail("num_persistent", self.num_persistent, "an int >= 0")
         if self.gate not in GATES:
             _fail("gate", self.gate, f"one of {GATES}")
+        if self.gate == "convex" and self.variant != "mag":
+            _fail("gate", self.gate, f"one of {GATES[:3]} for variant {self.variant!r} ('convex' mixes the memory "
+                  "with the attention branch beside it: MAG only)")
         if self.freeze not in FREEZE:
             _fail("freeze", self.freeze, f"one of {FREEZE}")
         if not isinstance(self.lora_r, int) or self.lora_r <= 0:

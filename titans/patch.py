@@ -41,6 +41,7 @@ __all__ = [
     "TitansQwen3Model",
     "apply_freeze",
     "collect_diagnostics",
+    "count_trainable_parameters",
     "memory_diagnostics",
     "from_pretrained",
     "load_memory",
@@ -308,6 +309,12 @@ def _apply_freeze(model: nn.Module, cfg: TitansConfig) -> nn.Module:
     for p in new_params:
         p.requires_grad_(True)
     return model
+
+
+def count_trainable_parameters(model: nn.Module) -> int:
+    """The number of scalars the optimizer will train: every parameter with `requires_grad`, each shared (tied)
+    tensor once. After `patch_qwen3(..., freeze="memory")` that is the memory, gate and persistent tokens."""
+    return sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
 
 
 def memory_diagnostics(source: Any) -> dict[str, Tensor]:

@@ -112,6 +112,10 @@ def chunk_scan(
     for all chunks at once before the loop; the loop runs, per chunk, one MLP forward on
     [queries | keys] (both at the weights after the previous chunk), the analytic backward on the
     keys, and one matmul per layer for the weight and momentum updates.
+
+    `write_threshold`: tokens whose ‖∇ℓ_t‖ is below it get θ_t = 0 (before the clip and the cap). With
+    `stop_grad_updates` the reads keep their graph and the write of each chunk is computed without one; the new
+    weights pass gradient to the old ones as the identity (straight-through), the momentum carries none.
     """
     c = config
     B, H, n, _ = q.shape
@@ -123,7 +127,9 @@ def chunk_scan(
     q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
     lr, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_keep))
     n_full = n // C
-    clip = c.surprise_clip > 0
+    stop = c.stop_grad_updates
+    if stop:
+        momentum = [m.detach() for m in momentum]
     coef = chunk_coefficients(
         lr[:, : n_full * C],
         None if log_eta is None else rearrange(log_eta, "b h n -> (b h) n")[:, : n_full * C],
@@ -139,24 +145,21 @@ def chunk_scan(
     reads, inputs_all, deltas_all, errors_all, lr_chunks = [], [], [], [], []
     for ci in range(n_full):
         n_read = q_chunks[ci].shape[1]
-        # Eq. 15 reads and the chunk's inner forward both use the weights after the previous chunk
-        x_in = torch.cat([q_chunks[ci], k_chunks[ci]], dim=1) if n_read else k_chunks[ci]
-        out, inputs, pre = mlp.forward_batched(weights, x_in)
-        if n_read:
-            reads.append(out[:, :n_read])
-            out = out[:, n_read:]
-            inputs = [h[:, n_read:] for h in inputs]
-            pre = [z[:, n_read:] for z in pre]
-        err = out - v_chunks[ci]  # (g, c, d): M(k) − v
-        deltas = mlp.backward_batched(weights, pre, 2.0 * err)  # dℓ/dM(k) of Eq. 12
-        u, s_coef, decay, carry_m, carry_s, lr_c = (t[ci] for t in coef_chunks)
-        if clip:
-            scale = (c.surprise_clip / surprise_norm(inputs, deltas).clamp_min(1e-12)).clamp(max=1.0)
-            u, s_coef, lr_c = u * scale, s_coef * scale, lr_c * scale
-        if c.chunk_step_cap > 0:
-            u, s_coef, lr_c = cap_steps(u, s_coef, lr_c, decay, carry_m, carry_s, curvature(inputs, deltas),
-                                        c.chunk_step_cap)
-        weights, momentum = apply_update(weights, momentum, inputs, deltas, u, s_coef, decay, carry_m, carry_s)
+        coef_c = [t[ci] for t in coef_chunks]
+        if stop:  # reads with the graph; the write sees detached weights and records none
+            if n_read:
+                reads.append(mlp.forward_batched(weights, q_chunks[ci])[0])
+            write_w = [w.detach() for w in weights]
+            with torch.no_grad():
+                _, new_w, momentum, inputs, deltas, err, lr_c = write_chunk(
+                    mlp, c, write_w, momentum, None, k_chunks[ci], v_chunks[ci], coef_c)
+            # value: the new weights; gradient: identity to the weights before the chunk (straight-through)
+            weights = [w + (nw - ww) if w.requires_grad else nw for w, nw, ww in zip(weights, new_w, write_w)]
+        else:
+            read, weights, momentum, inputs, deltas, err, lr_c = write_chunk(
+                mlp, c, weights, momentum, q_chunks[ci] if n_read else None, k_chunks[ci], v_chunks[ci], coef_c)
+            if read is not None:
+                reads.append(read)
         inputs_all.append(inputs)
         deltas_all.append(deltas)
         if with_aux:
@@ -185,6 +188,49 @@ def chunk_scan(
     new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, weights)}
     new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, momentum)}
     return retrieved, new_w, new_m, surprise, errors, lr_used
+
+
+def write_chunk(
+    mlp: MemoryMLP,
+    config: MemoryConfig,
+    weights: list[Tensor],
+    momentum: list[Tensor],
+    q: Tensor | None,
+    k: Tensor,
+    v: Tensor,
+    coef: list[Tensor | None],
+) -> tuple[Tensor | None, list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor, Tensor]:
+    """One chunk: the reads of `q` (`[g, r, d]` or None) and the write of `k`, `v` (`[g, c, d]`), both at the
+    chunk-start `weights`, with the chunk's coefficients `coef` (u, s_coef, decay, carry_m, carry_s, θ).
+
+    Returns (reads or None, new weights, new momentum, layer inputs h, output-gradients δ, errors M(k) − v,
+    θ used `[g, c]` after the write threshold, the surprise clip and the chunk step cap).
+    """
+    c = config
+    n_read = 0 if q is None else q.shape[1]
+    x_in = torch.cat([q, k], dim=1) if n_read else k  # Eq. 15 reads and the inner forward: one MLP pass
+    out, inputs, pre = mlp.forward_batched(weights, x_in)
+    read = None
+    if n_read:
+        read = out[:, :n_read]
+        out = out[:, n_read:]
+        inputs = [h[:, n_read:] for h in inputs]
+        pre = [z[:, n_read:] for z in pre]
+    err = out - v  # (g, c, d): M(k) − v
+    deltas = mlp.backward_batched(weights, pre, 2.0 * err)  # dℓ/dM(k) of Eq. 12
+    u, s_coef, decay, carry_m, carry_s, lr_c = coef
+    if c.write_threshold > 0:  # surprise-gated writes: a token below the threshold does not write
+        with torch.no_grad():
+            writes = (surprise_norm(inputs, deltas) >= c.write_threshold).to(u.dtype)
+        u, s_coef, lr_c = u * writes, s_coef * writes, lr_c * writes
+    if c.surprise_clip > 0:
+        scale = (c.surprise_clip / surprise_norm(inputs, deltas).clamp_min(1e-12)).clamp(max=1.0)
+        u, s_coef, lr_c = u * scale, s_coef * scale, lr_c * scale
+    if c.chunk_step_cap > 0:
+        u, s_coef, lr_c = cap_steps(u, s_coef, lr_c, decay, carry_m, carry_s, curvature(inputs, deltas),
+                                    c.chunk_step_cap)
+    new_w, new_m = apply_update(weights, momentum, inputs, deltas, u, s_coef, decay, carry_m, carry_s)
+    return read, new_w, new_m, inputs, deltas, err, lr_c
 
 
 def pad_nan(chunks: list[Tensor], like: Tensor) -> Tensor:

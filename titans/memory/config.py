@@ -78,6 +78,14 @@ class MemoryConfig(DictRoundTrip):
     fixed_momentum_decay: float | None = None
     fixed_forget: float | None = None
     surprise_clip: float = 0.0  # clip each token's surprise (gradient) norm to this; 0 = off
+    # MemoryMAG's surprise-gated writes: a token whose surprise ‖∇ℓ_t‖ (aux "surprise", at the chunk-start
+    # weights) is below this does not write (θ_t = 0; momentum and forgetting still run); 0 = every token writes
+    write_threshold: float = 0.0
+    # MemoryMAG's stop-gradient fast updates (the cheap mode for ablations): the outer loop does not backpropagate
+    # through the inner updates. Values are unchanged; the weights after each chunk pass gradient to the weights
+    # before it as the identity (straight-through), so M_0 and the read path (queries, output) learn, while the
+    # write path (keys, values, θ/η/α) gets no gradient from the memory's reads.
+    stop_grad_updates: bool = False
     # cap on Σ_j of the chunk's step coefficients (θ scaled down when exceeded); 0 = off (paper-exact).
     # Without it, correlated keys in a chunk add their stale-gradient steps and the memory diverges.
     chunk_step_cap: float = 1.0
@@ -134,6 +142,11 @@ class MemoryConfig(DictRoundTrip):
             _fail("chunk_step_cap", self.chunk_step_cap, "a float >= 0 (0 = off)")
         if self.surprise_clip < 0:
             _fail("surprise_clip", self.surprise_clip, "a float >= 0 (0 = off)")
+        if isinstance(self.write_threshold, bool) or not isinstance(self.write_threshold, int | float) \
+                or self.write_threshold < 0:
+            _fail("write_threshold", self.write_threshold, "a float >= 0 (0 = every token writes)")
+        if not isinstance(self.stop_grad_updates, bool):
+            _fail("stop_grad_updates", self.stop_grad_updates, "True or False")
         if self.nonfinite not in NONFINITE:
             _fail("nonfinite", self.nonfinite, f"one of {NONFINITE}")
         if not isinstance(self.compile, bool):

@@ -343,8 +343,10 @@ class NeuralMemory(nn.Module):
 
     @property
     def _linear_fast_path(self) -> bool:
-        """A linear memory (depth 1) without surprise clipping is a linear recurrence over chunks."""
-        return self.config.depth == 1 and self.config.surprise_clip == 0
+        """A linear memory (depth 1) without surprise clipping, surprise-gated writes or stop-gradient updates is
+        a linear recurrence over chunks (those three need each token's gradient: `chunk_scan`)."""
+        c = self.config
+        return c.depth == 1 and c.surprise_clip == 0 and c.write_threshold == 0 and not c.stop_grad_updates
 
 
 _COMPILED: list = []  # torch.compile(NeuralMemory._forward), made on first use

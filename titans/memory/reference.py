@@ -37,12 +37,14 @@ def reference_memory(
     forget: Tensor,
     chunk_size: int,
     init_momentum: dict[str, Tensor] | None = None,
+    write_threshold: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
     """Run Eq. 12-18 token by token in float64 for one sample and one head.
 
     init_weights: name -> `[*param_shape]`; queries/keys/values: `[T, d]`; gates: `[T]`.
-    Only complete chunks are written (like the fast path). Returns the reads `[T, d]` and the
-    weights and momentum after the last complete chunk.
+    Only complete chunks are written (like the fast path). A token whose gradient norm ‖∇ℓ_t‖ is below
+    `write_threshold` does not write (θ_t = 0). Returns the reads `[T, d]` and the weights and momentum
+    after the last complete chunk.
     """
     f64 = torch.float64
     w = {n: t.detach().to(f64).clone() for n, t in init_weights.items()}
@@ -71,8 +73,10 @@ def reference_memory(
         chunk_start = {n: t.clone().requires_grad_(True) for n, t in w.items()}  # M_{t'}
         for t in range(start, end):
             grads = torch.autograd.grad(loss(chunk_start, keys[t], values[t]), list(chunk_start.values()))
+            norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+            theta = lr[t] if norm >= write_threshold else torch.zeros_like(lr[t])  # surprise-gated write
             for (name, _), g in zip(chunk_start.items(), grads):
-                s[name] = momentum_decay[t] * s[name] - lr[t] * g  # Eq. 14
+                s[name] = momentum_decay[t] * s[name] - theta * g  # Eq. 14
                 w[name] = (1 - forget[t]) * w[name] + s[name]  # Eq. 13
     return torch.cat(reads, dim=0), w, s
 
@@ -117,7 +121,8 @@ def reference_forward(memory: NeuralMemory, x: Tensor) -> tuple[Tensor, dict[str
     causal depthwise conv, SiLU, ℓ2-normalised q and k, the gates (`reference_gates`), the inner loop
     (`reference_memory`, per sample and head), the output norm, output gate and projection.
     A token whose input is not finite is handled as `config.nonfinite` says: with "skip" it is read and
-    written as a zero input with θ = 0 (no write) and its output is NaN.
+    written as a zero input with θ = 0 (no write) and its output is NaN. `write_threshold` and
+    `stop_grad_updates` apply too (the latter changes gradients only, not values).
     Returns (y `[B, T, dim]`, weights and momentum `[B, H, ...]` after the last complete chunk, a dict of
     the gates `lr`, `momentum_decay`, `forget` `[B, H, T]`). Needs `chunk_step_cap=0` and `surprise_clip=0`
     (paper-exact updates); for those switches compare with `reference_memory` and the fast path's gates.
@@ -168,7 +173,7 @@ def reference_forward(memory: NeuralMemory, x: Tensor) -> tuple[Tensor, dict[str
         for h in range(H):
             init = {n: p(w) + p(memory.init_offsets[n][h]) for n, w in model.named_parameters()}
             r, w, s = reference_memory(model, init, q[b, h], k[b, h], v[b, h], lr[b, h], eta[b, h], alpha[b, h],
-                                       c.chunk_size)
+                                       c.chunk_size, write_threshold=c.write_threshold)
             reads[b, h] = r
             for n in w:
                 weights[n][b, h], momentum[n][b, h] = w[n], s[n]

@@ -88,20 +88,29 @@ class MemoryGate(nn.Module):
 
     form "sigmoid": g = σ(W_g x̃ + b) per token and channel (MemoryMAG); "scalar": g = σ(b) per channel;
     "none": g = 1. `scale` (per channel) starts at 0 with `identity_init` (patched == base at step 0).
-    x̃, y: `[B, T, D]`; returns (contribution `[B, T, D]`, g).
+    form "convex" (MemoryMAG's convex gate, MAG): the mixing weight is m = clamp(scale, 0, 1) ⊙ σ(W_g x̃ + b)
+    and the contribution m ⊙ (y − other), so `h + other + contribution = h + (1 − m)·other + m·y` with
+    `other` the attention branch; the clamp passes gradient straight through, so a closed gate can reopen.
+    x̃, y, other: `[B, T, D]`; returns (contribution `[B, T, D]`, g (m for "convex")).
     """
 
     def __init__(self, dim: int, form: str, bias_init: float, identity_init: bool, init_std: float = 0.02) -> None:
         super().__init__()
         self.form = form
-        self.proj = nn.Linear(dim, dim) if form == "sigmoid" else None
+        self.proj = nn.Linear(dim, dim) if form in ("sigmoid", "convex") else None
         self.bias = nn.Parameter(torch.full((dim,), float(bias_init))) if form == "scalar" else None
         self.scale = nn.Parameter(torch.zeros(dim) if identity_init else torch.ones(dim))
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=init_std)
             nn.init.constant_(self.proj.bias, bias_init)
 
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, y: Tensor, other: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.form == "convex":
+            if other is None:
+                raise ValueError("MemoryGate(form='convex') mixes the memory with another branch: pass other=")
+            scale = self.scale + (self.scale.clamp(0.0, 1.0) - self.scale).detach()  # value in [0, 1], grad 1
+            m = scale * torch.sigmoid(self.proj(x))
+            return m * (y - other), m
         if self.proj is not None:
             g = torch.sigmoid(self.proj(x))
         elif self.bias is not None:
@@ -245,9 +254,10 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         return out, keep_last(k, keep), keep_last(v, keep)
 
     def memory_branch(
-        self, x: Tensor, mem_state: MemoryState | None, prev_read: Tensor | None, output_aux: bool = False
+        self, x: Tensor, mem_state: MemoryState | None, prev_read: Tensor | None, output_aux: bool = False,
+        mix_with: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, MemoryState, MemoryAux | None]:
-        """Run the neural memory on x `[B, T, D]` and gate it.
+        """Run the neural memory on x `[B, T, D]` and gate it (`mix_with`: the branch a convex gate mixes with).
 
         Returns (contribution `[B, T, D]`, raw read `[B, T, D]`, new state, `MemoryAux` when `output_aux` else None).
         """
@@ -258,7 +268,7 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
             y, new_state, aux = self.memory(inp, mem_state, return_aux=True)
         else:
             y, new_state = self.memory(inp, mem_state)
-        contribution, g = self.memory_gate(x, y)
+        contribution, g = self.memory_gate(x, y, mix_with)
         if not output_aux:
             return contribution, y, new_state, None
         gate = g if self.memory_gate.form != "none" else None

@@ -1,0 +1,85 @@
+"""MemoryMAG's memory switches: surprise-gated writes (`write_threshold`) held to the float64 oracle with the same
+rule, and stop-gradient fast updates (`stop_grad_updates`): same values, no gradient through the writes, a
+smaller backward."""
+
+import pytest
+import torch
+
+from titans.memory import MemoryConfig, NeuralMemory
+from titans.memory.reference import reference_forward
+
+
+def perturbed(**kw) -> NeuralMemory:
+    cfg = dict(dim=16, heads=2, expansion=2, conv_kernel=3, max_lr=0.5, chunk_step_cap=0.0)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    mem = NeuralMemory(MemoryConfig(**cfg))
+    with torch.no_grad():
+        for p in mem.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        mem.to_gates.weight.normal_(std=0.5)
+    return mem
+
+
+@pytest.mark.parametrize("depth", [2, 1], ids=["deep", "linear"])
+def test_surprise_gated_writes_match_the_oracle_with_the_same_rule(depth):
+    x = torch.randn(2, 14, 16, dtype=torch.float64)
+    _, _, free = perturbed(depth=depth, chunk_size=4).double()(x, return_aux=True)
+    first = free["surprise"][:, :, :4].flatten().sort().values  # first chunk: same weights with or without the rule
+    threshold = float(first[7:9].mean())  # between two values: no token sits on the threshold
+    mem = perturbed(depth=depth, chunk_size=4, write_threshold=threshold).double()
+    y, state, aux = mem(x, return_aux=True)
+    written = aux["surprise"][:, :, :12]
+    skipped = written < threshold
+    assert 0 < int(skipped.sum()) < skipped.numel(), "the rule must bind on some tokens and not on others"
+    assert (aux["lr"][:, :, :12][skipped] == 0).all() and (aux["lr"][:, :, :12][~skipped] > 0).all()
+    y_ref, w_ref, s_ref, _ = reference_forward(mem, x)
+    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-8)
+    for n in w_ref:
+        torch.testing.assert_close(state.weights[n], w_ref[n], atol=1e-10, rtol=1e-8)
+        torch.testing.assert_close(state.momentum[n], s_ref[n], atol=1e-10, rtol=1e-8)
+    # the rule changes the result: without it the oracle's weights differ
+    _, w_free, _, _ = reference_forward(perturbed(depth=depth, chunk_size=4).double(), x)
+    assert (w_free["w0"] - w_ref["w0"]).abs().max() > 1e-4
+
+
+def _loss_and_grads(stop: bool, x: torch.Tensor):
+    mem = perturbed(depth=2, chunk_size=4, stop_grad_updates=stop, chunk_step_cap=1.0)
+    y, state = mem(x)
+    y2, _ = mem(x.flip(1), state)  # the second call reads what the first wrote
+    loss = y.pow(2).sum() + y2.pow(2).sum()
+    nodes, seen, todo = 0, set(), [loss.grad_fn]
+    while todo:  # autograd nodes the backward will run
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        nodes += 1
+        todo.extend(f for f, _ in fn.next_functions)
+    loss.backward()
+    return mem, y, y2, nodes
+
+
+def test_stop_grad_updates_keep_values_and_cut_the_write_path():
+    x = torch.randn(2, 24, 16)
+    full, y_full, y2_full, nodes_full = _loss_and_grads(False, x)
+    stop, y_stop, y2_stop, nodes_stop = _loss_and_grads(True, x)
+    torch.testing.assert_close(y_stop, y_full, atol=1e-6, rtol=1e-5)  # the forward is the same
+    torch.testing.assert_close(y2_stop, y2_full, atol=1e-6, rtol=1e-5)
+    inner = full.config.inner_dim
+    # write path: θ/η/α projection and the key/value rows of the projection get no gradient
+    assert stop.to_gates.weight.grad is None or stop.to_gates.weight.grad.abs().max() == 0
+    assert stop.to_qkv.weight.grad[inner:].abs().max() == 0
+    assert full.to_gates.weight.grad.abs().max() > 0 and full.to_qkv.weight.grad[inner:].abs().max() > 0
+    # read path and M_0 still learn (M_0 through the straight-through identity of every chunk)
+    assert stop.to_qkv.weight.grad[:inner].abs().max() > 0 and stop.to_out.weight.grad.abs().max() > 0
+    assert stop.memory_model.w0.grad.abs().max() > 0 and stop.init_offsets["w1"].grad.abs().max() > 0
+    # the backward does far less: no graph through the inner forward/backward/update of any chunk
+    assert nodes_stop < 0.5 * nodes_full, (nodes_stop, nodes_full)
+
+
+def test_switch_errors_name_the_field():
+    with pytest.raises(ValueError, match="write_threshold"):
+        MemoryConfig(dim=8, write_threshold=-1.0)
+    with pytest.raises(ValueError, match="stop_grad_updates"):
+        MemoryConfig(dim=8, stop_grad_updates="yes")
