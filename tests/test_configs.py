@@ -107,7 +107,8 @@ def test_curriculum_stages_hold_valid_data_mixtures(override):
             Mixture.from_config({k: v for k, v in part.items() if k != "n"})
 
 
-@pytest.mark.parametrize("name", ["cpu_proof_pairs", "cpu_proof_pairs_lengths", "cpu_proof_pairs_extend"])
+@pytest.mark.parametrize("name", ["cpu_proof_pairs", "cpu_proof_pairs_lengths", "cpu_proof_pairs_extend",
+                                  "cpu_proof_pairs_from_scratch"])
 def test_follow_up_experiments_change_only_the_curriculum_stages(name):
     """The distractor-pair follow-ups are the CPU proof's MAG with other stages: nothing else differs."""
     from omegaconf import OmegaConf
