@@ -11,7 +11,9 @@ the model's own tokens. Each finished sample is appended to `samples.jsonl` and 
 an interrupted run loses at most the sample in flight; a rerun into the same folder reads the JSONL
 back and skips every (cell, sample) already done with the same settings (model name, weights, seed,
 segment_len, max_new_tokens, stop strings: `benchmarks.records`). Summary (written once), tables and plots
-are rewritten at the end of every run from all finished samples.
+are rewritten at the end of every run from all finished samples. A torn last line (a run killed mid-write)
+is cut off before appending (`records.repair_torn_tail`), so its sample is recomputed and no record is
+glued onto it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import reports
-from benchmarks.records import SAMPLES_FILE, read_records, weights_fingerprint
+from benchmarks.records import SAMPLES_FILE, read_records, repair_torn_tail, weights_fingerprint
 from benchmarks.suites import get_suite
 from titans.io import write_json
 
@@ -66,6 +68,7 @@ def run_suite(model, tokenizer, suite: str, *, output_dir: str | Path, lengths: 
     out.mkdir(parents=True, exist_ok=True)
     fp = spec.fingerprint(model_name, weights_fingerprint(model), seed, segment_len, max_new_tokens, opts)
     path = out / SAMPLES_FILE
+    repair_torn_tail(path)  # a line torn by a killed run would swallow the next record
     records = [r for r in read_records(path, fp) if r.get("suite") == spec.name]
     done = {spec.record_key(r) for r in records}
     n = opts["samples"]

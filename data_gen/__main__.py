@@ -41,14 +41,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:18s} {spec.description}\n{'':18s} params: {spec.defaults}")
         return 0
     args, params = parse(argv)
+    # Every argument is checked before anything is created or generated.
     if args["task"] is None:
         raise ValueError(f"task= is required; allowed: {sorted(data_gen.TASKS)}")
-    for key in ("n", "length", "seed"):
-        if not isinstance(args[key], int) or isinstance(args[key], bool) or args[key] < 0:
-            raise ValueError(f"{key}={args[key]!r} is not allowed; it must be an integer >= 0")
-    out = io.check_out_dir(args["out"], bool(args["overwrite"]))
+    data_gen.get_task(args["task"])
+    for key, lo in (("n", 1), ("length", 1), ("seed", 0)):
+        if not isinstance(args[key], int) or isinstance(args[key], bool) or args[key] < lo:
+            raise ValueError(f"{key}={args[key]!r} is not allowed; it must be an integer >= {lo}")
+    if not isinstance(args["overwrite"], bool):
+        raise ValueError(f"overwrite={args['overwrite']!r} is not allowed; allowed: true or false")
+    if args["split"] not in data_gen.SPLITS:
+        raise ValueError(f"split={args['split']!r} is not allowed; allowed: {list(data_gen.SPLITS)}")
+    if not isinstance(args["tokenizer"], str) or not args["tokenizer"]:
+        raise ValueError(f"tokenizer={args['tokenizer']!r} is not allowed; give `byte` or a tokenizer name/path")
     resolved = data_gen.resolve_params(args["task"], params)
     tokenizer = data_gen.resolve_tokenizer(args["tokenizer"])
+    out = io.check_out_dir(args["out"], args["overwrite"])
     from tqdm import tqdm
 
     it = data_gen.iter_samples(args["task"], args["n"], args["length"], args["seed"], tokenizer, args["split"],
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                         disable=None))
     manifest = {"task": args["task"], "params": resolved, "n_requested": args["n"], "length": args["length"],
                 "seed": args["seed"], "split": args["split"], "tokenizer": args["tokenizer"]}
-    path = io.write(samples, out, manifest, overwrite=bool(args["overwrite"]))
+    path = io.write(samples, out, manifest, overwrite=args["overwrite"])
     print(f"wrote {len(samples)} samples to {path}")
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,10 +35,13 @@ class Counter:
     """
 
     def __init__(self, tokenizer=None):
-        from titans.tokenizers import is_byte_tokenizer
-
         self.tokenizer = tokenizer
-        self.is_bytes = tokenizer is None or is_byte_tokenizer(tokenizer)
+        if tokenizer is None:  # byte counting needs no tokenizer library (importing one costs seconds)
+            self.is_bytes = True
+        else:
+            from titans.tokenizers import is_byte_tokenizer
+
+            self.is_bytes = is_byte_tokenizer(tokenizer)
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         self.name = "byte" if tokenizer is None else str(name)
         self._cache: dict[str, int] = {}
@@ -195,6 +198,65 @@ def check_range(name: str, value, lo, hi=None) -> None:
     if not isinstance(value, int | float) or value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name}={value!r} is not allowed; it must be a number {bound}")
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> None:
+    """`value` is an int (not a bool, not a float) in [lo, hi]."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer {bound}")
+
+
+def check_int_spec(name: str, value, lo: int, hi: int | None = None) -> None:
+    """`value` is an int, a range `[low, high]` (drawn uniformly per sample, both ends included) or a mapping
+    int -> weight (a weighted draw per sample), every int in [lo, hi]; a ValueError naming what is allowed."""
+    bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    allowed = f"an integer {bound}, a range [low, high] or a mapping value -> weight (e.g. {{0: 1, 8: 2}})"
+    if isinstance(value, int) and not isinstance(value, bool):
+        check_int(name, value, lo, hi)
+    elif isinstance(value, Mapping):
+        if not value:
+            raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")
+        for k, w in value.items():
+            try:
+                check_int(name, int(k) if isinstance(k, str) else k, lo, hi)
+            except ValueError as e:
+                raise ValueError(f"{name}={dict(value)!r}: key {k!r} is not allowed; allowed: {allowed}") from e
+            if not isinstance(w, int | float) or isinstance(w, bool) or w < 0:
+                raise ValueError(f"{name}={dict(value)!r}: weight {w!r} is not allowed; weights are numbers >= 0")
+        if not any(w > 0 for w in value.values()):
+            raise ValueError(f"{name}={dict(value)!r}: at least one weight must be > 0")
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        for v in value:
+            check_int(name, v, lo, hi)
+        if value[0] > value[1]:
+            raise ValueError(f"{name}={list(value)!r} is not allowed; a range [low, high] needs low <= high")
+    else:
+        raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")
+
+
+def draw_int(rng: random.Random, value) -> int:
+    """One sample's value of a `check_int_spec` parameter. A plain int draws nothing from `rng`."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Mapping):
+        keys = sorted(value, key=int)  # the draw never depends on the mapping's order
+        return int(rng.choices(keys, weights=[float(value[k]) for k in keys])[0])
+    return rng.randint(int(value[0]), int(value[1]))
+
+
+def widest_params(params: dict) -> dict:
+    """`params` with every int range `[low, high]` or int -> weight mapping (see `check_int_spec`) replaced by its
+    largest value: the variation a preflight generates to learn, before a long run, whether the most pairs / the
+    longest keys still fit a length."""
+    out = dict(params)
+    for name, value in params.items():
+        if isinstance(value, Mapping) and value and all(isinstance(k, int) or str(k).isdigit() for k in value):
+            out[name] = max(int(k) for k, w in value.items() if w > 0)
+        elif (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            out[name] = max(value)
+    return out
 
 
 def make_sample(

@@ -5,16 +5,22 @@ A k-hop chain is User_x -> h1 -> h2 -> ... -> hk, one link sentence per hop
 in random order). Distractor links use fresh entities only: no entity of the chain, and no entity
 twice, so the chain has exactly one reading.
 
-Curriculum knobs: `hops`, `n_pairs` (distractor links), `hash_len`, `haystack`
-(noise | essay | pairs: a haystack made only of distractor links), depth range, `order`.
+Curriculum knobs (variations of the one skill):
+- `n_pairs`: distractor links (other users' tokens) at random depths; an int, a range `[0, 16]`
+  (drawn per sample) or a mapping {n_pairs: weight};
+- `hash_len`: characters of every access token; an int, a range or a mapping, like `n_pairs`;
+- `haystack`: `noise`, `essay`, `code` (the standard library's source), `mixed` (one of those three per
+  sample), `pairs` (a haystack made only of distractor links) or a mapping {kind: weight};
+- `hops` (the question asks for one user; with hops > 1 it follows the chain), the depth range of the
+  chain's links, `order`.
 """
 
 from __future__ import annotations
 
 import re
 
-from data_gen.common import Piece, check_choice, check_range, make_sample
-from data_gen.haystacks import HAYSTACKS, place_in_haystack, place_in_units
+from data_gen.common import Piece, check_choice, check_int, check_int_spec, check_range, draw_int, make_sample
+from data_gen.haystacks import RETRIEVAL_HAYSTACKS, check_haystack, draw_haystack, place_in_haystack, place_in_units
 from data_gen.passkey import draw_depth
 from data_gen.registry import register
 
@@ -31,10 +37,12 @@ HASH_ALPHABET = "0123456789abcdef"
 
 
 def _validate_params(p: dict) -> None:
-    check_range("hops", p["hops"], 1, 64)
-    check_range("n_pairs", p["n_pairs"], 0)
-    check_range("hash_len", p["hash_len"], 4, 64)
-    check_choice("haystack", p["haystack"], (*HAYSTACKS, "pairs"))
+    check_int("hops", p["hops"], 1, 64)
+    check_int_spec("n_pairs", p["n_pairs"], 0)
+    check_int_spec("hash_len", p["hash_len"], 4, 64)
+    check_haystack(p["haystack"], (*RETRIEVAL_HAYSTACKS, "pairs"))
+    if not isinstance(p["intro"], bool):
+        raise ValueError(f"intro={p['intro']!r} is not allowed; allowed: true or false")
     check_choice("order", p["order"], ("random", "forward", "backward"))
     check_range("depth_min", p["depth_min"], 0.0, 1.0)
     check_range("depth_max", p["depth_max"], p["depth_min"], 1.0)
@@ -95,7 +103,10 @@ def _check(sample: dict, params: dict) -> list[str]:
 @register("hashhop", DEFAULTS, "hashhop", "access tokens of users, single or k-hop chains", _check, _validate_params)
 def hashhop(rng, length: int, counter, p: dict) -> dict:
     hops = int(p["hops"])
-    ents = Entities(rng, int(p["hash_len"]))
+    n_pairs = draw_int(rng, p["n_pairs"])
+    hash_len = draw_int(rng, p["hash_len"])
+    haystack = draw_haystack(rng, p["haystack"])
+    ents = Entities(rng, hash_len)
     chain = [ents.user()] + [ents.hash() for _ in range(hops)]
     links = [Piece(LINK.format(a=chain[i], b=chain[i + 1]), "link", {"hop": i + 1}) for i in range(hops)]
     depths = sorted(draw_depth(rng, p) for _ in links)
@@ -103,22 +114,22 @@ def hashhop(rng, length: int, counter, p: dict) -> dict:
         rng.shuffle(depths)
     elif p["order"] == "backward":
         depths.reverse()
-    distractors = [Piece(LINK.format(a=ents.user(), b=ents.hash()), "distractor") for _ in range(int(p["n_pairs"]))]
+    distractors = [Piece(LINK.format(a=ents.user(), b=ents.hash()), "distractor") for _ in range(n_pairs)]
     pieces = links + distractors
     depths += [rng.random() for _ in distractors]
     question = QUESTION_1.format(user=chain[0]) if hops == 1 else QUESTION_K.format(user=chain[0], hops=hops)
     completion = " " + chain[-1]
     budget = length - counter.count(completion)
     prefix = INTRO + "\n" if p["intro"] else ""
-    what = f"hashhop (hops={hops}, n_pairs={p['n_pairs']})"
-    if p["haystack"] == "pairs":
+    what = f"hashhop (hops={hops}, n_pairs={n_pairs}, hash_len={hash_len})"
+    if haystack == "pairs":
         est = counter.count(LINK.format(a=chain[0], b=chain[1])) + 1
         units = [LINK.format(a=ents.user(), b=ents.hash()) for _ in range(max(1, budget // max(1, est - 2) + 8))]
         text, starts, n, k, slack = place_in_units(counter, units, counter.counts(units), " ", 0, prefix,
                                                    "\n" + question, pieces, depths, budget, what)
     else:
-        text, starts, n, k, slack = place_in_haystack(rng, counter, p["haystack"], prefix, "\n" + question, pieces,
+        text, starts, n, k, slack = place_in_haystack(rng, counter, haystack, prefix, "\n" + question, pieces,
                                                       depths, budget, what)
     return make_sample("hashhop", text, chain[-1], completion, counter, length, length - budget, pieces, starts,
-                       n_tokens=n, hops=hops, chain=chain, haystack=p["haystack"], haystack_units=k, fill_slack=slack,
-                       n_pairs=int(p["n_pairs"]))
+                       n_tokens=n, hops=hops, chain=chain, haystack=haystack, haystack_units=k, fill_slack=slack,
+                       n_pairs=n_pairs, hash_len=hash_len)

@@ -12,6 +12,12 @@
 Sample i of the stream is a pure function of (config, i): component and length are drawn from a
 stream seeded by (seed, i), the sample itself is `generate_one(task, index=i, ...)`, so restarts
 resume exactly with `mix.iterate(start=i)`.
+
+Variations of a skill are drawn per sample from the component's params: ranges and weights of the
+retrieval tasks (e.g. passkey `digits: [3, 9]`, `haystack: {noise: 2, essay: 1, code: 1}`; hashhop
+`n_pairs: {0: 1, 2: 1, 8: 2, 16: 1}`, `hash_len: [4, 8]`); components weigh tasks against each other.
+At construction every component generates one sample at its shortest length with its widest variation
+(`common.widest_params`), so a config whose largest variation cannot fit fails at once, not mid-training.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from data_gen.common import SPLITS, Counter
+from data_gen.common import SPLITS, Counter, widest_params
 from data_gen.registry import generate_one, resolve_params
 
 
@@ -58,6 +64,22 @@ class Mixture:
         from data_gen import resolve_tokenizer
 
         self._counter = Counter(resolve_tokenizer(self.tokenizer))
+        self.preflight()
+
+    def preflight(self) -> None:
+        """Generate one sample per component at its shortest length with its widest variation; a ValueError
+        naming the component when it cannot be built."""
+        for n, comp in enumerate(self.components):
+            lengths = list(comp.lengths or self.lengths)
+            if not lengths or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in lengths):
+                raise ValueError(f"mixture component {n} ({comp.task}): lengths={lengths!r} is not allowed; give a "
+                                 f"non-empty list of positive ints (tokens)")
+            widest = widest_params(comp.params)
+            try:
+                generate_one(comp.task, 0, min(lengths), self.seed, self._counter, widest, self.split)
+            except (ValueError, RuntimeError) as e:
+                raise ValueError(f"mixture component {n} ({comp.task}, params {widest}) at length {min(lengths)}: "
+                                 f"{e}") from e
 
     @classmethod
     def from_config(cls, cfg: Mapping, tokenizer=None) -> Mixture:

@@ -67,6 +67,8 @@ class Suite:
             Titans paper's Table 2 layout.
         comparison_metric, comparison_ylim: what a comparison of models shows (`comparison_row`) and its
             y range (None: free).
+        aggregate: (predictions, references) of a cell's samples -> the cell's score in percent, the
+            published metric itself (RULER: `scoring.string_match_all`); None: the mean of `score` x100.
     """
 
     name: str
@@ -84,6 +86,7 @@ class Suite:
     extra_options: dict = field(default_factory=dict)
     comparison_metric: str = "mean score (%)"
     comparison_ylim: tuple[float, float] | None = (0, 100)
+    aggregate: Callable[[list[str], list], float] | None = None
 
     def options(self, overrides: Mapping[str, Any]) -> dict:
         """The suite's defaults updated with `overrides`; unknown names and bad values are ValueErrors."""
@@ -154,7 +157,13 @@ class Suite:
         rows_out, table = [], {}
         for c in cells:
             recs = by_cell.get(c.key, [])
-            score = round(100 * sum(r["score"] for r in recs) / len(recs), 2) if recs else None
+            if not recs:
+                score = None
+            elif self.aggregate is not None:  # the published metric on the cell's predictions (RULER)
+                score = self.aggregate([scoring.postprocess_pred(r["prediction"]) for r in recs],
+                                       [r["answer"] for r in recs])
+            else:
+                score = round(100 * sum(r["score"] for r in recs) / len(recs), 2)
             rows_out.append({"task": c.task, "row": c.row, "length": c.length, **dict(c.coords), "score": score,
                              "n": len(recs), "empty": sum(r["empty"] for r in recs),
                              "input_tokens": round(sum(r["input_tokens"] for r in recs) / len(recs), 1) if recs
@@ -239,6 +248,30 @@ def substring_score(prediction: str, sample: dict) -> float:
     return scoring.match_fraction(scoring.postprocess_pred(prediction), sample["answer"])
 
 
+def named_rows(rows, task_params, default_row: str, forbidden: Sequence[str] = ()) -> list[tuple[str, dict]]:
+    """(row name, data_gen params) of a suite's `rows` option: a mapping row name -> params laid over
+    `task_params` (e.g. {"passkey": {}, "passkey_essay": {"haystack": "essay"}}), one table row each; None ->
+    one row `default_row` with `task_params`. Params in `forbidden` belong to other options (e.g. hops)."""
+    base = dict(task_params or {})
+    if rows is None:
+        return [(default_row, base)]
+    if not isinstance(rows, Mapping) or not rows:
+        raise ValueError(f"benchmark.rows={rows!r} is not allowed; give a mapping row name -> data_gen params, e.g. "
+                         f"{{{default_row}: {{}}, {default_row}_essay: {{haystack: essay}}}}, or null")
+    out = []
+    for name, params in rows.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"benchmark.rows: row name {name!r} is not allowed; give a non-empty string")
+        if params is not None and not isinstance(params, Mapping):
+            raise ValueError(f"benchmark.rows.{name}={params!r} is not allowed; give a mapping of data_gen params")
+        bad = sorted(set(params or {}) & set(forbidden))
+        if bad:
+            raise ValueError(f"benchmark.rows.{name} sets {bad}, which the suite's own option(s) of that name set; "
+                             f"use benchmark.{bad[0]}")
+        out.append((name, {**base, **dict(params or {})}))
+    return out
+
+
 def check_choices(name: str, values: Sequence, allowed: Sequence) -> list:
     """`values` as a list, each checked against `allowed` (ValueError naming the bad one)."""
     if isinstance(values, str) or not isinstance(values, Sequence) or not values:
@@ -251,17 +284,19 @@ def check_choices(name: str, values: Sequence, allowed: Sequence) -> list:
 
 
 def _preflight(cells: Sequence[Cell], counter, seed: int) -> None:
-    """Generate one sample of the shortest length of each (task, params) so bad input fails before any compute."""
+    """Generate one sample of the shortest length of each (task, params), with the widest variation of any range
+    parameter (e.g. the most distractor pairs), so bad input fails before any compute."""
     import data_gen
+    from data_gen.common import widest_params
 
-    shortest: dict[tuple, Cell] = {}
+    shortest: dict[str, Cell] = {}
     for c in cells:
-        k = (c.task, c.params)
+        k = json.dumps([c.task, c.param_dict], sort_keys=True)  # params may hold lists (ranges): not hashable
         if k not in shortest or c.length < shortest[k].length:
             shortest[k] = c
     for c in shortest.values():
         try:
-            next(data_gen.iter_samples(c.task, 1, c.length, seed, counter, split="eval", **c.param_dict))
+            next(data_gen.iter_samples(c.task, 1, c.length, seed, counter, split="eval", **widest_params(c.param_dict)))
         except ValueError as e:
             raise ValueError(f"benchmark cell task={c.task!r} length={c.length} params={c.param_dict}: {e}") from e
         except RuntimeError as e:  # data_gen could not build a valid sample (typically: the length is too small)

@@ -85,6 +85,26 @@ def test_resume_skips_finished_samples_and_survives_a_torn_line(model, tok, tmp_
             next(model.parameters()).sub_(1e-3)
 
 
+def test_torn_last_line_keeps_the_recomputed_record(model, tok, tmp_path, monkeypatch):
+    fake, calls = oracle()
+    monkeypatch.setattr(runner, "greedy_answer", fake)
+    run_suite(model, tok, "passkey", lengths=[300], samples=2, output_dir=tmp_path, progress=False)
+    path = tmp_path / "samples.jsonl"
+    first, second = path.read_text().splitlines()
+    path.write_text(first + "\n" + second[: len(second) // 2])  # killed mid-write of the second record
+    run_suite(model, tok, "passkey", lengths=[300], samples=2, output_dir=tmp_path, progress=False)
+    assert calls["n"] == 3, "the torn sample must be recomputed"
+    recs = lines(path)  # every line is a whole record: none was glued onto the fragment
+    assert sorted(r["index"] for r in recs) == [0, 1] and path.read_text().endswith("\n")
+    s = run_suite(model, tok, "passkey", lengths=[300], samples=2, output_dir=tmp_path, progress=False)
+    assert calls["n"] == 3, "the recomputed record was lost"
+    assert s["table"]["passkey"][300] == 100.0 and s["cells"][0]["n"] == 2
+    # a complete last record that only lacks its newline is kept, not recomputed
+    path.write_text(path.read_text().rstrip("\n"))
+    run_suite(model, tok, "passkey", lengths=[300], samples=2, output_dir=tmp_path, progress=False)
+    assert calls["n"] == 3 and len(lines(path)) == 2
+
+
 def test_niah_grid_heatmap(model, tok, tmp_path, monkeypatch):
     fake, _ = oracle()
     monkeypatch.setattr(suite_base, "greedy_answer", fake)
@@ -133,6 +153,26 @@ def test_ruler_average_and_effective_length(model, tok, tmp_path, monkeypatch):
     assert s["average"] == {600: 100.0, 700: 100.0}
     assert s["effective_length"] == 700
     assert "Effective length" in (tmp_path / "results.md").read_text()
+
+
+def test_ruler_multi_answer_task_is_scored_with_string_match_all(model, tok, tmp_path, monkeypatch):
+    """niah_multivalue has 4 values per key; an answer naming one of them scores 25% under RULER's `all`
+    (100% under `part`). The cell's number is `scoring.string_match_all` of its predictions."""
+    from benchmarks import scoring
+
+    fake, _ = oracle()  # answers the first value of the prompt only
+    monkeypatch.setattr(runner, "greedy_answer", fake)
+    s = run_suite(model, tok, "ruler", lengths=[900], samples=2, tasks=["niah_multivalue", "niah_single_1"],
+                  output_dir=tmp_path, progress=False)
+    recs = lines(tmp_path / "samples.jsonl")
+    multi = [r for r in recs if r["task"] == "niah_multivalue"]
+    assert all(len(r["answer"]) == 4 and r["score"] == 0.25 for r in multi)
+    assert s["table"]["niah_multivalue"][900] == 25.0
+    assert s["table"]["niah_multivalue"][900] == scoring.string_match_all([r["prediction"] for r in multi],
+                                                                          [r["answer"] for r in multi])
+    assert s["table"]["niah_multivalue"][900] != scoring.string_match_part([r["prediction"] for r in multi],
+                                                                           [r["answer"] for r in multi])
+    assert s["table"]["niah_single_1"][900] == 100.0 and s["average"][900] == 62.5
 
 
 @pytest.mark.parametrize("suite, kwargs, match", [
