@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import tempfile
 from importlib import metadata
@@ -24,7 +25,7 @@ PACKAGES = ("titans", "datasets", "pyarrow", "transformers", "tokenizers", "wond
 
 
 def _versions() -> dict[str, str | None]:
-    out = {}
+    out = {"python": platform.python_version()}  # the code haystack is this Python's standard library
     for name in PACKAGES:
         try:
             out[name] = metadata.version(name)

@@ -1,7 +1,8 @@
 """The CPU proof: train a tiny Qwen3 per variant, then measure recall far beyond its window.
 
     python -m experiments.cpu_proof [--variants mag swa] [--lengths 1024 2048 4096] [--samples 20]
-                                   [--tasks passkey hashhop] [--hashhop-pairs 0]
+                                   [--tasks passkey hashhop hashhop_pairs8 passkey_essay hashhop_essay]
+                                   [--hashhop-pairs 0]
                                    [--out results/cpu_proof] [--steps-scale 1.0] [--checkpoint CKPT]
                                    [--curves-only]
 
@@ -13,7 +14,8 @@ titans_pytorch: the peer, `mag` with titans-pytorch 0.5.5's NeuralMemory as its 
   3. evaluate pass-key and single-hop hash-hop retrieval through evaluate.py's path (benchmarks.evaluate: the
      context streamed through the model's cache in segments, then greedy decoding; benchmarks.runner.run_suite)
      at 16-64x the attention window, plus a depth x length pass-key heatmap for the first variant,
-  4. write <out>/summary.json shaped {variant: {task: {length: accuracy percent}}}, results.md (the
+  4. write <out>/summary.json shaped {variant: {task: {length: accuracy percent}}} (merged into what it
+     holds, so cells evaluated at other lengths or by another run stay), results.md (the
      table), <out>/<variant>/curve.csv (its training curve, stages concatenated), curves.png (every
      variant's curve.csv in <out>, so re-running one variant keeps the others) and the commands that made
      them (commands.txt). `--curves-only` redoes just the last two from what --train-dir holds.
@@ -47,10 +49,16 @@ PEERS = {
     "titans_pytorch": ("mag", ["++memory.memory_impl=benchmarks.peers.titans_pytorch.use_titans_pytorch_memory",
                                "task_name=cpu_proof_titans_pytorch"]),
 }
-TASKS = {  # suite -> task parameters the curriculum trained with (noise haystack, no intro sentence)
-    "passkey": {"intro": False},
-    "hashhop": {"hops": 1, "intro": False},
+# summary task name -> (benchmark suite, data_gen params). The curriculum trains without the intro sentence; the
+# variations are the issue-14 cells: 8 distractor pairs in every prompt, Paul Graham essays as the haystack.
+TASKS = {
+    "passkey": ("passkey", {"intro": False}),
+    "hashhop": ("hashhop", {"intro": False}),
+    "hashhop_pairs8": ("hashhop", {"intro": False, "n_pairs": 8}),
+    "passkey_essay": ("passkey", {"intro": False, "haystack": "essay"}),
+    "hashhop_essay": ("hashhop", {"intro": False, "haystack": "essay"}),
 }
+DEFAULT_TASKS = ("passkey", "hashhop")
 
 
 def compose(variant: str, out_dir: Path, overrides: list[str]):
@@ -99,17 +107,20 @@ def evaluate(variant: str, cfg, ckpt: Path, out_dir: Path, lengths: list[int], s
     run = {"model": to_plain(cfg.model), "memory": to_plain(cfg.memory), "checkpoint": str(ckpt),
            "model_name": variant, "device": "cpu", "segment_len": 256, "seed": 0}
     seed_everything(run["seed"])
-    name, model, tokenizer = main_model(run)
+    model_name, model, tokenizer = main_model(run)
+    by_suite: dict[str, dict] = {}  # one run per suite, a table row per task (the suite's `rows` option)
+    for task, (suite, params) in (tasks or {t: TASKS[t] for t in DEFAULT_TASKS}).items():
+        by_suite.setdefault(suite, {})[task] = params
     table = {}
-    for suite, params in (tasks or TASKS).items():
-        bench = {"name": suite, "lengths": lengths, "samples": samples, "task_params": params}
-        summary = evaluate_model(name, model, tokenizer, bench, out_dir / suite, run)
-        row = next(iter(summary["table"].values()))
-        table[suite] = {str(k): float(v) for k, v in row.items()}
+    for suite, rows in by_suite.items():
+        bench = {"name": suite, "lengths": lengths, "samples": samples, "rows": rows}
+        summary = evaluate_model(model_name, model, tokenizer, bench, out_dir / suite, run)
+        for task in rows:
+            table[task] = {str(k): float(v) for k, v in summary["table"][task].items()}
     if heatmap:
         bench = {"name": "niah", "lengths": lengths, "samples": max(1, samples // 4), "depths": [0, 25, 50, 75, 90],
                  "task_params": {"haystack": "noise", "intro": False}}
-        evaluate_model(name, model, tokenizer, bench, out_dir / "niah", run)
+        evaluate_model(model_name, model, tokenizer, bench, out_dir / "niah", run)
     return table
 
 
@@ -181,7 +192,7 @@ def markdown(summary: dict, lengths: list[int]) -> str:
     lines = [head, "|" + "---|" * (len(lengths) + 2)]
     for variant, tasks in summary.items():
         for task, row in tasks.items():
-            cells = " | ".join(f"{row.get(str(n), float('nan')):.0f}%" for n in lengths)
+            cells = " | ".join(f"{row[str(n)]:.0f}%" if str(n) in row else "–" for n in lengths)
             lines.append(f"| {variant} | {task} | {cells} |")
     return "\n".join(lines) + "\n"
 
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-dir", default="outputs/cpu_proof", help="checkpoints and logs (not committed)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's max_steps")
     parser.add_argument("--no-heatmap", action="store_true")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"of {list(TASKS)}")
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help=f"of {list(TASKS)}")
     parser.add_argument("--hashhop-pairs", type=int, default=0,
                         help="distractor links in every hash-hop prompt (data_gen n_pairs; training used 0)")
     parser.add_argument("--checkpoint", default=None,
@@ -213,9 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--tasks {bad_tasks}: allowed {list(TASKS)}")
     if args.hashhop_pairs < 0:
         raise ValueError(f"--hashhop-pairs={args.hashhop_pairs}: allowed an int >= 0")
-    tasks = {t: dict(TASKS[t]) for t in args.tasks}
+    tasks = {t: (TASKS[t][0], dict(TASKS[t][1])) for t in args.tasks}
     if "hashhop" in tasks and args.hashhop_pairs:
-        tasks["hashhop"]["n_pairs"] = args.hashhop_pairs
+        tasks["hashhop"][1]["n_pairs"] = args.hashhop_pairs
     if args.checkpoint is not None:
         if len(args.variants) != 1:
             raise ValueError(f"--checkpoint with --variants {args.variants}: allowed exactly one variant")
@@ -244,15 +255,17 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             cfg, ckpt = train(variant, train_dir, args.overrides, args.steps_scale)
         trained = time.perf_counter()
-        summary[variant] = evaluate(variant, cfg, ckpt, out / variant, args.lengths, args.samples,
-                                    heatmap=(i == 0 and not args.no_heatmap), tasks=tasks)
+        measured = evaluate(variant, cfg, ckpt, out / variant, args.lengths, args.samples,
+                            heatmap=(i == 0 and not args.no_heatmap), tasks=tasks)
+        for task, row in measured.items():  # merged: other tasks and lengths of this variant stay
+            summary.setdefault(variant, {}).setdefault(task, {}).update(row)
         timings[variant] = {"train_s": trained - start, "eval_s": time.perf_counter() - trained}
         if args.checkpoint is None:
             export_curve(train_dir, out / variant / "curve.csv")
         write_json(summary_path, summary)  # after every variant: nothing is lost if a later one fails
-        print(f"\n{variant}: {summary[variant]}  ({timings[variant]['train_s']:.0f} s train, "
+        print(f"\n{variant}: {measured}  ({timings[variant]['train_s']:.0f} s train, "
               f"{timings[variant]['eval_s']:.0f} s eval)", flush=True)
-    table = markdown(summary, args.lengths)
+    table = markdown(summary, sorted({int(n) for tasks in summary.values() for row in tasks.values() for n in row}))
     write_text(out / "results.md", table)
     with open(out / "commands.txt", "a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m experiments.cpu_proof {' '.join(argv)}"

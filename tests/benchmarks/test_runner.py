@@ -105,6 +105,24 @@ def test_torn_last_line_keeps_the_recomputed_record(model, tok, tmp_path, monkey
     assert calls["n"] == 3 and len(lines(path)) == 2
 
 
+def test_variation_rows_run_through_the_real_inference_path(model, tok, tmp_path):
+    """The issue-14 cells as rows of the passkey / hashhop suites, streamed and greedy-decoded by the tiny model."""
+    rows = {"hashhop": {}, "hashhop_pairs8": {"n_pairs": 8}, "hashhop_essay": {"haystack": "essay"}}
+    s = run_suite(model, tok, "hashhop", lengths=[700], samples=1, segment_len=128, output_dir=tmp_path / "h",
+                  progress=False, task_params={"intro": False}, rows=rows)
+    assert list(s["table"]) == list(rows) and all(r[700] in (0.0, 100.0) for r in s["table"].values())
+    recs = {r["row"]: r for r in lines(tmp_path / "h" / "samples.jsonl")}
+    assert len(recs["hashhop_pairs8"]["depths"]) == 9 and len(recs["hashhop"]["depths"]) == 1  # query + 8 pairs
+    assert all(r["input_tokens"] <= 700 and r["new_tokens"] >= 1 for r in recs.values())
+    s = run_suite(model, tok, "passkey", lengths=[700], samples=1, segment_len=128, output_dir=tmp_path / "p",
+                  progress=False, task_params={"intro": False}, rows={"passkey": {}, "passkey_essay": {"haystack":
+                                                                                                   "essay"}})
+    assert list(s["table"]) == ["passkey", "passkey_essay"]
+    with pytest.raises(ValueError, match="rows.x sets \\['hops'\\].*benchmark.hops"):
+        run_suite(model, tok, "hashhop", lengths=[700], samples=1, output_dir=tmp_path / "e", progress=False,
+                  rows={"x": {"hops": 2}})
+
+
 def test_niah_grid_heatmap(model, tok, tmp_path, monkeypatch):
     fake, _ = oracle()
     monkeypatch.setattr(suite_base, "greedy_answer", fake)

@@ -33,6 +33,29 @@ def test_bad_variant_is_a_clear_error(tmp_path):
         cpu_proof.main(["--variants", "swa", "--hashhop-pairs", "-1", "--out", str(tmp_path)])
 
 
+def test_issue14_cells_are_rows_of_the_suites():
+    """Each summary task is a row of a benchmark suite (no copy of a suite): its cells generate the variation named."""
+    import data_gen
+    from benchmarks.suites import get_suite
+
+    assert {"passkey", "hashhop", "hashhop_pairs8", "passkey_essay", "hashhop_essay"} <= set(cpu_proof.TASKS)
+    for name, (suite, params) in cpu_proof.TASKS.items():
+        spec = get_suite(suite)
+        cells = spec.make_cells(spec.options({"rows": {name: params}, "lengths": [1024, 65536]}))
+        assert [(c.row, c.length) for c in cells] == [(name, 1024), (name, 65536)]
+        sample = data_gen.generate(cells[0].task, 1, 1024, split="eval", **cells[0].param_dict)[0]
+        meta = sample["meta"]
+        assert meta["haystack"] == ("essay" if name.endswith("_essay") else "noise")
+        assert sum(nd["kind"] == "distractor" for nd in meta["needles"]) == (8 if name == "hashhop_pairs8" else 0)
+        assert not sample["input"].startswith(("There is an important", "Memorize"))  # no intro, as trained
+
+
+def test_summary_merges_tasks_and_lengths_of_earlier_runs():
+    assert cpu_proof.markdown({"mag": {"passkey": {"1024": 100.0, "65536": 90.0}, "hashhop_pairs8": {"1024": 50.0}}},
+                              [1024, 65536]).splitlines()[2:] == ["| mag | passkey | 100% | 90% |",
+                                                                  "| mag | hashhop_pairs8 | 50% | – |"]
+
+
 def test_every_experiment_composes(tmp_path):
     for variant in cpu_proof.VARIANTS:
         cfg = cpu_proof.compose(variant, tmp_path, [])
