@@ -87,7 +87,7 @@ def test_resume_skips_finished_samples_and_survives_a_torn_line(model, tok, tmp_
 
 def test_torn_last_line_keeps_the_recomputed_record(model, tok, tmp_path, monkeypatch):
     fake, calls = oracle()
-    monkeypatch.setattr(runner, "greedy_answer", fake)
+    monkeypatch.setattr(suite_base, "greedy_answer", fake)
     run_suite(model, tok, "passkey", lengths=[300], samples=2, output_dir=tmp_path, progress=False)
     path = tmp_path / "samples.jsonl"
     first, second = path.read_text().splitlines()
@@ -179,7 +179,7 @@ def test_ruler_multi_answer_task_is_scored_with_string_match_all(model, tok, tmp
     from benchmarks import scoring
 
     fake, _ = oracle()  # answers the first value of the prompt only
-    monkeypatch.setattr(runner, "greedy_answer", fake)
+    monkeypatch.setattr(suite_base, "greedy_answer", fake)
     s = run_suite(model, tok, "ruler", lengths=[900], samples=2, tasks=["niah_multivalue", "niah_single_1"],
                   output_dir=tmp_path, progress=False)
     recs = lines(tmp_path / "samples.jsonl")
