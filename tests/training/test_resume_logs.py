@@ -10,7 +10,7 @@ import titans.training.run as run_mod
 from titans.training.callbacks import ThroughputCallback
 from titans.training.run import train
 
-MAG = ["memory=mag", "memory.memory.heads=2", "memory.window=32", "logger=csv"]
+MAG = ["memory=mag", "memory.memory.heads=2", "memory.window=32", "logger=[csv,tensorboard]"]
 
 
 def _poison_batch(monkeypatch, bad_batch: int):
@@ -41,6 +41,22 @@ def _rows(path):
         rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
     return [(int(r["step"]), float(r["train/loss"]), float(r["train/lr"]), float(r["train/skipped_steps"]),
              float(r["train/tokens"])) for r in rows]
+
+
+def _tensorboard_steps(path, tag="train/loss"):
+    """Steps at which the TensorBoard event file `path` holds `tag` (TFRecord framing, tensorboardX protos)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, pos, steps = path.read_bytes(), 0, []
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, pos)
+        event = Event()
+        event.ParseFromString(data[pos + 12:pos + 12 + length])
+        pos += 12 + length + 4
+        steps += [event.step for v in event.summary.value if v.tag == tag]
+    return steps
 
 
 def _ckpt(path):
@@ -82,6 +98,8 @@ def test_resume_equals_the_uninterrupted_run_and_continues_its_log(tiny_cfg, tmp
     assert b["lr_schedulers"][0]["last_epoch"] == a["lr_schedulers"][0]["last_epoch"] == 4
     assert resumed["train/tokens"] == full["train/tokens"] == 5 * 320  # the counter went on from the checkpoint
 
+    events = sorted((out / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    assert [_tensorboard_steps(e) for e in events] == [[0, 1, 2, 3, 4], [3, 4]]  # the resumed run goes on at 3
     rows_resumed = _rows(out / "csv" / "metrics.csv")
     assert [r[0] for r in rows_resumed] == [r[0] for r in rows_full] == [0, 1, 2, 3, 4]  # continuous, no duplicates
     torch.testing.assert_close([r[1:] for r in rows_resumed], [r[1:] for r in rows_full], rtol=1e-5, atol=1e-6,

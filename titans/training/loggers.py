@@ -93,6 +93,7 @@ def csv_logger(save_dir: str = ".", name: str = "csv", version: str | int | None
     run in the same directory starts it over (`drop_from(0)`)."""
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+    from lightning.pytorch.utilities import rank_zero_only
 
     class AppendingWriter(ExperimentWriter):
         # diff with ExperimentWriter: an existing metrics.csv is kept and its columns carried on
@@ -113,6 +114,7 @@ def csv_logger(save_dir: str = ".", name: str = "csv", version: str | int | None
 
         resuming = False
 
+        @rank_zero_only  # one process rewrites the file (DDP: the other ranks never write it)
         def drop_from(self, step: int) -> None:
             """Keep only the rows logged at steps before `step` (0: start the file over)."""
             drop_csv_rows(Path(self.log_dir) / "metrics.csv", step)
@@ -123,6 +125,7 @@ def csv_logger(save_dir: str = ".", name: str = "csv", version: str | int | None
             logged from that step on (after its checkpoint) are dropped then, before the new rows go in."""
             self.resuming = True
 
+        @rank_zero_only
         def log_metrics(self, metrics, step=None) -> None:
             if self.resuming and step is not None:
                 self.resuming = False
