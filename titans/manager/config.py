@@ -24,6 +24,9 @@ MemoryTitan's other fields are accepted, so its code runs unchanged (None = not 
   takes it from here when `long_term_size` is not given; both given and different is an error).
 - `hidden_dim`: hidden width of a deep memory (depth >= 2); the neural memory's hidden width is a
   multiple of `vector_dim`, so it is rounded up to one (`expansion = ceil(hidden_dim / vector_dim)`).
+
+`index` ("exact", default): how the long-term store is searched; "usearch" (or an `IndexConfig`) for an
+approximate HNSW index on large stores (`titans.manager.index`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from titans.manager.index import IndexConfig
 from titans.memory.config import DictRoundTrip, config_error
 
 
@@ -55,6 +59,8 @@ class LongTermMemoryConfig(DictRoundTrip):
     vector_dim: int | None = None
     hidden_dim: int | None = None
     max_capacity: int | None = None
+    # how the store is searched: "exact" (default), "usearch" (approximate HNSW), or an IndexConfig / its dict
+    index: IndexConfig = "exact"  # type: ignore[assignment]  (a str or dict becomes an IndexConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.surprise_threshold, (int, float)) or not 0.0 <= self.surprise_threshold < 1e6:
@@ -80,6 +86,12 @@ class LongTermMemoryConfig(DictRoundTrip):
             _fail("projection_scale", self.projection_scale, "a float > 0 (0.1 keeps SiLU near-linear)")
         if not isinstance(self.seed, int):
             _fail("seed", self.seed, "an int")
+        if isinstance(self.index, str):
+            self.index = IndexConfig(kind=self.index)
+        elif isinstance(self.index, dict):
+            self.index = IndexConfig.from_dict(self.index)
+        elif not isinstance(self.index, IndexConfig):
+            _fail("index", self.index, "'exact', 'usearch', an IndexConfig or its dict")
         for key in ("vector_dim", "hidden_dim", "max_capacity"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):

@@ -42,7 +42,8 @@ import torch
 from titans.embedders import check_texts, encode
 from titans.io import atomic_path
 from titans.manager.config import LongTermMemoryConfig
-from titans.manager.long_term import LongTermMemory, cosine
+from titans.manager.index import cosine
+from titans.manager.long_term import LongTermMemory
 from titans.manager.stores import VectorStore
 
 
@@ -391,7 +392,9 @@ class TitansManager:
         lt_scores, lt_ids = search("long_term", self.long_term, reads, max(self.candidates, top_k) + n_shown)
         out = []
         for m in range(m_q):
-            fresh_at = [c for c, i in enumerate(lt_ids[m]) if not shown(int(i))][: max(self.candidates, top_k)]
+            # (an approximate index pads a short answer with id -1)
+            fresh_at = [c for c, i in enumerate(lt_ids[m]) if i >= 0 and not shown(int(i))]
+            fresh_at = fresh_at[: max(self.candidates, top_k)]
             if mode == "mac":  # candidates join the context; the context is ranked by exact cosine with q
                 fresh = np.array([lt_ids[m][c] for c in fresh_at], dtype=np.int64)
                 keys = self.long_term.keys[[self.long_term._slot_of[int(i)] for i in fresh]]  # (n, D)
@@ -420,7 +423,7 @@ class TitansManager:
         return out
 
     def _pack(self, scores: np.ndarray, ids: np.ndarray, source: str) -> list[list[tuple[int, float, str]]]:
-        return [[(int(i), float(s), source) for s, i in zip(sr, ir)] for sr, ir in zip(scores, ids)]
+        return [[(int(i), float(s), source) for s, i in zip(sr, ir) if i >= 0] for sr, ir in zip(scores, ids)]
 
     def _merge(self, parts: list, m: int, top_k: int, use: frozenset[str]) -> list[tuple[int, float, str]]:
         """Union of (scores, ids) `[M, k]` pairs for query m: one entry per id (its best score), top_k."""
@@ -428,6 +431,8 @@ class TitansManager:
         for scores, ids in parts:
             for s, i in zip(scores[m], ids[m]):
                 i = int(i)
+                if i < 0:  # padding of an approximate index
+                    continue
                 if i not in best or s > best[i]:
                     best[i] = float(s)
         ranked = sorted(best.items(), key=lambda kv: -kv[1])[:top_k]

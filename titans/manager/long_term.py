@@ -22,7 +22,9 @@ evicted document wrote (weights cannot be unwritten); it only leaves the decodin
 
 Reading. `read(queries)` returns M(q) for each query `[M, D]` with the current weights and writes
 nothing (Eq. 15; the reader is the same memory with a chunk longer than the queries it reads). `search` maps reads
-to kept documents by cosine between the read and each document's value.
+to kept documents by cosine between the read and each document's value; `search_keys` maps queries by
+cosine with the documents' keys. Both go through the store's index (`titans.manager.index`: exact by
+default, an HNSW graph with `LongTermMemoryConfig(index="usearch")`), one over the values, one over the keys.
 """
 
 from __future__ import annotations
@@ -31,32 +33,16 @@ import copy
 import dataclasses
 import heapq
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from titans.manager.config import LongTermMemoryConfig
+from titans.manager.index import make_index, one_thread
 from titans.memory import MemoryConfig, MemoryState, NeuralMemory
 
 _READ_BATCH = 1024  # queries per reader call (the memory builds chunk x chunk coefficient tables)
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch single-threaded inside: a write is a chain of tiny per-document matmuls, where intra-op
-    threads only add synchronisation (measured 36x slower with 2 threads on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 class LongTermMemory:
@@ -107,6 +93,8 @@ class LongTermMemory:
         self.ids = np.full(self.capacity, -1, dtype=np.int64)  # document id per slot, -1 = free
         self.retention = np.full(self.capacity, np.inf, dtype=np.float64)  # log retention key (see module doc)
         self.surprise = np.zeros(self.capacity, dtype=np.float64)  # raw surprise at write time
+        self.key_index = make_index(self.config.index, self.keys, self.ids)
+        self.value_index = make_index(self.config.index, self.values, self.ids)
         self.window: deque[float] = deque(maxlen=self.config.surprise_window)
         self.writes = self.admitted = self.rejected = self.evicted = 0
         self.surprise_sum = self.surprise_max = 0.0  # over every write since the last reset
@@ -153,13 +141,13 @@ class LongTermMemory:
         for module, part in ((self.memory, x[:, :cut]), (self._tail, x[:, cut:])):
             if part.shape[1] == 0:
                 continue
-            with _one_thread():
+            with one_thread():
                 _, self.state, aux = module(part, self.state, return_aux=True)
             values.append(aux["values"][0, 0])  # (n, D)
             surprise.append(aux["surprise"][0, 0])  # (n,)
         vals = F.normalize(torch.cat(values), dim=-1).numpy()
         surp = torch.cat(surprise).double().numpy()
-        kept, evicted = [], []
+        kept, evicted, changed = [], [], []
         keys = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
         log_keep = np.log1p(-self._forget) if self._forget > 0 else 0.0
         for i in range(n):
@@ -190,11 +178,14 @@ class LongTermMemory:
                 evicted.append(old)
                 self.evicted += 1
             self.keys[slot], self.values[slot], self.ids[slot] = keys[i], vals[i], doc_ids[i]
+            changed.append(slot)
             self.retention[slot], self.surprise[slot] = key, s
             self._slot_of[int(doc_ids[i])] = slot
             heapq.heappush(self._heap, (float(key), slot, int(doc_ids[i])))
             self.admitted += 1
             kept.append(True)
+        for index in (self.key_index, self.value_index):
+            index.set(changed)
         return kept, evicted, surp
 
     def momentum_norm(self) -> float:
@@ -213,6 +204,8 @@ class LongTermMemory:
         slot = self._slot_of.pop(doc_id)
         self.ids[slot], self.retention[slot] = -1, np.inf
         self._free.append(slot)
+        for index in (self.key_index, self.value_index):
+            index.remove([slot])
 
     # ------------------------------------------------------------------ read
 
@@ -228,7 +221,7 @@ class LongTermMemory:
             part = x[:, s : s + _READ_BATCH]
             # a chunk one longer than the queries: none completes it, so all read the current weights
             self._reader.config = dataclasses.replace(self._reader.config, chunk_size=part.shape[1] + 1)
-            with _one_thread():
+            with one_thread():
                 _, _, aux = self._reader(part, self.state, return_aux=True)
             reads.append(aux["retrieved"][0, 0].float())  # (m, D)
         return F.normalize(torch.cat(reads), dim=-1).numpy()  # (M, D)
@@ -236,11 +229,11 @@ class LongTermMemory:
     def search(self, reads: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Kept documents nearest to each read by cosine with their values: (scores, ids) `[M, k']`,
         k' = min(k, kept), best first."""
-        return _top(cosine(reads, self.values), self.ids, k)
+        return self.value_index.search(reads, k)
 
     def search_keys(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Kept documents nearest to each query by cosine with their keys (embeddings): `[M, k']`."""
-        return _top(cosine(queries, self.keys), self.ids, k)
+        return self.key_index.search(queries, k)
 
     # ------------------------------------------------------------------ persistence
 
@@ -251,6 +244,10 @@ class LongTermMemory:
         for name in ("keys", "values", "ids", "retention", "surprise"):
             tensors[f"store.{name}"] = torch.from_numpy(np.ascontiguousarray(getattr(self, name)))
         tensors["store.window"] = torch.tensor(list(self.window), dtype=torch.float64)
+        for name in ("key_index", "value_index"):  # an approximate index's graph (exact: nothing to save)
+            data = getattr(self, name).to_bytes()
+            if data is not None:
+                tensors[f"store.{name}"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         counters = {k: getattr(self, k) for k in ("writes", "admitted", "rejected", "evicted")}
         totals = {"surprise_sum": self.surprise_sum, "surprise_max": self.surprise_max}
         return tensors, {"state_meta": meta, "counters": counters, "surprise_totals": totals}
@@ -276,26 +273,10 @@ class LongTermMemory:
         self.surprise_max = float(totals.get("surprise_max", 0.0))
         self._slot_of = {int(i): s for s, i in enumerate(self.ids) if i >= 0}
         self._index()
+        for name, vectors in (("key_index", self.keys), ("value_index", self.values)):
+            index, saved = getattr(self, name), tensors.get(f"store.{name}")
+            if saved is None or not index.approximate:
+                index.rebind(vectors, self.ids)  # exact, or a save without the graph: built from the vectors
+            else:
+                index.load_bytes(saved.numpy().tobytes(), vectors, self.ids)
 
-
-def cosine(queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """`queries @ vectors.T` (`[M, D] x [S, D] -> [M, S]`) through single-threaded torch: numpy's BLAS
-    threads were 10-50x slower for these small products on a busy 2-core machine (measured)."""
-    a = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    b = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    with _one_thread():
-        return (a @ b.T).numpy()
-
-
-def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of `scores` `[M, S]` over occupied slots (`ids >= 0`): (scores, ids) `[M, min(k, occupied)]`."""
-    occupied = ids >= 0
-    k = min(k, int(occupied.sum()))
-    if k == 0:
-        return np.zeros((scores.shape[0], 0), np.float32), np.zeros((scores.shape[0], 0), np.int64)
-    scores = np.where(occupied[None], scores, -np.inf)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    best = np.take_along_axis(part, order, axis=1)
-    return np.take_along_axis(scores, best, axis=1).astype(np.float32), ids[best]

@@ -10,7 +10,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from titans.manager.long_term import _top, cosine
+from titans.manager.index import cosine, top_k
 
 
 class VectorStore:
@@ -61,7 +61,7 @@ class VectorStore:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosine top-k for unit queries `[M, D]`: (scores, ids) `[M, min(k, len)]`, best first."""
-        return _top(cosine(queries, self.vectors), self.ids, k)
+        return top_k(cosine(queries, self.vectors), self.ids, k)
 
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {
