@@ -32,7 +32,9 @@ Per memory layer `i`, `records[*].layers["<i>"]` of <output_dir>/diagnose.json h
                         key_cos_haystack: mean against the haystack probes.
   query_key_cos         cos(query at the question's last token, key at the needle's first answer token);
                         query_key_cos_distractor the best distractor's.
-`summary[prompt][length]` averages them over samples (`layer<i>/<name>`) next to the accuracy (%);
+Each record also has the greedy answer, `correct` and `answered_distractor` (the answer is another pair's token).
+`summary[prompt][length]` averages the numbers over samples (`layer<i>/<name>`) next to the accuracy (%) and the
+share of answers that were a distractor's (`distractor_answers`, %);
 diagnose.png plots survival, read cosines, accuracy by length and ‖M‖ over the longest stream.
 """
 
@@ -70,6 +72,7 @@ class Spans:
     needle: tuple[int, int]  # the piece holding the answer (pass key: the needle; hash hop: the queried link)
     answer: tuple[int, int]  # the gold completion's tokens inside that piece
     distractors: list[tuple[int, int]]  # the same place inside each distractor piece
+    distractor_answers: list[str]  # the text there (a distractor pair's token)
     haystack: Tensor  # bool [T]: tokens of no piece and not of the question
     question: int  # first token of the question
     length: int  # T
@@ -107,13 +110,14 @@ def locate(sample: Mapping, counter) -> Spans:
         s, e = _token_span(counter, text, p["char_pos"], p["char_pos"] + len(p["text"]))
         haystack[s:e] = False
         spans[id(p)] = (s, e)
-    distractors = []
+    distractors, answers = [], []
     for p in pieces:
         if p["kind"] == "distractor":
             start = p["char_pos"] + len(p["text"]) - from_end
             distractors.append(_token_span(counter, text, start, start + len(completion)))
-    return Spans(spans[id(holder)], _token_span(counter, text, at, at + len(completion)), distractors, haystack,
-                 q_tok, T)
+            answers.append(text[start:start + len(completion)].strip())
+    return Spans(spans[id(holder)], _token_span(counter, text, at, at + len(completion)), distractors, answers,
+                 haystack, q_tok, T)
 
 
 def _concat_aux(records) -> dict[str, Tensor]:
@@ -277,6 +281,7 @@ def diagnose_sample(model, tokenizer, sample: Mapping, *, segment_len: int, hays
     needle_depth = spans.needle[0] / T
     return {"tokens": T, "needle_depth": round(needle_depth, 4), "answer": sample["answer"], "prediction": gen.text,
             "correct": score == 1.0, "score": score, "n_distractors": len(spans.distractors),
+            "answered_distractor": any(a and a in gen.text for a in spans.distractor_answers),
             "spans": {"needle": list(spans.needle), "answer": list(spans.answer),
                       "distractor_answers": [list(d) for d in spans.distractors], "question": spans.question},
             "layers": reports, "seconds": round(time.perf_counter() - t0, 3)}
@@ -332,8 +337,10 @@ def summarize(records: Sequence[Mapping]) -> dict[str, dict[str, dict[str, Any]]
         groups.setdefault((r["prompt"], r["length"]), []).append(r)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for (prompt, length), rs in groups.items():
-        row: dict[str, Any] = {"accuracy": round(100.0 * sum(r["correct"] for r in rs) / len(rs), 2),
-                               "samples": len(rs)}
+        n = len(rs)
+        row: dict[str, Any] = {"accuracy": round(100.0 * sum(r["correct"] for r in rs) / n, 2),
+                               "distractor_answers": round(100.0 * sum(r["answered_distractor"] for r in rs) / n, 2),
+                               "samples": n}
         for layer in rs[0]["layers"]:
             for name in SCALARS:
                 vals = [r["layers"][layer][name] for r in rs if r["layers"][layer].get(name) is not None]

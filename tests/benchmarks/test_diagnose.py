@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 import data_gen
 from benchmarks.diagnose import diagnose, diagnose_sample, locate
 from data_gen.common import Counter
+from data_gen.hashhop import LINK_RE
 from titans.compat import output_cache
 from titans.training.builders import build_model, to_plain
 from titans.training.checkpoint import model_arch
@@ -66,6 +67,11 @@ def test_survival_and_read_equal_a_direct_forward(tmp_path, base_cfg):
                        for d0, _ in spans.distractors]
     assert len(distractor_keys) == 2 and layer["key_cos_distractor"] == pytest.approx(max(distractor_keys), abs=1e-5)
     assert rec["correct"] == (sample["answer"] in rec["prediction"])
+    others = sorted(b for _, b in LINK_RE.findall(sample["input"]) if b != sample["answer"])
+    assert len(others) == 2 and sorted(spans.distractor_answers) == others
+    assert sorted(tok.decode(ids[s:e]) for s, e in spans.distractors) == [" " + b for b in others]
+    assert tok.decode(ids[spans.answer[0]:spans.answer[1]]) == " " + sample["answer"]
+    assert rec["answered_distractor"] == any(b in rec["prediction"] for b in others)
 
 
 def test_diagnose_a_checkpoint_writes_json_and_png_at_each_length(tmp_path, base_cfg):
