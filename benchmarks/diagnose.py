@@ -30,6 +30,9 @@ Per memory layer `i`, `records[*].layers["<i>"]` of <output_dir>/diagnose.json h
   key_cos_distractor    cos(key written at the queried pair's first answer token, the same key of each distractor
                         pair): max and mean (`_mean`) over pairs: how distinguishable the addresses are;
                         key_cos_haystack: mean against the haystack probes.
+  key_collisions        how many haystack tokens after the needle write to (nearly) its address: key cosine with the
+                        needle's first answer token >= KEY_COLLISION (0.9, mean over heads); key_cos_after_max: the
+                        closest one. Each such write pulls M(k_needle) toward another value.
   query_key_cos         cos(query at the question's last token, key at the needle's first answer token);
                         query_key_cos_distractor the best distractor's.
 Each record also has the greedy answer, `correct` and `answered_distractor` (the answer is another pair's token).
@@ -60,9 +63,12 @@ from titans.streaming import stream_segments
 
 log = logging.getLogger(__name__)
 
+KEY_COLLISION = 0.9  # cosine from which a later key counts as writing to the needle's address
+
 SCALARS = ("log10_survival", "lr_needle", "lr_haystack", "forget_needle", "forget_haystack", "read_cos",
            "read_cos_distractor", "read_cos_haystack", "read_rank", "key_cos_distractor", "key_cos_distractor_mean",
-           "key_cos_haystack", "query_key_cos", "query_key_cos_distractor", "weight_norm_end")
+           "key_cos_haystack", "key_collisions", "key_cos_after_max", "query_key_cos", "query_key_cos_distractor",
+           "weight_norm_end")
 
 
 @dataclass
@@ -142,6 +148,8 @@ class _LayerStats:
         self.keys: Tensor | None = None  # (H, P, d)
         self.values: Tensor | None = None
         self.norms: list[list[float]] = []
+        self.collisions = 0  # haystack tokens after the needle whose key is within KEY_COLLISION of the needle's
+        self.key_cos_after_max: float | None = None
 
     def add(self, aux: dict[str, Tensor], start: int, survive_from: int, survive_to: int) -> None:
         """Fold in the aux of tokens [start, start + n); survival counts tokens in [survive_from, survive_to]."""
@@ -166,6 +174,13 @@ class _LayerStats:
             rel = self.positions[inside] - start
             self.keys[:, inside] = aux["keys"][:, rel]
             self.values[:, inside] = aux["values"][:, rel]
+        a0 = self.spans.answer[0]
+        after = hay & (torch.arange(start, start + n) >= ne)  # haystack written after the needle
+        if a0 < start + n and after.any():  # the needle's key is known: how many later writes share its address?
+            needle_key = self.keys[:, int(torch.searchsorted(self.positions, a0))]  # (H, d)
+            cos = F.cosine_similarity(aux["keys"][:, after], needle_key[:, None], dim=-1).mean(0)  # (tokens,)
+            self.collisions += int((cos >= KEY_COLLISION).sum())
+            self.key_cos_after_max = max(self.key_cos_after_max or -1.0, float(cos.max()))
 
 
 def _cos(a: Tensor, b: Tensor) -> Tensor:
@@ -204,7 +219,8 @@ def _layer_report(st: _LayerStats, index: dict[int, int], spans: Spans, probes: 
     }
     kd = [float(_cos(key(a0), key(d0)).mean()) for d0, _ in spans.distractors]
     kh = [float(_cos(key(a0), key(h)).mean()) for h in probes]
-    out.update(key_cos_distractor=max(kd) if kd else None, key_cos_distractor_mean=sum(kd) / len(kd) if kd else None,
+    out.update(key_collisions=st.collisions, key_cos_after_max=st.key_cos_after_max,
+               key_cos_distractor=max(kd) if kd else None, key_cos_distractor_mean=sum(kd) / len(kd) if kd else None,
                key_cos_haystack=sum(kh) / len(kh) if kh else None)
     for name in ("needle", "haystack"):
         c = max(st.counts[name], 1)

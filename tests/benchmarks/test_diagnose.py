@@ -66,6 +66,11 @@ def test_survival_and_read_equal_a_direct_forward(tmp_path, base_cfg):
     distractor_keys = [float(F.cosine_similarity(keys[:, a0], keys[:, d0], dim=-1).mean())
                        for d0, _ in spans.distractors]
     assert len(distractor_keys) == 2 and layer["key_cos_distractor"] == pytest.approx(max(distractor_keys), abs=1e-5)
+    after = spans.haystack.clone()
+    after[:spans.needle[1]] = False  # haystack written after the needle
+    later = F.cosine_similarity(keys[:, :T][:, after], keys[:, a0, None], dim=-1).mean(0)
+    assert layer["key_cos_after_max"] == pytest.approx(float(later.max()), abs=1e-5)
+    assert layer["key_collisions"] == int((later >= 0.9).sum())
     assert rec["correct"] == (sample["answer"] in rec["prediction"])
     others = sorted(b for _, b in LINK_RE.findall(sample["input"]) if b != sample["answer"])
     assert len(others) == 2 and sorted(spans.distractor_answers) == others
