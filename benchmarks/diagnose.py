@@ -35,7 +35,9 @@ Per memory layer `i`, `records[*].layers["<i>"]` of <output_dir>/diagnose.json h
                         closest one. Each such write pulls M(k_needle) toward another value.
   query_key_cos         cos(query at the question's last token, key at the needle's first answer token);
                         query_key_cos_distractor the best distractor's.
-Each record also has the greedy answer, `correct` and `answered_distractor` (the answer is another pair's token).
+Each record also has the greedy answer, `correct`, `answered_distractor` (the answer is another pair's token) and
+`chars_like_answer` / `chars_like_distractor` (share of the gold / best distractor token's characters the answer has
+in place: a blend of two pairs scores on both).
 `summary[prompt][length]` averages the numbers over samples (`layer<i>/<name>`) next to the accuracy (%) and the
 share of answers that were a distractor's (`distractor_answers`, %);
 diagnose.png plots survival, read cosines, accuracy by length and ‖M‖ over the longest stream.
@@ -229,6 +231,15 @@ def _layer_report(st: _LayerStats, index: dict[int, int], spans: Spans, probes: 
     return out
 
 
+def _agreement(prediction: str, target) -> float | None:
+    """Share of `target`'s characters that the (stripped) prediction has at the same place: 1 = exact, and a blend
+    of two pairs' tokens scores partly on both."""
+    if not isinstance(target, str) or not target:
+        return None
+    pred = prediction.strip()
+    return sum(a == b for a, b in zip(pred, target)) / len(target)
+
+
 def memory_layers(model) -> list[int]:
     """Indices of the decoder layers that carry a memory."""
     from titans.patch import titans_layers
@@ -298,6 +309,8 @@ def diagnose_sample(model, tokenizer, sample: Mapping, *, segment_len: int, hays
     return {"tokens": T, "needle_depth": round(needle_depth, 4), "answer": sample["answer"], "prediction": gen.text,
             "correct": score == 1.0, "score": score, "n_distractors": len(spans.distractors),
             "answered_distractor": any(a and a in gen.text for a in spans.distractor_answers),
+            "chars_like_answer": _agreement(gen.text, sample["answer"]),
+            "chars_like_distractor": max((_agreement(gen.text, a) for a in spans.distractor_answers), default=None),
             "spans": {"needle": list(spans.needle), "answer": list(spans.answer),
                       "distractor_answers": [list(d) for d in spans.distractors], "question": spans.question},
             "layers": reports, "seconds": round(time.perf_counter() - t0, 3)}
@@ -357,6 +370,9 @@ def summarize(records: Sequence[Mapping]) -> dict[str, dict[str, dict[str, Any]]
         row: dict[str, Any] = {"accuracy": round(100.0 * sum(r["correct"] for r in rs) / n, 2),
                                "distractor_answers": round(100.0 * sum(r["answered_distractor"] for r in rs) / n, 2),
                                "samples": n}
+        for key in ("chars_like_answer", "chars_like_distractor"):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            row[key] = round(sum(vals) / len(vals), 4) if vals else None
         for layer in rs[0]["layers"]:
             for name in SCALARS:
                 vals = [r["layers"][layer][name] for r in rs if r["layers"][layer].get(name) is not None]

@@ -77,6 +77,7 @@ def test_survival_and_read_equal_a_direct_forward(tmp_path, base_cfg):
     assert sorted(tok.decode(ids[s:e]) for s, e in spans.distractors) == [" " + b for b in others]
     assert tok.decode(ids[spans.answer[0]:spans.answer[1]]) == " " + sample["answer"]
     assert rec["answered_distractor"] == any(b in rec["prediction"] for b in others)
+    assert rec["chars_like_answer"] == sum(a == b for a, b in zip(rec["prediction"].strip(), sample["answer"])) / 6
 
 
 def test_diagnose_a_checkpoint_writes_json_and_png_at_each_length(tmp_path, base_cfg):
