@@ -1,3 +1,5 @@
+import contextlib
+import os
 import threading
 
 import pytest
@@ -28,3 +30,22 @@ def test_load_model_weights_checks_names(tmp_path):
         load_model_weights(model, tmp_path / "b.ckpt")
     with pytest.raises(ValueError, match=r"ckpt_path=.*Checkpoints in .*a.ckpt"):
         check_checkpoint(tmp_path / "c.ckpt", "ckpt_path")
+
+
+def test_an_interrupted_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Ctrl-C (or any exception) in the middle of a checkpoint write: the old file stays, no tmp file is left."""
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"model.w": torch.ones(2)}}, path)
+
+    def interrupted(obj, f, *args, **kwargs):
+        with open(f, "wb") if isinstance(f, str | os.PathLike) else contextlib.nullcontext(f) as out:
+            out.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"model.w": torch.zeros(2)}}, path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["model.w"], torch.ones(2))
