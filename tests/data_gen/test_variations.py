@@ -1,4 +1,4 @@
-"""Variations of the retrieval skills (issue 14): haystack kinds, key / pair / token-length ranges, weighted draws,
+"""Variations of the retrieval skills: haystack kinds, key / pair / token-length ranges, weighted draws,
 mixtures of them, all seeded and sized in the model's tokens."""
 
 import collections
