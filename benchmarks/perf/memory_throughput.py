@@ -13,6 +13,11 @@ matmul peak measured in the same run.
 GFLOP/s use one nominal count for both implementations: the matmul FLOPs of the algorithm both
 compute (q/k/v/gate/output projections, a read of the memory MLP per token, and per chunk the MLP
 forward, backward and weighted gradient sums on its keys) — see `nominal_flops`.
+
+Rows: `ours` (the deep memory's chunk loop as one autograd op with a hand-written backward,
+`titans.memory.chunk_fused`), `ours_autograd` (the same loop in plain ops differentiated by autograd,
+`titans.memory.chunk.FUSED = False`; its forward is the plain loop too) and `titans_pytorch`. The machine note
+in the JSON says whether other jobs shared the CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import time
 import torch
 
 from titans.io import write_json
-from titans.memory import MemoryConfig, NeuralMemory
+from titans.memory import MemoryConfig, NeuralMemory, chunk
 
 CONFIGS = [
     dict(name="dim512", dim=512, heads=4, head_dim=128, depth=2, expansion=4, chunk=64, T=2048, B=1),
@@ -79,24 +84,33 @@ def run_config(c: dict, repeats: int) -> dict:
     ours, peer = build(c)
     x = torch.randn(c["B"], c["T"], c["dim"])
 
-    def forward(m):
+    def with_fused(fused: bool, fn):
+        def f():
+            chunk.FUSED, before = fused, chunk.FUSED
+            try:
+                fn()
+            finally:
+                chunk.FUSED = before
+        return f
+
+    def forward(m, fused=True):
         def f():
             with torch.no_grad():
                 m(x)
-        return f
+        return with_fused(fused, f)
 
-    def forward_backward(m):
+    def forward_backward(m, fused=True):
         def f():
             m.zero_grad(set_to_none=True)
             m(x)[0].sum().backward()
-        return f
+        return with_fused(fused, f)
 
     out = {"config": c, "params": {"ours": sum(p.numel() for p in ours.parameters()),
                                    "titans_pytorch": sum(p.numel() for p in peer.parameters())}}
     fwd_flops, fb_flops = nominal_flops(c)
     tokens = c["B"] * c["T"]
     for mode, make, flops in (("forward", forward, fwd_flops), ("forward_backward", forward_backward, fb_flops)):
-        fns = {"ours": make(ours), "titans_pytorch": make(peer)}
+        fns = {"ours": make(ours), "ours_autograd": make(ours, False), "titans_pytorch": make(peer)}
         for f in fns.values():  # warm-up
             f()
         times = {k: [] for k in fns}
@@ -108,8 +122,9 @@ def run_config(c: dict, repeats: int) -> dict:
             med = statistics.median(ts)
             res[k] = {"seconds_median": med, "seconds_all": ts, "tokens_per_s": tokens / med,
                       "gflops": flops / med / 1e9}
-        ratios = [p / o for o, p in zip(times["ours"], times["titans_pytorch"])]
-        res["speedup_median"] = statistics.median(ratios)
+        res["speedup_median"] = statistics.median([p / o for o, p in zip(times["ours"], times["titans_pytorch"])])
+        res["speedup_autograd_median"] = statistics.median(
+            [p / o for o, p in zip(times["ours_autograd"], times["titans_pytorch"])])
         out[mode] = res
     return out
 
@@ -119,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--configs", nargs="+", default=[c["name"] for c in CONFIGS])
     parser.add_argument("--out", default="results/perf/memory_throughput.json")
+    parser.add_argument("--note", default="shared machine: other jobs ran on the CPU during the run",
+                        help="machine.note in the JSON (say whether the machine was shared)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.configs) - {c["name"] for c in CONFIGS})
     if unknown:
@@ -126,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     peak = matmul_peak()
     results = {
         "machine": {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "platform": platform.platform(), "matmul_peak_gflops": peak},
+                    "platform": platform.platform(), "matmul_peak_gflops": peak,
+                    "note": args.note},
         "runs": [run_config(c, args.repeats) for c in CONFIGS if c["name"] in args.configs],
     }
     from importlib.metadata import version
@@ -135,15 +153,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     results["machine"]["titans_pytorch"] = version("titans-pytorch")
     print(f"fp32 matmul peak (1024³): {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads\n")
-    head = f"{'config':<8} {'mode':<17} {'ours tok/s':>11} {'peer tok/s':>11} {'speedup':>8} {'ours GF/s':>10} " \
-           f"{'% peak':>7} {'peer GF/s':>10}"
+    head = f"{'config':<8} {'mode':<17} {'ours tok/s':>11} {'autograd tok/s':>14} {'peer tok/s':>11} {'speedup':>8} " \
+           f"{'autograd':>9} {'ours GF/s':>10} {'% peak':>7} {'peer GF/s':>10}"
     print(head)
     print("-" * len(head))
     for r in results["runs"]:
         for mode in ("forward", "forward_backward"):
             m = r[mode]
             print(f"{r['config']['name']:<8} {mode:<17} {m['ours']['tokens_per_s']:>11.0f} "
+                  f"{m['ours_autograd']['tokens_per_s']:>14.0f} "
                   f"{m['titans_pytorch']['tokens_per_s']:>11.0f} {m['speedup_median']:>7.2f}x "
+                  f"{m['speedup_autograd_median']:>8.2f}x "
                   f"{m['ours']['gflops']:>10.1f} {100 * m['ours']['gflops'] / peak:>6.1f}% "
                   f"{m['titans_pytorch']['gflops']:>10.1f}")
     print(f"\nwrote {write_json(args.out, results)}")

@@ -29,6 +29,8 @@ Rows:
                 qk_init induction, identity_init false, gate_bias_init 0, memory in layer 0 only
                 (`memory_layers: [0]`; layer 1 is sliding-window attention without memory)
     mag_proof_2l  mag_proof with its memory in both layers (the CPU proof before it moved to one memory layer)
+    mag_autograd  mag with the deep memory's chunk loop differentiated by autograd op by op (the path before
+                `titans.memory.chunk_fused`, whose hand-written backward every other deep row uses)
     *_compiled  mag and mag_proof with `memory.compile=true` (the memory's forward under torch.compile);
                 `warmup_s` of the first step at each (batch, T) includes compiling for its shapes
 The memory's diagnostics (aux tensors: surprise, errors, query/error cosine) are off, as on the training steps
@@ -70,6 +72,10 @@ ROWS = {
                                "memory": {"depth": 1, "chunk_size": 16, "momentum": False, "max_lr": 0.5,
                                           "conv_kernel": 16, "qk_init": "induction"}}),
 }
+# the default MAG with the deep memory's chunk loop differentiated op by op by autograd
+# (`titans.memory.chunk.FUSED = False`) instead of `titans.memory.chunk_fused.ChunkScan`'s hand-written backward
+ROWS["mag_autograd"] = ROWS["mag"]
+AUTOGRAD_ROWS = {"mag_autograd"}
 # the same memory in both layers (what the CPU proof trained before it moved to one memory layer)
 ROWS["mag_proof_2l"] = (ROWS["mag_proof"][0], {k: v for k, v in ROWS["mag_proof"][1].items() if k != "memory_layers"})
 # the same rows with the memory's forward under torch.compile (memory.compile=true; compiled in the warm-up step)
@@ -84,7 +90,7 @@ MAG_TARGETS = {"qwen3_tiny": 2.5, "qwen3_0.6b_shape": 2.2}
 def target_for(row: str, model: str) -> float:
     """The step-time target of a row (× swa): the default MAG's per model (`MAG_TARGETS`), 1.5 for the others."""
     base = row.removesuffix("_compiled")
-    return MAG_TARGETS.get(model, OVERHEAD_TARGET) if base == "mag" else OVERHEAD_TARGET
+    return MAG_TARGETS.get(model, OVERHEAD_TARGET) if base in ("mag", "mag_autograd") else OVERHEAD_TARGET
 
 
 def analytic_flops(model, seq_len: int) -> dict:
@@ -147,7 +153,7 @@ class Stepper:
     """One row's model, `TitansLitModule` (outside a Trainer) and AdamW; `step(ids)` is one training step."""
 
     def __init__(self, model, segment_len: int, bptt_window: int, grad_clip: float = 1.0, lr: float = 1e-3,
-                 diagnostics: bool = False):
+                 diagnostics: bool = False, fused: bool = True):
         from titans.training.module import BPTTConfig, TitansLitModule
 
         self.module = TitansLitModule(model, BPTTConfig(segment_len=segment_len, bptt_window=bptt_window,
@@ -157,11 +163,20 @@ class Stepper:
         self.opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
         self.grad_clip = grad_clip
         self.diagnostics = diagnostics  # as DiagnosticsCallback asks on the steps that log
+        self.fused = fused  # titans.memory.chunk.FUSED during this row's steps
 
     def step(self, input_ids: torch.Tensor) -> tuple[float, float]:
         """(seconds, loss) of zero_grad + segments with backward + clip + optimizer step."""
+        from titans.memory import chunk
         from titans.training.bptt import shift_targets
 
+        chunk.FUSED, fused_before = self.fused, chunk.FUSED
+        try:
+            return self._step(input_ids, shift_targets)
+        finally:
+            chunk.FUSED = fused_before
+
+    def _step(self, input_ids: torch.Tensor, shift_targets) -> tuple[float, float]:
         start = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         loss, finite = self.module.run_segments(input_ids, shift_targets(input_ids), backward=True,
@@ -251,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     # dynamo's default limit of 8 per function, past which it would silently run eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     steppers = {r: Stepper(build(r, args.freeze, args.model), args.segment_len, args.bptt_window,
-                           diagnostics=args.diagnostics) for r in args.rows}
+                           diagnostics=args.diagnostics, fused=r not in AUTOGRAD_ROWS) for r in args.rows}
     runs = []
     head = (f"{'T':>6} {'row':<18} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'FLOPs vs swa':>12} {'vs full':>8} "
             f"{'memory FLOPs':>12} {'params':>10}")

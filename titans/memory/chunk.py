@@ -8,8 +8,10 @@ with A = Π(1−α), E = Πη, u_j = θ_j Σ_{t≥j} β_t D_tj, s_j = θ_j D_{C,
 product h_j^T δ_j, so each weighted sum is one matmul and per-token gradients are never materialised.
 
 Read top to bottom: `chunk_coefficients` (all chunks at once, from the gates), `chunk_scan` (the loop
-over chunks), then the per-chunk helpers. `titans.memory.linear` is the fast path for a linear memory;
-`titans.memory.reference` is the token-by-token float64 oracle both are tested against.
+over chunks), then the per-chunk helpers. `fused_chunk_scan` runs the same loop as one autograd op with a
+hand-written backward (`titans.memory.chunk_fused`); `chunk_scan` hands over to it unless a switch it lacks is
+on. `titans.memory.linear` is the fast path for a linear memory; `titans.memory.reference` is the
+token-by-token float64 oracle all are tested against.
 
 einops glossary: b = batch, h = heads, n/t = tokens, d = head_dim, g = (b h) groups, c = chunk tokens,
 k = chunks.
@@ -18,11 +20,17 @@ k = chunks.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from titans.memory.chunk_fused import ChunkScan
 from titans.memory.config import MemoryConfig
 from titans.memory.mlp import MemoryMLP
+
+# the chunk loop as one autograd op with a hand-written backward (titans.memory.chunk_fused); False = the loop
+# of plain torch ops below, differentiated by autograd (the tests' gradient oracle, a benchmark row)
+FUSED = True
 
 
 def chunk_coefficients(lr: Tensor, log_eta: Tensor | None, log_keep: Tensor, chunk_size: int) -> tuple:
@@ -120,6 +128,9 @@ def chunk_scan(
     c = config
     B, H, n, _ = q.shape
     C = c.chunk_size
+    if (FUSED and n >= C and c.surprise_clip == 0 and c.write_threshold == 0 and not c.stop_grad_updates
+            and not torch.compiler.is_compiling()):
+        return fused_chunk_scan(mlp, c, q, k, v, lr, log_eta, log_keep, weights, momentum, n_buf, with_aux)
     dtype = q.dtype
     names = mlp.names
     weights = [rearrange(weights[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
@@ -231,6 +242,66 @@ def write_chunk(
                                     c.chunk_step_cap)
     new_w, new_m = apply_update(weights, momentum, inputs, deltas, u, s_coef, decay, carry_m, carry_s)
     return read, new_w, new_m, inputs, deltas, err, lr_c
+
+
+def fused_chunk_scan(
+    mlp: MemoryMLP,
+    config: MemoryConfig,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    log_eta: Tensor | None,
+    log_keep: Tensor,
+    weights: dict[str, Tensor],
+    momentum: dict[str, Tensor],
+    n_buf: int,
+    with_aux: bool = True,
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None, Tensor | None]:
+    """`chunk_scan` with the chunk loop as one autograd op (`titans.memory.chunk_fused.ChunkScan`): the same
+    results, the loop recorded once instead of per op, and a hand-written backward. Needs at least one complete
+    chunk, no surprise clipping, no write threshold, no stop-gradient updates (`chunk_scan` chooses)."""
+    c = config
+    B, H, n, d = q.shape
+    C = c.chunk_size
+    dtype = q.dtype
+    names = mlp.names
+    w0 = [rearrange(weights[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+    m0 = [rearrange(momentum[nm].to(dtype), "b h i o -> (b h) i o") for nm in names]
+    q, k, v = (rearrange(t, "b h n d -> (b h) n d") for t in (q, k, v))
+    lr, log_keep = (rearrange(t, "b h n -> (b h) n") for t in (lr, log_keep))
+    g = q.shape[0]
+    nf, nr = n // C, -(-n // C)  # chunks written; chunks read (the last may be unfinished)
+    u, s_coef, decay, carry_m, carry_s, lr_c = chunk_coefficients(
+        lr[:, : nf * C], None if log_eta is None else rearrange(log_eta, "b h n -> (b h) n")[:, : nf * C],
+        log_keep[:, : nf * C], C,
+    )
+    weight = limit = None
+    if c.chunk_step_cap > 0:  # `cap_steps`'s per-chunk constants, all chunks at once: Σ_j weight_j κ_j ≤ limit
+        limit = c.chunk_step_cap * (1 + decay) / 2
+        weight = u
+        if carry_m is not None:
+            weight = u + s_coef * (carry_m / (1 - carry_s).clamp_min(1e-6)).unsqueeze(-1)  # u + s·c_S/(1 − E)
+    pad = nr * C - n
+    qc = (F.pad(q, (0, 0, 0, pad)) if pad else q).view(g, nr, C, d)  # (g, nr, c, d)
+    x = torch.cat([qc[:, :nf], k[:, : nf * C].view(g, nf, C, d)], dim=2)  # (g, nf, 2c, d): queries | keys
+    meta = (mlp.activation, mlp.depth, carry_m is not None, limit is not None)
+    reads, errors, scale, surprise_sq, *state = ChunkScan.apply(
+        meta, x, qc[:, nf] if nr > nf else None, v[:, : nf * C].view(g, nf, C, d),
+        torch.stack([-u, -s_coef], dim=-1), weight, limit, decay, carry_m, carry_s, *w0, *m0)
+    retrieved = rearrange(reads.view(g, nr * C, d)[:, n_buf:n], "(b h) t d -> b h t d", b=B)
+    surprise = errors_out = lr_used = None
+    if with_aux:
+        errors_out = rearrange(pad_nan([errors.view(g, nf * C, d)], q), "(b h) n d -> b h n d", b=B)
+        lr_used = torch.cat([(lr_c * scale.unsqueeze(-1)).view(g, nf * C), lr[:, nf * C :]], dim=1)
+        lr_used = rearrange(lr_used, "(b h) n -> b h n", b=B)
+        surprise = torch.full((g, n), float("nan"), device=q.device, dtype=dtype)
+        surprise[:, : nf * C] = surprise_sq.view(g, nf * C).clamp_min(0).sqrt()
+        surprise = rearrange(surprise, "(b h) n -> b h n", b=B)
+    depth = mlp.depth
+    new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, state[:depth])}
+    new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, state[depth:])}
+    return retrieved, new_w, new_m, surprise, errors_out, lr_used
 
 
 def pad_nan(chunks: list[Tensor], like: Tensor) -> Tensor:

@@ -37,6 +37,16 @@ def _act_grad(name: str, z: Tensor) -> Tensor:
     return (z > 0).to(z.dtype)
 
 
+def _act_grad2(name: str, z: Tensor) -> Tensor:
+    """d² act(z) / dz² (the hand-written backward of `titans.memory.chunk_fused` differentiates act')."""
+    if name == "silu":
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (2 + z * (1 - 2 * s))
+    if name == "gelu":  # φ(z)·(2 − z²)
+        return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (2 - z * z)
+    return torch.zeros_like(z)
+
+
 class MemoryMLP(nn.Module):
     """`depth` bias-free linear layers `w0 .. w{depth-1}` (each `[in, out]`) with `activation` between.
 

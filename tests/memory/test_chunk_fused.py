@@ -1,0 +1,113 @@
+"""The deep memory's fused chunk scan (`titans.memory.chunk_fused.ChunkScan`, hand-written backward) against
+autograd through the plain chunk loop (`titans.memory.chunk.FUSED = False`) and against finite differences.
+Its forward is held to the float64 oracle by tests/memory/test_neural_memory.py (the fused path is the default)."""
+
+import pytest
+import torch
+
+from titans.memory import MemoryConfig, NeuralMemory, chunk
+from titans.memory.chunk_fused import ChunkScan
+
+
+def make(**kw) -> NeuralMemory:
+    base = dict(dim=16, heads=2, depth=2, expansion=2, chunk_size=4, conv_kernel=3, max_lr=0.5)
+    base.update(kw)
+    torch.manual_seed(0)
+    mem = NeuralMemory(MemoryConfig(**base)).double()
+    with torch.no_grad():
+        mem.to_gates.weight.normal_(std=0.5)
+    return mem
+
+
+def run(mem: NeuralMemory, x: torch.Tensor, pieces: list[int], fused: bool, monkeypatch) -> tuple:
+    """Outputs, state, aux and the gradients of a loss on all of them, through split calls."""
+    monkeypatch.setattr(chunk, "FUSED", fused)
+    mem.zero_grad(set_to_none=True)
+    state, ys = None, []
+    for piece in x.split(pieces, dim=1):
+        y, state, aux = mem(piece, state, return_aux=True)
+        ys.append(y)
+    y = torch.cat(ys, 1)
+    loss = (y.pow(2).sum() + sum(w.pow(2).sum() for w in state.weights.values())
+            + sum((1.3 * m).sum() for m in state.momentum.values())
+            + aux["errors"].nan_to_num().pow(2).sum() + aux["lr"].sum())
+    loss.backward()
+    return y, state, aux, {n: p.grad.clone() for n, p in mem.named_parameters() if p.grad is not None}
+
+
+CASES = [
+    pytest.param(dict(), id="default"),
+    pytest.param(dict(fixed_lr=2.0), id="cap-binds"),
+    pytest.param(dict(chunk_step_cap=0.0), id="no-cap"),
+    pytest.param(dict(momentum=False), id="no-momentum"),
+    pytest.param(dict(forgetting=False, activation="relu"), id="no-forgetting-relu"),
+    pytest.param(dict(depth=3, activation="gelu", chunk_size=3), id="depth3-gelu"),
+]
+
+
+@pytest.mark.parametrize("kw", CASES)
+def test_fused_scan_equals_autograd_through_the_chunk_loop(kw, monkeypatch):
+    """Reads, state, aux and every parameter's gradient, also across calls that leave buffered tokens and an
+    unfinished chunk (pieces 5 + 8 of chunk 4: the second call starts with a buffered token)."""
+    mem = make(**kw)
+    x = torch.randn(2, 13, 16, dtype=torch.float64)
+    y0, s0, a0, g0 = run(mem, x, [5, 8], False, monkeypatch)
+    y1, s1, a1, g1 = run(mem, x, [5, 8], True, monkeypatch)
+    if kw.get("fixed_lr"):
+        assert (a1["lr"][~a1["lr"].isnan()] < 2.0).any(), "the cap must bind for this case to test its backward"
+    torch.testing.assert_close(y1, y0, atol=1e-12, rtol=1e-10)
+    for name in s0.weights:
+        torch.testing.assert_close(s1.weights[name], s0.weights[name], atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(s1.momentum[name], s0.momentum[name], atol=1e-12, rtol=1e-10)
+    for key in ("lr", "surprise", "errors", "retrieved"):
+        torch.testing.assert_close(a1[key], a0[key], atol=1e-12, rtol=1e-10, equal_nan=True)
+    assert set(g1) == set(g0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-10, rtol=1e-8, msg=name)
+
+
+def test_fused_scan_is_the_default_and_skipped_for_the_switches_it_lacks(monkeypatch):
+    """The plain loop runs surprise clipping, surprise-gated writes and stop-gradient updates."""
+    calls = []
+    original = ChunkScan.apply
+    monkeypatch.setattr(ChunkScan, "apply", lambda *a: calls.append(1) or original(*a))
+    make()(torch.randn(1, 8, 16, dtype=torch.float64))
+    assert calls == [1]
+    for kw in (dict(surprise_clip=0.5), dict(write_threshold=0.1), dict(stop_grad_updates=True)):
+        make(**kw)(torch.randn(1, 8, 16, dtype=torch.float64))
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("activation,momentum,capped", [("silu", True, False), ("gelu", False, False),
+                                                       ("silu", True, True)], ids=["silu-momentum", "gelu", "cap"])
+def test_chunk_scan_backward_matches_finite_differences(activation, momentum, capped):
+    """gradcheck of the hand-written backward on its own (no autograd loop involved): two chunks of 2 tokens and an
+    unfinished chunk's read. Without the cap: gradients into every input. With a binding cap: one chunk, gradients
+    into the gates' coefficients only (κ, a function of keys, values and the chunk-start weights, is a normaliser
+    without gradient, so finite differences in those would see a dependence the scan leaves out on purpose)."""
+    torch.manual_seed(0)
+    g, k, C, d, hid = 1, 1 if capped else 2, 2, 3, 4
+    f64 = dict(dtype=torch.float64, requires_grad=not capped)
+    x = torch.randn(g, k, 2 * C, d, **f64)
+    q_tail = torch.randn(g, C, d, **f64)
+    v = torch.randn(g, k, C, d, **f64)
+    state = [torch.randn(g, d, hid, **f64), torch.randn(g, hid, d, **f64),
+             (0.1 * torch.randn(g, d, hid, dtype=torch.float64)).requires_grad_(not capped),
+             (0.1 * torch.randn(g, hid, d, dtype=torch.float64)).requires_grad_(not capped)]
+    coef = -torch.rand(g, k, C, 2, dtype=torch.float64, requires_grad=True)  # (−u, −s)
+    decay = (0.5 + 0.4 * torch.rand(g, k, dtype=torch.float64)).requires_grad_()
+    carry = [(0.3 + 0.5 * torch.rand(g, k, dtype=torch.float64)).requires_grad_() for _ in range(2)] if momentum \
+        else [None, None]
+    weight = limit = None
+    if capped:
+        weight = torch.rand(g, k, C, dtype=torch.float64, requires_grad=True)  # u + s·later
+        limit = (0.05 + 0.05 * torch.rand(g, k, dtype=torch.float64)).requires_grad_()  # small: the cap binds
+    meta = (activation, 2, momentum, capped)
+
+    def f(*args):
+        reads, errors, scale, _, *new = ChunkScan.apply(meta, *args)
+        assert (scale < 1).all() if capped else (scale == 1).all()
+        return reads, errors, scale, *new
+
+    args = (x, q_tail, v, coef, weight, limit, decay, *carry, *state)
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, rtol=1e-4)

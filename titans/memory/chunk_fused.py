@@ -1,0 +1,227 @@
+"""The deep memory's chunk scan as one autograd op with a hand-written backward (the training fast path).
+
+`titans.memory.chunk.chunk_scan` runs the chunk loop in plain torch ops, so autograd records ~40 nodes per
+chunk and replays them one by one: on a small memory the step is per-op overhead, not matmuls. Here the
+same loop runs once without recording (`ChunkScan.forward`), and `ChunkScan.backward` walks the chunks in
+reverse with the derivative written out — per chunk and layer a few batched matmuls, no graph. Same results
+as `chunk_scan` (the forward is the same arithmetic; tests hold both to the float64
+`titans.memory.reference` and this backward to autograd's through `chunk_scan`).
+
+Per chunk (weights W_l, momentum S_l at the chunk start; X = [queries | keys] of the chunk; act = the MLP's
+activation; k rows = the keys' rows):
+    forward    h_0 = X, z_l = h_l W_l, h_{l+1} = act(z_l), out = z_{L-1}; reads = out[q rows]
+               e = out[k rows] − v, δ_{L-1} = 2e, p_l = δ_{l+1} W_{l+1}ᵀ, δ_l = p_l ⊙ act'(z_l[k rows])
+    cap        κ_j = Σ_l ‖h_l,j‖²‖δ_l,j‖² / ‖δ_{L-1},j‖², scale = min(1, limit / Σ_j (u_j + s_j·later)·κ_j)
+    update     W_l' = A·W_l + c_S·S_l − h_lᵀ(û ⊙ δ_l),  S_l' = E·S_l − h_lᵀ(ŝ ⊙ δ_l),  û = u·scale, ŝ = s·scale
+The backward differentiates all of it, including through δ (second-order terms: act''), except κ, which is a
+normaliser without gradient as in `titans.memory.chunk.curvature`.
+
+einops glossary: g = (batch head) groups, k = chunks, c = chunk tokens, d = head_dim, i/o = layer in/out.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from titans.memory.mlp import _act, _act_grad, _act_grad2
+
+
+def _mlp_forward(weights: list[Tensor], x: Tensor, activation: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """out, layer inputs h_l and act'(z_l) (for the hidden layers) of the MLP on x `[g, n, d]`."""
+    hs, grads = [], []
+    h = x
+    for layer, w in enumerate(weights):
+        hs.append(h)
+        z = torch.bmm(h, w)  # (g, n, o)
+        if layer < len(weights) - 1:
+            grads.append((z, _act_grad(activation, z)))
+            h = _act(activation, z)
+        else:
+            h = z
+    return h, hs, grads
+
+
+def _mlp_backward(weights: list[Tensor], hs: list[Tensor], grads: list, g_out: Tensor, g_w: list[Tensor],
+                  extra_h: list[Tensor | None] | None = None, extra_z: list[Tensor | None] | None = None,
+                  rows: slice | None = None) -> Tensor:
+    """Backward of `_mlp_forward`: adds d/dW_l into g_w (in place) and returns d/dx.
+
+    extra_h[l] / extra_z[l]: gradients that other uses of h_l / z_l (the chunk update) add on `rows`."""
+    gz = g_out
+    for layer in range(len(weights) - 1, -1, -1):
+        g_w[layer].baddbmm_(hs[layer].transpose(1, 2), gz)  # Σ_t h_tᵀ gz_t
+        gh = torch.bmm(gz, weights[layer].transpose(1, 2))  # (g, n, i)
+        if extra_h is not None and extra_h[layer] is not None:
+            gh[:, rows] += extra_h[layer]
+        if layer == 0:
+            return gh
+        gz = gh * grads[layer - 1][1]
+        if extra_z is not None and extra_z[layer - 1] is not None:
+            gz[:, rows] += extra_z[layer - 1]
+    raise AssertionError("unreachable")
+
+
+def _sqnorm(t: Tensor) -> Tensor:
+    """‖t‖² over the last dim, one op."""
+    return torch.linalg.vecdot(t, t)
+
+
+class ChunkScan(torch.autograd.Function):
+    """Inputs: meta (activation, depth, momentum, cap on), x `[g, k, 2C, d]` (queries | keys of each written
+    chunk), q_tail `[g, C, d]` or None (queries of an unfinished chunk, zero-padded), v `[g, k, C, d]`,
+    coef `[g, k, C, 2]` (−u, −s: the step coefficients before the cap), weight `[g, k, C]` or None (the cap's
+    u + s·later: Σ_j weight_j κ_j is the chunk's total step), limit `[g, k]` or None (no cap), decay `[g, k]`,
+    carry_m, carry_s `[g, k]` or None (no momentum), then the L weights and the L momenta `[g, i, o]`.
+
+    Outputs: reads `[g, k(+1), C, d]`, errors `[g, k, C, d]` (M(k) − v at the chunk start), scale `[g, k]`
+    (the cap's factor on θ), surprise² `[g, k, C]` (Σ_l ‖h_l‖²‖δ_l‖², no gradient), then the L weights and the
+    L momenta after the last chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, meta, x, q_tail, v, coef, weight, limit, decay, carry_m, carry_s, *state):
+        activation, depth, momentum, capped = meta
+        weights, moms = list(state[:depth]), list(state[depth:])
+        g, nk, two_c, d = x.shape
+        C = two_c // 2
+        errors = x.new_empty(g, nk, C, d)
+        key_sq = _sqnorm(x[:, :, C:])  # (g, k, c): ‖k_t‖², layer 0's input norm
+        per_chunk = [t.unbind(1) if t is not None else [None] * nk
+                     for t in (x, v, coef, weight, limit, decay, carry_m, carry_s, key_sq)]
+        reads, scales, surprise_sq, saved = [], [], [], []
+        for ci, (x_c, v_c, coef_c, weight_c, limit_c, decay_c, cm_c, cs_c, ksq_c) in enumerate(zip(*per_chunk)):
+            w_c, m_c = weights, moms
+            out, hs, grads = _mlp_forward(weights, x_c, activation)  # (g, 2C, d)
+            reads.append(out[:, :C])
+            err = torch.sub(out[:, C:], v_c, out=errors[:, ci])  # M(k) − v
+            deltas = [None] * depth
+            ps = [None] * depth
+            delta = 2.0 * err  # dℓ/dM(k) of Eq. 12
+            for layer in range(depth - 1, -1, -1):
+                deltas[layer] = delta
+                if layer:
+                    ps[layer - 1] = torch.bmm(delta, weights[layer].transpose(1, 2))
+                    delta = ps[layer - 1] * grads[layer - 1][1][:, C:]
+            hk = [h[:, C:] for h in hs]  # the keys' rows of every layer input
+            d_sq = [_sqnorm(dl) for dl in deltas]
+            sq = ksq_c * d_sq[0]  # ‖∇ℓ_t‖² = Σ_l ‖h_l‖²‖δ_l‖²
+            for layer in range(1, depth):
+                sq = torch.addcmul(sq, _sqnorm(hk[layer]), d_sq[layer])
+            surprise_sq.append(sq)
+            kappa = total = None
+            if capped:  # titans.memory.chunk.cap_steps: scale = min(1, limit / Σ_j (u_j + s_j·later)·κ_j)
+                kappa = sq / d_sq[-1].clamp_min(1e-30)
+                total = torch.linalg.vecdot(weight_c, kappa)  # (g,)
+                scale = (limit_c / total.clamp_min(1e-12)).clamp(max=1.0)
+                scales.append(scale)
+                coef_c = coef_c * scale[:, None, None]
+            new_w, new_m = [], []
+            for layer in range(depth):
+                o = weights[layer].shape[-1]
+                rhs = (deltas[layer].unsqueeze(-2) * coef_c.unsqueeze(-1)).flatten(-2)  # (g, C, 2o): −û δ | −ŝ δ
+                sums = torch.bmm(hk[layer].transpose(1, 2), rhs)  # (g, i, 2o)
+                w_next = torch.addcmul(sums[..., :o], decay_c[:, None, None], weights[layer])  # A·M_0 − Σ û ∇ℓ
+                m_next = sums[..., o:]
+                if momentum:
+                    w_next = torch.addcmul(w_next, cm_c[:, None, None], moms[layer])  # + c_S·S_0
+                    m_next = torch.addcmul(m_next, cs_c[:, None, None], moms[layer])  # E·S_0 − Σ ŝ ∇ℓ
+                new_w.append(w_next)
+                new_m.append(m_next)
+                deltas[layer] = (deltas[layer], rhs)
+            weights, moms = new_w, new_m
+            saved.append((w_c, m_c, hs, grads, deltas, ps, coef_c, kappa, total))
+        tail = None
+        if q_tail is not None:  # the unfinished chunk reads the last weights
+            out, hs, grads = _mlp_forward(weights, q_tail, activation)
+            reads.append(out)
+            tail = (weights, hs, grads)
+        reads = torch.stack(reads, dim=1)
+        scale_all = torch.stack(scales, dim=1) if capped else x.new_ones(g, nk)
+        surprise_sq = torch.stack(surprise_sq, dim=1)
+        ctx.mark_non_differentiable(surprise_sq)
+        ctx.meta = meta
+        ctx.saved = saved
+        ctx.tail = tail
+        ctx.has_tail = q_tail is not None
+        ctx.save_for_backward(coef, limit, decay, carry_m, carry_s, scale_all)
+        moms = [m.contiguous() for m in moms]
+        return (reads, errors, scale_all, surprise_sq, *weights, *moms)
+
+    @staticmethod
+    def backward(ctx, g_reads, g_errors, g_scale, _g_surprise, *g_state):
+        activation, depth, momentum, capped = ctx.meta
+        coef, limit, decay, carry_m, carry_s, scale_all = ctx.saved_tensors
+        g_w = [t.clone() for t in g_state[:depth]]  # d/d(weights after the chunk being walked)
+        g_m = [t.clone() for t in g_state[depth:]]
+        nk = len(ctx.saved)
+        g_tail = None
+        if ctx.has_tail:
+            weights, hs, grads = ctx.tail
+            g_tail = _mlp_backward(weights, hs, grads, g_reads[:, nk], g_w)
+        x0 = ctx.saved[0][2][0]
+        g, two_c, d = x0.shape
+        C = two_c // 2
+        g_x, g_v, g_coef, g_decay, g_carry_m, g_carry_s = [], [], [], [], [], []
+        decay_c = decay.unbind(1)
+        cm_all = carry_m.unbind(1) if momentum else None
+        cs_all = carry_s.unbind(1) if momentum else None
+        for ci in range(nk - 1, -1, -1):
+            weights, moms, hs, grads, deltas, ps, coef_c, _, _ = ctx.saved[ci]
+            deltas, rhs = zip(*deltas)
+            hk = [h[:, C:] for h in hs]
+            # the update: W' = A·W + c_S·S + h_kᵀ(−û δ), S' = E·S + h_kᵀ(−ŝ δ)
+            g_delta, g_hk = [], []
+            g_coef_c = None
+            for layer in range(depth):
+                o = weights[layer].shape[-1]
+                g_sums = torch.cat([g_w[layer], g_m[layer]], dim=-1)  # (g, i, 2o)
+                g_rhs = torch.bmm(hk[layer], g_sums).unflatten(-1, (2, o))  # (g, C, 2, o)
+                g_hk.append(torch.bmm(rhs[layer], g_sums.transpose(1, 2)))  # (g, C, i)
+                g_delta.append(torch.linalg.vecdot(g_rhs, coef_c.unsqueeze(-1), dim=-2))  # (g, C, o)
+                gc = torch.linalg.vecdot(g_rhs, deltas[layer].unsqueeze(-2))  # (g, C, 2)
+                g_coef_c = gc if g_coef_c is None else g_coef_c + gc
+            g_coef.append(g_coef_c)
+            g_decay.append(sum(torch.linalg.vecdot(gw.flatten(1), w.flatten(1)) for gw, w in zip(g_w, weights)))
+            if momentum:
+                g_carry_m.append(sum(torch.linalg.vecdot(gw.flatten(1), m.flatten(1)) for gw, m in zip(g_w, moms)))
+                g_carry_s.append(sum(torch.linalg.vecdot(gm.flatten(1), m.flatten(1)) for gm, m in zip(g_m, moms)))
+                cm, cs = cm_all[ci][:, None, None], cs_all[ci][:, None, None]
+                g_m = [torch.addcmul(gm * cs, gw, cm) for gw, gm in zip(g_w, g_m)]  # d/dS = c_S·gW' + E·gS'
+            else:
+                g_m = [torch.zeros_like(m) for m in moms]  # S does not carry without momentum
+            g_w = [gw * decay_c[ci][:, None, None] for gw in g_w]  # d/dW = A·gW' (+ the matmuls below)
+            # δ_l = p_l ⊙ act'(z_l), p_l = δ_{l+1} W_{l+1}ᵀ: forward through the layers (δ_0 first)
+            g_z_extra = [None] * depth
+            for layer in range(depth - 1):
+                z, act_grad = grads[layer]
+                m = g_delta[layer] * act_grad[:, C:]
+                g_delta[layer + 1] = g_delta[layer + 1].baddbmm(m, weights[layer + 1])
+                g_w[layer + 1].baddbmm_(m.transpose(1, 2), deltas[layer + 1])
+                g_z_extra[layer] = g_delta[layer] * ps[layer] * _act_grad2(activation, z[:, C:])
+            g_err = torch.add(g_errors[:, ci], g_delta[-1], alpha=2.0)  # e = out − v, δ_{L−1} = 2e
+            g_v.append(g_err)
+            g_out = torch.cat([g_reads[:, ci], g_err], dim=1)  # (g, 2C, d)
+            g_x.append(_mlp_backward(weights, hs, grads, g_out, g_w, g_hk, g_z_extra, slice(C, None)))
+        g_x = torch.stack(g_x[::-1], dim=1)
+        g_v = -torch.stack(g_v[::-1], dim=1)
+        g_coef_hat = torch.stack(g_coef[::-1], dim=1)  # (g, k, C, 2): d/d(capped coef)
+        g_decay = torch.stack(g_decay[::-1], dim=1)
+        if momentum:
+            g_carry_m, g_carry_s = torch.stack(g_carry_m[::-1], dim=1), torch.stack(g_carry_s[::-1], dim=1)
+        else:
+            g_carry_m = g_carry_s = None
+        # the cap, all chunks at once: coef_hat = coef·scale, scale = min(1, limit / max(total, 1e-12))
+        g_coef = g_coef_hat * scale_all[..., None, None]
+        g_weight = g_limit = None
+        if capped:
+            kappa = torch.stack([sv[7] for sv in ctx.saved], dim=1)  # (g, k, C)
+            total = torch.stack([sv[8] for sv in ctx.saved], dim=1)  # (g, k)
+            g_scale_all = (g_coef_hat * coef).sum((-2, -1)) + g_scale
+            clamped = total.clamp_min(1e-12)
+            g_ratio = g_scale_all * (limit / clamped <= 1.0)  # clamp(max=1) passes where ratio ≤ 1
+            g_limit = g_ratio / clamped
+            g_total = (-g_ratio * limit / clamped.pow(2)) * (total >= 1e-12)
+            g_weight = g_total.unsqueeze(-1) * kappa
+        g_states = [*g_w, *g_m]
+        return (None, g_x, g_tail, g_v, g_coef, g_weight, g_limit, g_decay, g_carry_m, g_carry_s, *g_states)
