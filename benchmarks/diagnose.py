@@ -131,7 +131,8 @@ def locate(sample: Mapping, counter) -> Spans:
 def _concat_aux(records) -> dict[str, Tensor]:
     """One forward's aux of a layer over all its tokens (MAC calls its memory once per segment piece)."""
     names = ("keys", "values", "queries", "retrieved", "lr", "forget")
-    return {k: torch.cat([r.memory[k].detach() for r in records], dim=2)[0].float() for k in names}  # (H, n[, d])
+    # (H, n[, d]) on the CPU: the reductions are small next to the forward, and they then run on any device
+    return {k: torch.cat([r.memory[k].detach() for r in records], dim=2)[0].float().cpu() for k in names}
 
 
 def _weight_norm(state) -> float:
