@@ -23,7 +23,7 @@ Per memory layer `i`, `records[*].layers["<i>"]` of <output_dir>/diagnose.json h
   read_cos              cos(read at question_last + j, value written at answer_start + j), mean over heads and the
                         answer's tokens j. A memory that recalls stores "context -> next token" (the key of token t
                         summarises the tokens before it), so the question's query finds the key of the needle's first
-                        answer token and reads its value. `read_cos_heads`: per head.
+                        answer token and reads its value. `read_cos_heads`: per head; `read_cos_tokens`: per j.
   read_cos_distractor   the same against each distractor pair's answer (the best one); read_cos_haystack: the mean
                         against `haystack_probes` random haystack spans; read_rank: 1 + how many distractor and
                         haystack spans the read matches better than the needle's (1 = the needle wins).
@@ -210,6 +210,7 @@ def _layer_report(st: _LayerStats, index: dict[int, int], spans: Spans, probes: 
         "log10_survival_heads": [round(float(v) / math.log(10), 6) for v in st.log_keep],
         "read_cos": float(heads.mean()),
         "read_cos_heads": [round(float(v), 4) for v in heads],
+        "read_cos_tokens": [round(float(v), 4) for v in F.cosine_similarity(retrieved, vals(a0), dim=-1).mean(0)],
         "read_cos_distractor": max(others) if others else None,
         "read_cos_haystack": sum(hay) / len(hay) if hay else None,
         "read_rank": 1 + sum(c > float(heads.mean()) for c in others + hay),

@@ -62,6 +62,7 @@ def test_survival_and_read_equal_a_direct_forward(tmp_path, base_cfg):
     a0 = spans.answer[0]
     cos = F.cosine_similarity(aux["retrieved"][0, :, T - 1:T - 1 + n], aux["values"][0, :, a0:a0 + n], dim=-1)
     assert layer["read_cos"] == pytest.approx(float(cos.mean()), abs=1e-5)
+    assert layer["read_cos_tokens"] == pytest.approx(cos.mean(0).tolist(), abs=1e-4) and len(cos[0]) == n == 7
     keys = aux["keys"][0]
     distractor_keys = [float(F.cosine_similarity(keys[:, a0], keys[:, d0], dim=-1).mean())
                        for d0, _ in spans.distractors]
