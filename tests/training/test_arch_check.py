@@ -81,3 +81,15 @@ def test_saved_config_says_what_freeze_was_applied(tiny_cfg, memory, freeze, wan
         assert trainable and all(".memory" in n or "memory_gate" in n or "persistent" in n for n in trainable)
     if want == "lora":
         assert any("lora_" in n for n in trainable)
+
+
+def test_a_field_added_after_the_checkpoint_counts_as_its_default():
+    """A checkpoint written before a config option existed loads when the run leaves it at its default,
+    and is refused when the run sets it to something else."""
+    from titans.training.checkpoint import arch_differences
+
+    built = {"memory": {"variant": "mag", "memory": {"heads": 4, "nonfinite": "error", "write_threshold": 0.0}}}
+    old = {"memory": {"variant": "mag", "memory": {"heads": 4}}}
+    assert arch_differences(old, built) == []
+    built["memory"]["memory"]["write_threshold"] = 0.5
+    assert arch_differences(old, built) == ["memory.memory.write_threshold: checkpoint None vs this run 0.5"]

@@ -21,6 +21,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
+from titans.config import TitansConfig
 from titans.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ def read_checkpoint(path: str | os.PathLike, key: str = "checkpoint", map_locati
 def model_arch(model: nn.Module) -> dict[str, Any]:
     """What a checkpoint's weights mean: the model's shape and its Titans patch (variant, window, the full
     memory config, layers, ...), without the settings of what trains (freeze, LoRA). Plain containers."""
-    from titans.config import TitansConfig
     from titans.patch import unwrap
 
     config = getattr(unwrap(model), "config", None)
@@ -121,11 +121,44 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_MISSING = object()
+
+
+def _field_default(key: str) -> Any:
+    """The dataclass default of the config field a flat arch key names (`memory.memory.<MemoryConfig field>`,
+    `memory.<TitansConfig field>`), or _MISSING."""
+    import dataclasses
+
+    from titans.memory import MemoryConfig
+
+    parts = key.split(".")
+    cls = MemoryConfig if parts[:2] == ["memory", "memory"] and len(parts) == 3 else (
+        TitansConfig if parts[0] == "memory" and len(parts) == 2 else None)
+    if cls is None:
+        return _MISSING
+    for f in dataclasses.fields(cls):
+        if f.name == parts[-1]:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return _MISSING
+
+
 def arch_differences(saved: Mapping | None, built: Mapping) -> list[str]:
-    """'memory.variant: checkpoint 'mag' vs this run 'mal'' for every field that differs (empty if equal)."""
+    """'memory.variant: checkpoint 'mag' vs this run 'mal'' for every field that differs (empty if equal).
+
+    A field the checkpoint does not record (it was added to the config later) counts as its default: a
+    checkpoint written before a new option existed loads into a run that leaves the option at its default."""
     a, b = _flat(saved or {}), _flat(built)
-    return [f"{k}: checkpoint {a.get(k)!r} vs this run {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k)]
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) == b.get(k):
+            continue
+        if k not in a and saved and b.get(k) == _field_default(k):
+            continue
+        out.append(f"{k}: checkpoint {a.get(k)!r} vs this run {b.get(k)!r}")
+    return out
 
 
 def check_arch(ckpt: Mapping, model: nn.Module, key: str, path: str | os.PathLike,
