@@ -29,6 +29,15 @@ def test_command_line_overrides_win_over_the_stage():
     assert apply_stage(cfg, "memory_long").trainer.max_steps == 300  # no command line: the stage's value
 
 
+def test_an_experiment_selection_on_the_command_line_is_not_a_key():
+    """`train.py experiment=X stage=Y`: experiment files are `@package _global_`, so `experiment` is a group
+    selection that names no key of the composed config; it must not be re-applied as a value (it raised)."""
+    overrides = ["experiment=cpu_proof_mag", "stage=2k", "trainer.max_steps=7"]
+    cfg = compose_cfg(overrides)
+    merged = apply_stage(cfg, "2k", overrides=overrides)
+    assert merged.trainer.max_steps == 7 and merged.data.seq_len == 2048
+
+
 def test_train_runs_the_stage_with_the_command_line_on_top(tiny_cfg, monkeypatch):
     import titans.training.run as run_mod
 

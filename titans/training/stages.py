@@ -66,7 +66,10 @@ def command_line_keys(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
         key = o.key_or_group
         if o.is_delete() or o.package is not None or key.split(".")[0] in ("hydra", "stage"):
             continue
-        current = OmegaConf.select(cfg, key, default=None)
+        missing = object()
+        current = OmegaConf.select(cfg, key, default=missing)
+        if current is missing:
+            continue  # a selection of a group that is not a key (experiment=X, `@package _global_`)
         if isinstance(current, DictConfig) and isinstance(o.value(), str):
             continue  # a group selection (data=disk): its values are the composed group, the stage refines them
         keys.append(key)
