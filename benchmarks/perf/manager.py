@@ -162,7 +162,7 @@ def run_index(spec: str, args) -> dict:
     out = {"data": data, "n": n, "dim": dim, "queries": len(queries), "data_s": time.perf_counter() - t,
            "backends": {}}  # fmt: skip
     exact_scores = None
-    for name, cfg in (("exact", IndexConfig()), ("usearch", IndexConfig(kind="usearch"))):
+    for name, cfg in (("exact", IndexConfig()), ("usearch", IndexConfig(kind="usearch", threads=args.index_threads))):
         before = rss_mb()
         store = np.zeros((n, dim), np.float32)  # the store's slot array (the index reads or copies it)
         ids = np.full(n, -1, np.int64)
@@ -245,6 +245,7 @@ def main() -> None:
                    "synthetic:1000000:128", help="data:n:dim, comma-separated (1M facts: embedding alone ~7 min)")
     p.add_argument("--index-dim", type=int, default=384, help="embedding width of the whole-manager comparison")
     p.add_argument("--index-queries", type=int, default=1000)
+    p.add_argument("--index-threads", type=int, default=1, help="usearch threads per call (0 = all cores)")
     p.add_argument("--index-latency-queries", type=int, default=300)
     p.add_argument("--index-manager-n", type=int, default=10_000, help="0 = skip the whole-manager comparison")
     args = p.parse_args()
