@@ -5,8 +5,8 @@
 
 One warm-up step, then one profiled step (`run_segments(backward=True)` + clip + AdamW, as
 `train_overhead.py` times it). Prints the ops sorted by self CPU time (the table docs/performance.md quotes),
-the number of op calls, and the time inside the memory's chunk scan (forward, `record_function` scopes of
-`titans.memory.chunk`) and in its backward (autograd nodes). One intra-op thread.
+and the number of op calls (nested ones included). `--row mag_autograd`: the deep memory's chunk loop
+differentiated by autograd op by op. One intra-op thread.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.row not in to.ROWS:
         raise ValueError(f"--row {args.row!r}: allowed {list(to.ROWS)}")
     torch.set_num_threads(1)
-    stepper = to.Stepper(to.build(args.row, "none", args.model), args.segment_len, 2)
+    stepper = to.Stepper(to.build(args.row, "none", args.model), args.segment_len, 2,
+                         fused=args.row not in to.AUTOGRAD_ROWS)
     ids = torch.randint(0, 256, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0))
     stepper.step(ids)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -111,3 +111,37 @@ def test_chunk_scan_backward_matches_finite_differences(activation, momentum, ca
 
     args = (x, q_tail, v, coef, weight, limit, decay, *carry, *state)
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_forward_without_backward_equals_the_training_forward():
+    """Without a backward the op keeps no per-chunk intermediates (and computes act' only where δ needs it);
+    the values are the same."""
+    mem = make()
+    x = torch.randn(2, 13, 16, dtype=torch.float64)
+    y, state = mem(x)
+    with torch.inference_mode():
+        y_inf, state_inf = mem(x)
+    torch.testing.assert_close(y_inf, y.detach(), atol=0, rtol=0)
+    for name in state.weights:
+        torch.testing.assert_close(state_inf.weights[name], state.weights[name].detach(), atol=0, rtol=0)
+
+
+def test_backward_inside_autocast_stays_in_the_state_dtype():
+    """loss.backward() inside a bf16 autocast region: the op's backward runs in fp32 like its forward (it raised
+    a dtype error, or would have computed in bf16)."""
+    torch.manual_seed(0)
+    mem = NeuralMemory(MemoryConfig(dim=16, heads=2, depth=2, expansion=2, chunk_size=4, conv_kernel=3))
+    x = torch.randn(1, 8, 16)
+    grads = []
+    for backward_inside in (False, True):
+        mem.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, state = mem(x)
+            loss = sum(w.pow(2).sum() for w in state.weights.values())
+            if backward_inside:
+                loss.backward()
+        if not backward_inside:
+            loss.backward()
+        grads.append(mem.memory_model.w0.grad.clone())
+    assert grads[1].dtype == torch.float32
+    torch.testing.assert_close(grads[1], grads[0])

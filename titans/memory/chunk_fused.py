@@ -27,15 +27,18 @@ from torch import Tensor
 from titans.memory.mlp import _act, _act_grad, _act_grad2
 
 
-def _mlp_forward(weights: list[Tensor], x: Tensor, activation: str) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """out, layer inputs h_l and act'(z_l) (for the hidden layers) of the MLP on x `[g, n, d]`."""
+def _mlp_forward(weights: list[Tensor], x: Tensor, activation: str, rows: slice | None = None,
+                 ) -> tuple[Tensor, list[Tensor], list[tuple[Tensor, Tensor | None]]]:
+    """out, layer inputs h_l and (z_l, act'(z_l) on `rows` or None) of the hidden layers of the MLP on x `[g, n, d]`.
+
+    act' only where the forward needs it (the keys' rows, for δ): a forward without backward skips the rest."""
     hs, grads = [], []
     h = x
     for layer, w in enumerate(weights):
         hs.append(h)
         z = torch.bmm(h, w)  # (g, n, o)
         if layer < len(weights) - 1:
-            grads.append((z, _act_grad(activation, z)))
+            grads.append((z, None if rows is None else _act_grad(activation, z[:, rows])))
             h = _act(activation, z)
         else:
             h = z
@@ -43,8 +46,8 @@ def _mlp_forward(weights: list[Tensor], x: Tensor, activation: str) -> tuple[Ten
 
 
 def _mlp_backward(weights: list[Tensor], hs: list[Tensor], grads: list, g_out: Tensor, g_w: list[Tensor],
-                  extra_h: list[Tensor | None] | None = None, extra_z: list[Tensor | None] | None = None,
-                  rows: slice | None = None) -> Tensor:
+                  activation: str, extra_h: list[Tensor | None] | None = None,
+                  extra_z: list[Tensor | None] | None = None, rows: slice | None = None) -> Tensor:
     """Backward of `_mlp_forward`: adds d/dW_l into g_w (in place) and returns d/dx.
 
     extra_h[l] / extra_z[l]: gradients that other uses of h_l / z_l (the chunk update) add on `rows`."""
@@ -56,7 +59,14 @@ def _mlp_backward(weights: list[Tensor], hs: list[Tensor], grads: list, g_out: T
             gh[:, rows] += extra_h[layer]
         if layer == 0:
             return gh
-        gz = gh * grads[layer - 1][1]
+        z, act_grad = grads[layer - 1]
+        if act_grad is None:
+            gz = gh * _act_grad(activation, z)
+        else:  # act' of `rows` came from the forward; the other rows' now
+            gz = torch.empty_like(gh)
+            torch.mul(gh[:, rows], act_grad, out=gz[:, rows])
+            other = slice(0, rows.start)
+            torch.mul(gh[:, other], _act_grad(activation, z[:, other]), out=gz[:, other])
         if extra_z is not None and extra_z[layer - 1] is not None:
             gz[:, rows] += extra_z[layer - 1]
     raise AssertionError("unreachable")
@@ -90,9 +100,10 @@ class ChunkScan(torch.autograd.Function):
         per_chunk = [t.unbind(1) if t is not None else [None] * nk
                      for t in (x, v, coef, weight, limit, decay, carry_m, carry_s, key_sq)]
         reads, scales, surprise_sq, saved = [], [], [], []
+        keep = any(ctx.needs_input_grad)  # without a backward, free each chunk's intermediates as the loop goes
         for ci, (x_c, v_c, coef_c, weight_c, limit_c, decay_c, cm_c, cs_c, ksq_c) in enumerate(zip(*per_chunk)):
             w_c, m_c = weights, moms
-            out, hs, grads = _mlp_forward(weights, x_c, activation)  # (g, 2C, d)
+            out, hs, grads = _mlp_forward(weights, x_c, activation, slice(C, None))  # (g, 2C, d)
             reads.append(out[:, :C])
             err = torch.sub(out[:, C:], v_c, out=errors[:, ci])  # M(k) − v
             deltas = [None] * depth
@@ -102,7 +113,7 @@ class ChunkScan(torch.autograd.Function):
                 deltas[layer] = delta
                 if layer:
                     ps[layer - 1] = torch.bmm(delta, weights[layer].transpose(1, 2))
-                    delta = ps[layer - 1] * grads[layer - 1][1][:, C:]
+                    delta = ps[layer - 1] * grads[layer - 1][1]
             hk = [h[:, C:] for h in hs]  # the keys' rows of every layer input
             d_sq = [_sqnorm(dl) for dl in deltas]
             sq = ksq_c * d_sq[0]  # ‖∇ℓ_t‖² = Σ_l ‖h_l‖²‖δ_l‖²
@@ -130,7 +141,8 @@ class ChunkScan(torch.autograd.Function):
                 new_m.append(m_next)
                 deltas[layer] = (deltas[layer], rhs)
             weights, moms = new_w, new_m
-            saved.append((w_c, m_c, hs, grads, deltas, ps, coef_c, kappa, total))
+            if keep:
+                saved.append((w_c, m_c, hs, grads, deltas, ps, coef_c, kappa, total))
         tail = None
         if q_tail is not None:  # the unfinished chunk reads the last weights
             out, hs, grads = _mlp_forward(weights, q_tail, activation)
@@ -149,7 +161,14 @@ class ChunkScan(torch.autograd.Function):
         return (reads, errors, scale_all, surprise_sq, *weights, *moms)
 
     @staticmethod
-    def backward(ctx, g_reads, g_errors, g_scale, _g_surprise, *g_state):
+    def backward(ctx, *grads):
+        # the forward ran in the state dtype with autocast off (NeuralMemory's scan); a backward called inside an
+        # autocast region (loss.backward() under torch.autocast) must not drop to bf16
+        with torch.autocast(device_type=grads[0].device.type, enabled=False):
+            return ChunkScan._backward(ctx, *grads)
+
+    @staticmethod
+    def _backward(ctx, g_reads, g_errors, g_scale, _g_surprise, *g_state):
         activation, depth, momentum, capped = ctx.meta
         coef, limit, decay, carry_m, carry_s, scale_all = ctx.saved_tensors
         g_w = [t.clone() for t in g_state[:depth]]  # d/d(weights after the chunk being walked)
@@ -158,7 +177,7 @@ class ChunkScan(torch.autograd.Function):
         g_tail = None
         if ctx.has_tail:
             weights, hs, grads = ctx.tail
-            g_tail = _mlp_backward(weights, hs, grads, g_reads[:, nk], g_w)
+            g_tail = _mlp_backward(weights, hs, grads, g_reads[:, nk], g_w, activation)
         x0 = ctx.saved[0][2][0]
         g, two_c, d = x0.shape
         C = two_c // 2
@@ -166,8 +185,11 @@ class ChunkScan(torch.autograd.Function):
         decay_c = decay.unbind(1)
         cm_all = carry_m.unbind(1) if momentum else None
         cs_all = carry_s.unbind(1) if momentum else None
+        kappas, totals = [], []
         for ci in range(nk - 1, -1, -1):
-            weights, moms, hs, grads, deltas, ps, coef_c, _, _ = ctx.saved[ci]
+            weights, moms, hs, grads, deltas, ps, coef_c, kappa_c, total_c = ctx.saved[ci]
+            kappas.append(kappa_c)
+            totals.append(total_c)
             deltas, rhs = zip(*deltas)
             hk = [h[:, C:] for h in hs]
             # the update: W' = A·W + c_S·S + h_kᵀ(−û δ), S' = E·S + h_kᵀ(−ŝ δ)
@@ -195,14 +217,14 @@ class ChunkScan(torch.autograd.Function):
             g_z_extra = [None] * depth
             for layer in range(depth - 1):
                 z, act_grad = grads[layer]
-                m = g_delta[layer] * act_grad[:, C:]
+                m = g_delta[layer] * act_grad
                 g_delta[layer + 1] = g_delta[layer + 1].baddbmm(m, weights[layer + 1])
                 g_w[layer + 1].baddbmm_(m.transpose(1, 2), deltas[layer + 1])
                 g_z_extra[layer] = g_delta[layer] * ps[layer] * _act_grad2(activation, z[:, C:])
             g_err = torch.add(g_errors[:, ci], g_delta[-1], alpha=2.0)  # e = out − v, δ_{L−1} = 2e
             g_v.append(g_err)
             g_out = torch.cat([g_reads[:, ci], g_err], dim=1)  # (g, 2C, d)
-            g_x.append(_mlp_backward(weights, hs, grads, g_out, g_w, g_hk, g_z_extra, slice(C, None)))
+            g_x.append(_mlp_backward(weights, hs, grads, g_out, g_w, activation, g_hk, g_z_extra, slice(C, None)))
         g_x = torch.stack(g_x[::-1], dim=1)
         g_v = -torch.stack(g_v[::-1], dim=1)
         g_coef_hat = torch.stack(g_coef[::-1], dim=1)  # (g, k, C, 2): d/d(capped coef)
@@ -215,8 +237,8 @@ class ChunkScan(torch.autograd.Function):
         g_coef = g_coef_hat * scale_all[..., None, None]
         g_weight = g_limit = None
         if capped:
-            kappa = torch.stack([sv[7] for sv in ctx.saved], dim=1)  # (g, k, C)
-            total = torch.stack([sv[8] for sv in ctx.saved], dim=1)  # (g, k)
+            kappa = torch.stack(kappas[::-1], dim=1)  # (g, k, C)
+            total = torch.stack(totals[::-1], dim=1)  # (g, k)
             g_scale_all = (g_coef_hat * coef).sum((-2, -1)) + g_scale
             clamped = total.clamp_min(1e-12)
             g_ratio = g_scale_all * (limit / clamped <= 1.0)  # clamp(max=1) passes where ratio ≤ 1
