@@ -156,3 +156,27 @@ def test_build_model_applies_memory_impl():
                   "memory_impl": "benchmarks.peers.titans_pytorch.use_titans_pytorch_memory"}
     model, _ = build_model(model_cfg, memory_cfg, freeze="none")
     assert isinstance(model.model.layers[0].memory, peer.PeerMemory)
+
+
+def test_weights_round_trip_through_a_checkpoint(tmp_path):
+    """A peer model's weights load into a freshly built one (what the curriculum's stages and the evaluation do):
+    every parameter is its own storage, so load_state_dict can write each head's initial weights."""
+    from titans.training.builders import build_model
+    from titans.training.checkpoint import load_model_weights
+
+    model_cfg = {"name": "t", "tokenizer": "byte", "seed": 0, "arch": {
+        "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "head_dim": 16, "intermediate_size": 64}}
+    memory_cfg = {"variant": "mag", "window": 8, "identity_init": False, "memory": dict(MEMORY),
+                  "memory_impl": "benchmarks.peers.titans_pytorch.use_titans_pytorch_memory"}
+    torch.manual_seed(1)
+    trained, _ = build_model(model_cfg, memory_cfg, freeze="none")
+    with torch.no_grad():
+        trained.model.layers[0].memory.peer.memory_model_parameters[0][1].add_(0.5)  # head 1 differs from head 0
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, tmp_path / "w.ckpt")
+    torch.manual_seed(2)
+    fresh, _ = build_model(model_cfg, memory_cfg, freeze="none")
+    load_model_weights(fresh, tmp_path / "w.ckpt", "checkpoint")
+    ids = torch.randint(0, 200, (1, 20), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(ids).logits, trained.eval()(ids).logits, atol=1e-6, rtol=0)
