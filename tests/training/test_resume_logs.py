@@ -2,6 +2,7 @@
 step before the checkpoint) and continues the same logs: the CSV history, steps, counters, the W&B run."""
 
 import csv
+import time
 
 import pytest
 import torch
@@ -86,6 +87,12 @@ def test_resume_equals_the_uninterrupted_run_and_continues_its_log(tiny_cfg, tmp
     step2 = out / "checkpoints" / "step2.ckpt"
     assert _ckpt(step2)["titans"]["skipped_steps"] == 1  # the skipped batch came before the checkpoint
 
+    # TensorBoard names an event file by its creation second, host and pid: a resume in the same process within
+    # the same second would reuse the first run's file name (a real resume is another process). Wait for the next
+    # second so the two runs' files are told apart, as they are in use.
+    started = int(time.time())
+    while int(time.time()) == started:
+        time.sleep(0.02)
     resumed = train(tiny_cfg(*MAG, "trainer.max_steps=4", f"paths.output_dir={out}", f"ckpt_path={step2}"),
                     extra_callbacks=callbacks())
     assert resumed["skipped_steps"] == 1 and resumed["global_step"] == 4 and len(resumed["train/losses"]) == 2
