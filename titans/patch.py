@@ -221,7 +221,8 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
     for i in indices:
         layer_cfg = cfg
         if cfg.has_memory and i not in with_memory:  # memory_layers: the same windowed attention, no memory
-            layer_cfg = dataclasses.replace(cfg, variant="swa", memory={}, memory_layers="all")
+            # its gate is never used (no memory): the default form, so a MAG-only gate (convex) stays valid
+            layer_cfg = dataclasses.replace(cfg, variant="swa", memory={}, memory_layers="all", gate="sigmoid")
         old = layers[i]
         ref = next(old.parameters())
         with torch.device(ref.device):

@@ -110,3 +110,10 @@ def test_switches_are_hydra_config_options():
     assert layer.memory_gate.form == "convex"
     assert layer.memory.config.write_threshold == 0.5 and layer.memory.config.stop_grad_updates
     assert model.config.titans["gate"] == "convex"
+
+
+def test_convex_gate_with_memory_in_some_layers(base):
+    """MAG with `memory_layers` (the CPU proof's one-memory MAG): the layers without memory are sliding-window
+    layers whose unused gate must not make a convex MAG invalid (it raised for variant 'swa')."""
+    model = patch_qwen3(base, "mag", gate="convex", memory_layers=[0], window=16, memory=dict(MEMORY))
+    assert model.model.layers[0].memory is not None and model.model.layers[1].memory is None
