@@ -204,7 +204,7 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
     trainer.fit(module, datamodule=LitData(data), ckpt_path=str(ckpt_path) if ckpt_path else None,
                 weights_only=True)
     last = Path(cfg.paths.ckpt_dir) / "last.ckpt"
-    trainer.save_checkpoint(last, weights_only=False)
+    trainer.save_checkpoint(last)  # a write (with optimizer state, for resume); every load is weights-only
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     if cfg.get("final_validation", True) and data.val_loader() is not None:
         for k, v in trainer.validate(module, datamodule=LitData(data), verbose=False)[0].items():
