@@ -37,8 +37,9 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-bench: $(STAMP)  # the tables of docs/performance.md (deep memory speed); ~15 min on 2 CPU cores
+bench: $(STAMP)  # the tables of docs/performance.md (deep memory speed, decoding); ~25 min on 2 CPU cores
 	$(PY) benchmarks/perf/memory_throughput.py
+	$(PY) benchmarks/perf/decode.py --lengths 1K 16K 64K 1M --out results/perf/decode.json
 	$(PY) benchmarks/perf/train_overhead.py --seq-lens 2048 --batch 1 --rows swa mag mag_autograd mag_linear \
 		--repeats 5 --out results/perf/train_overhead_deep.json
 	$(PY) benchmarks/perf/train_overhead.py --model qwen3_0.6b_shape --seq-lens 512 --batch 1 \

@@ -19,9 +19,11 @@ def reference(x, w, b):
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("fast", [True, False])
-def test_conv_values_and_gradients_match_conv1d(batch, bias, fast, monkeypatch):
+@pytest.mark.parametrize("small", [True, False], ids=["taps-forward", "conv2d-forward"])
+def test_conv_values_and_gradients_match_conv1d(batch, bias, fast, small, monkeypatch):
     if not fast:  # the aten weight-gradient path other devices take
         monkeypatch.setattr(conv_mod, "FAST_WEIGHT_GRAD_DEVICES", ())
+    monkeypatch.setattr(conv_mod, "SMALL_CONV_TOKENS", 10**9 if small else 0)
     g = torch.Generator().manual_seed(0)
     C, K, n = 6, 4, 9
     x = torch.randn(batch, K - 1 + n, C, generator=g, dtype=torch.float64, requires_grad=True)
@@ -50,11 +52,13 @@ def test_conv_gradient_only_for_what_requires_it():
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_conv_under_bf16_autocast_matches_conv1d_and_keeps_input_dtypes(fast, monkeypatch):
+@pytest.mark.parametrize("small", [True, False], ids=["taps-forward", "conv2d-forward"])
+def test_conv_under_bf16_autocast_matches_conv1d_and_keeps_input_dtypes(fast, small, monkeypatch):
     """Under autocast the conv runs in bf16 like F.conv1d would; backward (outside autocast) must not mix
     the bf16 output gradient with the fp32 weight, and each gradient comes back in its input's dtype."""
     if not fast:
         monkeypatch.setattr(conv_mod, "FAST_WEIGHT_GRAD_DEVICES", ())
+    monkeypatch.setattr(conv_mod, "SMALL_CONV_TOKENS", 10**9 if small else 0)
     g = torch.Generator().manual_seed(1)
     C, K, n = 8, 4, 12
     x = torch.randn(2, K - 1 + n, C, generator=g, requires_grad=True)

@@ -453,6 +453,25 @@ def test_nonfinite_input_is_an_error_naming_its_position():
         mem(bad)
 
 
+def test_nonfinite_check_on_decoded_tokens_and_sums_that_overflow():
+    """The check sums x first: a decoded token (read-only call) with NaN or +inf/-inf is refused naming it, and
+    finite inputs whose sum overflows float32 pass."""
+    mem = make()
+    _, state = mem(torch.randn(1, 9, 16))  # one token in the buffer: the next call is read-only
+    for value in (float("nan"), float("inf"), float("-inf")):
+        bad = torch.randn(1, 1, 16)
+        bad[0, 0, 4] = value
+        with pytest.raises(ValueError, match=r"at batch 0, token 0 of this call \(token 9 of the sequence\)"):
+            mem(bad, state)
+    both = torch.randn(1, 1, 16)
+    both[0, 0, :2] = torch.tensor([float("inf"), float("-inf")])  # sums to NaN
+    with pytest.raises(ValueError, match="not finite"):
+        mem(both, state)
+    huge = torch.full((1, 1, 16), 3e38)  # finite; the sum overflows to inf
+    y, _ = mem(huge, state)
+    assert y.shape == (1, 1, 16)
+
+
 def test_nonfinite_input_with_skip_leaves_the_state_clean_and_matches_the_oracle():
     """nonfinite='skip': the token is read and written as a zero input with θ = 0, its output is NaN, and the
     state stays finite; the same rule in the float64 oracle gives the same result, also when the bad token
@@ -575,3 +594,43 @@ def test_compiled_forward_equals_eager_with_autograd_and_varying_lengths(depth):
     assert s_c.offset == s_e.offset == 31
     for a, b in zip(g_c, g_e):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(depth=1), dict(conv_kernel=0, output_norm=False, output_gate=False),
+                                dict(input_norm=False, qk_l2_norm=False)],
+                         ids=["deep", "linear", "no-conv-norm-gate", "no-input-norm"])
+def test_read_only_path_equals_general_path(kw, monkeypatch):
+    """Calls that complete no chunk take `_forward_read_only` (queries of the new tokens only); token by token and
+    in pieces of 2 and 3, across chunk boundaries and from the first token on, it equals `_forward` on the same calls
+    (outputs, state, gradients)."""
+    mem = make(**{"chunk_size": 4, "conv_kernel": 3, **kw}).double()
+    x = torch.randn(2, 11, 16, dtype=torch.float64, requires_grad=True)
+    calls = []
+    real = NeuralMemory._forward_read_only
+    monkeypatch.setattr(NeuralMemory, "_forward_read_only", lambda self, *a: calls.append(1) or real(self, *a))
+    runs = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(NeuralMemory, "_read_only", lambda self, *a: False)
+        for sizes in ([1] * 11, [2, 3, 2, 1, 3]):
+            state, outs, t = None, [], 0
+            for n in sizes:
+                y, state = mem(x[:, t : t + n], state)
+                outs.append(y)
+                t += n
+            y = torch.cat(outs, 1)
+            runs.append((y, state, torch.autograd.grad(y.pow(2).sum(), [x, *mem.parameters()], allow_unused=True)))
+    assert len(calls) == 9 + 3  # one by one: all but tokens 4 and 8 (they complete a chunk); pieces: the 1st, 3rd, 5th
+    for (y_a, s_a, g_a), (y_b, s_b, g_b) in zip(runs[:2], runs[2:]):
+        torch.testing.assert_close(y_a, y_b, atol=1e-12, rtol=1e-10)
+        for name in s_a.weights:
+            torch.testing.assert_close(s_a.weights[name], s_b.weights[name], atol=1e-12, rtol=1e-10)
+            torch.testing.assert_close(s_a.momentum[name], s_b.momentum[name], atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(s_a.buffer, s_b.buffer, atol=0, rtol=0)
+        torch.testing.assert_close(s_a.conv_context, s_b.conv_context, atol=0, rtol=0)
+        assert s_a.offset == s_b.offset == 11
+        for a, b in zip(g_a, g_b):
+            if a is None or b is None:
+                assert a is None and b is None or (a if b is None else b).abs().max() == 0
+            else:
+                torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)

@@ -69,6 +69,29 @@ def test_split_equals_whole(base, ids, variant):
         torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_token_by_token_decoding_equals_one_forward(base, ids, variant, monkeypatch):
+    """Feeding the sequence one token per call (decoding: the memory's read-only path on every call that completes
+    no chunk, mask-free window attention) gives the logits of one forward, across chunk boundaries (chunk 4) and past
+    the window (8) and MAC's segment (8)."""
+    from titans.memory import NeuralMemory
+
+    read_only = []
+    real = NeuralMemory._forward_read_only
+    monkeypatch.setattr(NeuralMemory, "_forward_read_only", lambda self, *a: read_only.append(1) or real(self, *a))
+    model = make(base, variant)
+    with torch.no_grad():
+        whole = model(ids).logits
+        cache, steps = None, []
+        for t in range(ids.shape[1]):
+            out = model(ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True)
+            cache = output_cache(out)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), whole, atol=1e-5, rtol=0)
+    if variant != "swa":  # 23 tokens, chunk 4: 5 calls per layer complete a chunk, 18 only read
+        assert len(read_only) == 18 * 2
+
+
 @pytest.mark.parametrize("variant", ["mag", "mal", "swa"])
 def test_kv_bounded_by_window(base, ids, variant):
     model = make(base, variant, window=6)

@@ -4,10 +4,11 @@
 weight `[C, K]`, bias `[C]` or None -> `[B, n, C]`, out[b, t, c] = bias[c] + Σ_j weight[c, j]·x[b, t+j, c].
 
 Forward and the input gradient run as a conv2d on a channels-last `[B, C, 1, K-1+n]` view of the
-token-major tensor (no transposed copies). On CPU the weight gradient of oneDNN's depthwise conv is slow
-(2.9 ms of a 9 ms memory step at n=256, C=384, K=16; it grows faster than n), so here it is computed
-as another depthwise conv: grad_w[c, j] = Σ_t grad[t, c]·x[t+j, c] is the input convolved with the
-output gradient as a length-n kernel (0.5 ms), one sample at a time. Other devices use aten's backward.
+token-major tensor (no transposed copies); a forward of a few tokens is a weighted sum of the taps instead.
+On CPU the weight gradient of oneDNN's depthwise conv is slow (2.9 ms of a 9 ms memory step at n=256, C=384,
+K=16; it grows faster than n), so here it is computed as another depthwise conv: grad_w[c, j] =
+Σ_t grad[t, c]·x[t+j, c] is the input convolved with the output gradient as a length-n kernel (0.5 ms), one
+sample at a time. Other devices use aten's backward.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from torch import Tensor
 
 # devices whose weight gradient is computed here (elsewhere: aten's convolution_backward)
 FAST_WEIGHT_GRAD_DEVICES: tuple[str, ...] = ("cpu",)
+# up to this many output tokens (batch × n) the forward is `unfold · weight` summed over the taps (~25 µs at 16
+# tokens, 384 channels, K 4) instead of oneDNN's conv, whose fixed cost is ~60 µs a call (decoding writes a chunk
+# of 16 tokens every 16 calls); benchmarks/perf/streaming.py
+SMALL_CONV_TOKENS = 32
 
 
 def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -43,11 +48,17 @@ class _DepthwiseConv(torch.autograd.Function):
             dt = torch.get_autocast_dtype(dev)
             x, weight = x.to(dt), weight.to(dt)
             bias = None if bias is None else bias.to(dt)
+        B, n = x.shape[0], x.shape[1] - K + 1
         with torch.autocast(dev, enabled=False):
-            out = F.conv2d(_as_image(x), weight.view(C, 1, 1, K), bias, groups=C)  # (b, C, 1, n)
+            if B * n <= SMALL_CONV_TOKENS:  # a few tokens (decoding): the taps' weighted sum beats the conv's setup
+                out = (x.unfold(1, K, 1) * weight).sum(-1)  # (b, n, C, K) -> (b, n, C)
+                out = out if bias is None else out + bias
+            else:
+                out = F.conv2d(_as_image(x), weight.view(C, 1, 1, K), bias, groups=C)  # (b, C, 1, n)
+                out = out.squeeze(2).transpose(1, 2)  # (b, n, C)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return out.squeeze(2).transpose(1, 2)  # (b, n, C)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:

@@ -17,6 +17,9 @@ einops glossary: b = batch, h = heads, n/t = tokens, d = head_dim, g = (b h) gro
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -30,6 +33,10 @@ from titans.memory.mlp import MemoryMLP
 from titans.memory.state import MemoryState
 
 _LOG_FLOOR = -60.0  # log of a gate that is (numerically) zero; e^-60 ≈ 1e-26
+# calls that complete no chunk (decoding) take `NeuralMemory._forward_read_only`; False = every call runs
+# `_forward` (a benchmark row, benchmarks/perf/decode.py; tests hold both to each other)
+READ_ONLY_PATH = True
+_NO_CTX = contextlib.nullcontext()
 
 
 class NeuralMemory(nn.Module):
@@ -53,6 +60,7 @@ class NeuralMemory(nn.Module):
         # data-dependent θ_t (lr), η_t (momentum_decay), α_t (forget) per head
         self.to_gates = nn.Linear(c.dim, 3 * c.heads)
         self.memory_model = MemoryMLP(c.head_dim, c.hidden_dim, c.depth, c.activation)
+        self._param_shapes = {name: tuple(p.shape) for name, p in self.memory_model.named_parameters()}
         # M_0 of head h = memory_model's (head-shared) weights + init_offsets[name][h]
         self.init_offsets = nn.ParameterDict(
             {name: nn.Parameter(torch.zeros(c.heads, *p.shape)) for name, p in self.memory_model.named_parameters()}
@@ -135,15 +143,15 @@ class NeuralMemory(nn.Module):
                 raise TypeError(f"state must be a MemoryState or None, got {type(state).__name__}")
             if state.batch_size != x.shape[0]:
                 raise ValueError(f"state has batch size {state.batch_size} but x has batch size {x.shape[0]}")
-            if set(state.weights) != set(self.memory_model.names):
+            if state.weights.keys() != self._param_shapes.keys():
                 raise ValueError(
                     f"state weights {sorted(state.weights)} do not match this memory's {self.memory_model.names}"
                 )
             B = x.shape[0]
             for kind, tensors in (("weights", state.weights), ("momentum", state.momentum)):
-                for name, p in self.memory_model.named_parameters():
-                    want = (B, c.heads, *p.shape)
-                    if tuple(tensors[name].shape) != want:
+                for name, shape in self._param_shapes.items():
+                    want = (B, c.heads, *shape)
+                    if tensors[name].shape != want:
                         raise ValueError(
                             f"state {kind}[{name!r}] has shape {tuple(tensors[name].shape)} but this memory "
                             f"(heads={c.heads}, head_dim={c.head_dim}, depth={c.depth}) needs {want} "
@@ -225,6 +233,9 @@ class NeuralMemory(nn.Module):
             state = self.init_state(x.shape[0], device=x.device)
         if self.config.nonfinite == "error":
             self._check_finite(x, state.offset)
+        if self._read_only(x, state, return_aux):
+            y, buffer = self._forward_read_only(x, state.weights, state.conv_context, state.buffer)
+            return y, MemoryState(state.weights, state.momentum, buffer, state.conv_context, state.offset + x.shape[1])
         # the tensor work is a function of tensors only (no offset, no MemoryState), so torch.compile
         # specialises on shapes and layouts but not on how many tokens were seen
         step = _compiled_forward() if self.config.compile and not torch.compiler.is_compiling() else type(self)._forward
@@ -235,8 +246,11 @@ class NeuralMemory(nn.Module):
         return (y, new_state, aux) if return_aux else (y, new_state)
 
     def _check_finite(self, x: Tensor, offset: int) -> None:
-        """Raise naming the first non-finite token (one host sync): its write would poison the memory for good."""
-        if not bool(torch.isfinite(x).all()):
+        """Raise naming the first non-finite token (one host sync): its write would poison the memory for good.
+
+        A NaN or inf anywhere makes the sum non-finite (one reduction: a decoded token pays two ops, not isfinite's
+        five); only then, or when finite values overflow the sum, the exact test runs."""
+        if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
             b, t = (int(i) for i in (~torch.isfinite(x).all(-1)).nonzero()[0])  # the first bad (batch, token)
             raise ValueError(
                 f"NeuralMemory input x is not finite (NaN or inf) at batch {b}, token {t} of this call (token "
@@ -244,6 +258,63 @@ class NeuralMemory(nn.Module):
                 "Find where the non-finite value comes from, or set MemoryConfig.nonfinite='skip' to skip the "
                 "writes of such tokens (their output is NaN)."
             )
+
+    def _read_only(self, x: Tensor, state: MemoryState, return_aux: bool) -> bool:
+        """Whether this call completes no chunk, so `_forward_read_only` gives its result (decoding: every call
+        but one per chunk). Not with aux (it reports the gates of the buffered tokens) or nonfinite='skip'."""
+        c = self.config
+        return (READ_ONLY_PATH and state.buffer.shape[1] + x.shape[1] < c.chunk_size and not return_aux
+                and c.nonfinite != "skip")
+
+    def _forward_read_only(
+        self, x: Tensor, weights: dict[str, Tensor], conv_context: Tensor, buffer: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """`_forward` for a call whose tokens complete no chunk: (y, new buffer); weights, momentum and conv context
+        are unchanged. Equal to `_forward` (tests/memory/test_neural_memory.py::test_read_only_path_equals_general_path)
+        and a few times cheaper per decoded token: only the queries of the new tokens are computed (from the
+        K-1 raw tokens before them), the keys, values and gates of the unfinished chunk are left to the call that
+        completes it, and the conv of a few tokens is a weighted sum of its taps (oneDNN's conv costs ~0.1 ms a call).
+        """
+        c = self.config
+        B, T, _ = x.shape
+        inner, K, H = c.inner_dim, c.conv_kernel, c.heads
+        dtype = self.state_dtype
+        raw = torch.cat([t if t.dtype == x.dtype else t.to(x.dtype) for t in (conv_context, buffer, x)], dim=1)
+        xs = raw[:, max(raw.shape[1] - T - max(K - 1, 0), 0) :]  # (b, m, dim): the new tokens and the conv's context
+        if self.input_norm is not None:
+            xs = self._input_rms_norm(xs)
+        q = F.linear(xs, self.to_qkv.weight[:inner])  # (b, m, inner): the query rows of to_qkv
+        if self.conv is not None:
+            pad = K - 1 + T - q.shape[1]  # zeros stand in for the context the sequence's first tokens lack
+            if pad:
+                q = F.pad(q, (0, 0, pad, 0))
+            taps = self.conv.weight[:inner, 0]  # (inner, K): tap j multiplies token t+j of the padded input
+            q = (q.unfold(1, K, 1) * taps).sum(-1) + self.conv.bias[:inner]  # (b, t, inner)
+        q = F.silu(q)
+        # the read in the state dtype, outside autocast (a context manager only when autocast is on: decoding
+        # pays for every Python step)
+        off = torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NO_CTX
+        with off:
+            q = q.view(B, T, H, -1).transpose(1, 2).reshape(B * H, T, -1)  # ((b h), t, d)
+            q = q if q.dtype == dtype else q.to(dtype)
+            if c.qk_l2_norm:
+                q = q * torch.rsqrt(torch.linalg.vecdot(q, q).unsqueeze(-1).clamp_min(1e-24))
+            w = [weights[nm].flatten(0, 1) for nm in self.memory_model.names]  # ((b h), i, o)
+            w = [t if t.dtype == dtype else t.to(dtype) for t in w]
+            out = self.memory_model.forward_batched(w, q)[0].view(B, H, T, -1)  # Eq. 15: y_t = M(q_t)
+            if self.out_norm is not None:
+                out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6) * self.out_norm[:, None, :].to(dtype)
+            out = out.transpose(1, 2).reshape(B, T, inner)
+        out = out if out.dtype == x.dtype else out.to(x.dtype)
+        if self.to_out_gate is not None:
+            out = out * torch.sigmoid(self.to_out_gate(x))
+        return self.to_out(out), raw[:, conv_context.shape[1] :]
+
+    def _input_rms_norm(self, xs: Tensor) -> Tensor:
+        """RMSNorm of the memory's input `[B, n, dim]` (statistics in the state dtype): inputs of a fixed scale."""
+        dtype = self.state_dtype
+        rms = torch.rsqrt((xs if xs.dtype == dtype else xs.to(dtype)).pow(2).mean(-1, keepdim=True) + 1e-6)
+        return xs * (rms if rms.dtype == xs.dtype else rms.to(xs.dtype)) * self.input_norm
 
     def _forward(
         self,
@@ -266,8 +337,7 @@ class NeuralMemory(nn.Module):
             xs = torch.where(skip[..., None], 0.0, xs)
             x = xs[:, n_ctx + n_buf :]
         if self.input_norm is not None:  # RMSNorm: the memory sees inputs of a fixed scale
-            rms = torch.rsqrt(xs.to(self.state_dtype).pow(2).mean(-1, keepdim=True) + 1e-6)
-            xs = xs * rms.to(xs.dtype) * self.input_norm
+            xs = self._input_rms_norm(xs)
 
         qkv = self.to_qkv(xs)  # (b, ctx+n, 3*inner), n = buf + t
         if self.conv is not None:

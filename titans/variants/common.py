@@ -26,6 +26,11 @@ from titans.config import TitansConfig
 from titans.memory import MemoryState, NeuralMemory
 
 BASE_PREFIXES = ("self_attn.", "mlp.", "input_layernorm.", "post_attention_layernorm.")
+# scaled_dot_product_attention(enable_gqa=True) (torch >= 2.5): grouped heads without repeating k and v
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+# a one-token call (decoding) attends to every cached key without building a mask; False = the banded path with
+# its mask (a benchmark row, benchmarks/perf/decode.py)
+MASK_FREE_DECODE = True
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -52,14 +57,18 @@ def project_kv(attn: Qwen3Attention, x: Tensor) -> tuple[Tensor, Tensor]:
 def attend(attn: Qwen3Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     """Softmax attention and Qwen3's output projection.
 
-    q: `[B, H, T, d]`; k, v: `[B, G, S, d]`; mask: bool `[T, S]` (True = visible). Returns `[B, T, D]`.
+    q: `[B, H, T, d]`; k, v: `[B, G, S, d]`; mask: bool `[T, S]` (True = visible) or None (all visible).
+    Returns `[B, T, D]`.
     """
     groups = attn.num_key_value_groups
-    if groups > 1:  # GQA: every kv head serves `groups` query heads
+    gqa = {}
+    if groups > 1 and _SDPA_GQA:  # GQA: every kv head serves `groups` query heads, without copies of k and v
+        gqa = {"enable_gqa": True}
+    elif groups > 1:
         k = k.repeat_interleave(groups, dim=1)  # (B, H, S, d)
         v = v.repeat_interleave(groups, dim=1)
     dropout = attn.attention_dropout if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=attn.scaling)  # (B,H,T,d)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=attn.scaling, **gqa)
     out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)  # (B, T, H*d)
     return attn.o_proj(out)
 
@@ -235,6 +244,14 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         n_past = k.shape[2] - T
         pkv = self.persistent_kv(B)
         W = self.window
+        if T == 1 and MASK_FREE_DECODE:  # decoding: every key within the window is visible, so no mask
+            k0 = 0 if W is None else max(0, n_past + 1 - W)
+            kb, vb = k[:, :, k0:], v[:, :, k0:]
+            if pkv is not None:
+                kb, vb = torch.cat([pkv[0], kb], dim=2), torch.cat([pkv[1], vb], dim=2)
+            out = attend(self.self_attn, q, kb, vb, None)
+            keep = None if W is None else W - 1
+            return out, keep_last(k, keep), keep_last(v, keep)
         # banded: queries in blocks, each against the keys its window can reach (O(T·W), not O(T²))
         block = T if W is None or T <= 2 * max(W, 64) else max(W, 64)
         outs = []
