@@ -28,21 +28,46 @@ from titans.memory.mlp import _act, _act_grad, _act_grad2
 
 
 def _mlp_forward(weights: list[Tensor], x: Tensor, activation: str, rows: slice | None = None,
-                 ) -> tuple[Tensor, list[Tensor], list[tuple[Tensor, Tensor | None]]]:
-    """out, layer inputs h_l and (z_l, act'(z_l) on `rows` or None) of the hidden layers of the MLP on x `[g, n, d]`.
+                 ) -> tuple[Tensor, list[Tensor], list[tuple[Tensor, Tensor | None, Tensor | None]]]:
+    """out, layer inputs h_l and (z_l, act'(z_l) on `rows` or None, σ(z_l) for SiLU else None) of the hidden layers
+    of the MLP on x `[g, n, d]`.
 
-    act' only where the forward needs it (the keys' rows, for δ): a forward without backward skips the rest."""
+    act' only where the forward needs it (the keys' rows, for δ): a forward without backward skips the rest. For SiLU
+    one sigmoid serves act = z·σ, act' = σ + act·(1 − σ) here and act', act'' of the backward (`_act_grad_at`)."""
     hs, grads = [], []
     h = x
     for layer, w in enumerate(weights):
         hs.append(h)
         z = torch.bmm(h, w)  # (g, n, o)
         if layer < len(weights) - 1:
-            grads.append((z, None if rows is None else _act_grad(activation, z[:, rows])))
-            h = _act(activation, z)
+            if activation == "silu":
+                sig = torch.sigmoid(z)
+                h = z * sig
+                grad = None if rows is None else torch.addcmul(sig[:, rows], h[:, rows], 1 - sig[:, rows])
+                grads.append((z, grad, sig))
+            else:
+                grads.append((z, None if rows is None else _act_grad(activation, z[:, rows]), None))
+                h = _act(activation, z)
         else:
             h = z
     return h, hs, grads
+
+
+def _act_grad_at(activation: str, z: Tensor, h: Tensor, sig: Tensor | None, rows: slice) -> Tensor:
+    """act'(z) on `rows`, from the forward's σ(z) and act(z) = h when it kept them (SiLU: σ + h·(1 − σ))."""
+    if sig is None:
+        return _act_grad(activation, z[:, rows])
+    s = sig[:, rows]
+    return torch.addcmul(s, h[:, rows], 1 - s)
+
+
+def _act_grad2_at(activation: str, z: Tensor, sig: Tensor | None, rows: slice) -> Tensor:
+    """act''(z) on `rows`, from the forward's σ(z) when it kept it (SiLU: σ(1 − σ)(2 + z(1 − 2σ)))."""
+    if sig is None:
+        return _act_grad2(activation, z[:, rows])
+    s, zr = sig[:, rows], z[:, rows]
+    one_minus = 1 - s
+    return (s * one_minus) * (zr * (one_minus - s) + 2)
 
 
 def _mlp_backward(weights: list[Tensor], hs: list[Tensor], grads: list, g_out: Tensor, g_w: list[Tensor],
@@ -56,20 +81,29 @@ def _mlp_backward(weights: list[Tensor], hs: list[Tensor], grads: list, g_out: T
         g_w[layer].baddbmm_(hs[layer].transpose(1, 2), gz)  # Σ_t h_tᵀ gz_t
         gh = torch.bmm(gz, weights[layer].transpose(1, 2))  # (g, n, i)
         if extra_h is not None and extra_h[layer] is not None:
-            gh[:, rows] += extra_h[layer]
+            gh[:, rows].add_(extra_h[layer])
         if layer == 0:
             return gh
-        z, act_grad = grads[layer - 1]
+        z, act_grad, sig = grads[layer - 1]
         if act_grad is None:
-            gz = gh * _act_grad(activation, z)
+            gz = gh * _act_grad_at(activation, z, hs[layer], sig, slice(None))
         else:  # act' of `rows` came from the forward; the other rows' now
             gz = torch.empty_like(gh)
             torch.mul(gh[:, rows], act_grad, out=gz[:, rows])
             other = slice(0, rows.start)
-            torch.mul(gh[:, other], _act_grad(activation, z[:, other]), out=gz[:, other])
+            torch.mul(gh[:, other], _act_grad_at(activation, z, hs[layer], sig, other), out=gz[:, other])
         if extra_z is not None and extra_z[layer - 1] is not None:
-            gz[:, rows] += extra_z[layer - 1]
+            gz[:, rows].add_(extra_z[layer - 1])
     raise AssertionError("unreachable")
+
+
+def _dots(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    """Σ_l ⟨a_l, b_l⟩ per group: `[g]` from lists of `[g, i, o]` (mul + sum: fewer dispatches than a flat vecdot)."""
+    total = None
+    for x, y in zip(a, b):
+        dot = (x * y).sum((1, 2))
+        total = dot if total is None else total + dot
+    return total
 
 
 def _sqnorm(t: Tensor) -> Tensor:
@@ -97,8 +131,10 @@ class ChunkScan(torch.autograd.Function):
         C = two_c // 2
         errors = x.new_empty(g, nk, C, d)
         key_sq = _sqnorm(x[:, :, C:])  # (g, k, c): ‖k_t‖², layer 0's input norm
+        # per-chunk views; the carries as [g, 1, 1] so the loop broadcasts them without reshaping
+        carries = [None if t is None else t[:, :, None, None] for t in (decay, carry_m, carry_s)]
         per_chunk = [t.unbind(1) if t is not None else [None] * nk
-                     for t in (x, v, coef, weight, limit, decay, carry_m, carry_s, key_sq)]
+                     for t in (x, v, coef, weight, limit, *carries, key_sq)]
         reads, scales, surprise_sq, saved = [], [], [], []
         keep = any(ctx.needs_input_grad)  # without a backward, free each chunk's intermediates as the loop goes
         for ci, (x_c, v_c, coef_c, weight_c, limit_c, decay_c, cm_c, cs_c, ksq_c) in enumerate(zip(*per_chunk)):
@@ -126,17 +162,18 @@ class ChunkScan(torch.autograd.Function):
                 total = torch.linalg.vecdot(weight_c, kappa)  # (g,)
                 scale = (limit_c / total.clamp_min(1e-12)).clamp(max=1.0)
                 scales.append(scale)
-                coef_c = coef_c * scale[:, None, None]
+                coef_c = coef_c * scale.view(g, 1, 1)
+            coef_c = coef_c.unsqueeze(-1)  # (g, C, 2, 1)
             new_w, new_m = [], []
             for layer in range(depth):
                 o = weights[layer].shape[-1]
-                rhs = (deltas[layer].unsqueeze(-2) * coef_c.unsqueeze(-1)).flatten(-2)  # (g, C, 2o): −û δ | −ŝ δ
+                rhs = (deltas[layer].unsqueeze(-2) * coef_c).flatten(-2)  # (g, C, 2o): −û δ | −ŝ δ
                 sums = torch.bmm(hk[layer].transpose(1, 2), rhs)  # (g, i, 2o)
-                w_next = torch.addcmul(sums[..., :o], decay_c[:, None, None], weights[layer])  # A·M_0 − Σ û ∇ℓ
+                w_next = torch.addcmul(sums[..., :o], decay_c, weights[layer])  # A·M_0 − Σ û ∇ℓ
                 m_next = sums[..., o:]
                 if momentum:
-                    w_next = torch.addcmul(w_next, cm_c[:, None, None], moms[layer])  # + c_S·S_0
-                    m_next = torch.addcmul(m_next, cs_c[:, None, None], moms[layer])  # E·S_0 − Σ ŝ ∇ℓ
+                    w_next = torch.addcmul(w_next, cm_c, moms[layer])  # + c_S·S_0
+                    m_next = torch.addcmul(m_next, cs_c, moms[layer])  # E·S_0 − Σ ŝ ∇ℓ
                 new_w.append(w_next)
                 new_m.append(m_next)
                 deltas[layer] = (deltas[layer], rhs)
@@ -182,9 +219,9 @@ class ChunkScan(torch.autograd.Function):
         g, two_c, d = x0.shape
         C = two_c // 2
         g_x, g_v, g_coef, g_decay, g_carry_m, g_carry_s = [], [], [], [], [], []
-        decay_c = decay.unbind(1)
-        cm_all = carry_m.unbind(1) if momentum else None
-        cs_all = carry_s.unbind(1) if momentum else None
+        decay_c = decay[:, :, None, None].unbind(1)  # [g, 1, 1] per chunk
+        cm_all = carry_m[:, :, None, None].unbind(1) if momentum else None
+        cs_all = carry_s[:, :, None, None].unbind(1) if momentum else None
         kappas, totals = [], []
         for ci in range(nk - 1, -1, -1):
             weights, moms, hs, grads, deltas, ps, coef_c, kappa_c, total_c = ctx.saved[ci]
@@ -200,27 +237,27 @@ class ChunkScan(torch.autograd.Function):
                 g_sums = torch.cat([g_w[layer], g_m[layer]], dim=-1)  # (g, i, 2o)
                 g_rhs = torch.bmm(hk[layer], g_sums).unflatten(-1, (2, o))  # (g, C, 2, o)
                 g_hk.append(torch.bmm(rhs[layer], g_sums.transpose(1, 2)))  # (g, C, i)
-                g_delta.append(torch.linalg.vecdot(g_rhs, coef_c.unsqueeze(-1), dim=-2))  # (g, C, o)
+                g_delta.append(torch.linalg.vecdot(g_rhs, coef_c, dim=-2))  # (g, C, o); coef_c (g, C, 2, 1)
                 gc = torch.linalg.vecdot(g_rhs, deltas[layer].unsqueeze(-2))  # (g, C, 2)
                 g_coef_c = gc if g_coef_c is None else g_coef_c + gc
             g_coef.append(g_coef_c)
-            g_decay.append(sum(torch.linalg.vecdot(gw.flatten(1), w.flatten(1)) for gw, w in zip(g_w, weights)))
+            g_decay.append(_dots(g_w, weights))
             if momentum:
-                g_carry_m.append(sum(torch.linalg.vecdot(gw.flatten(1), m.flatten(1)) for gw, m in zip(g_w, moms)))
-                g_carry_s.append(sum(torch.linalg.vecdot(gm.flatten(1), m.flatten(1)) for gm, m in zip(g_m, moms)))
-                cm, cs = cm_all[ci][:, None, None], cs_all[ci][:, None, None]
+                g_carry_m.append(_dots(g_w, moms))
+                g_carry_s.append(_dots(g_m, moms))
+                cm, cs = cm_all[ci], cs_all[ci]
                 g_m = [torch.addcmul(gm * cs, gw, cm) for gw, gm in zip(g_w, g_m)]  # d/dS = c_S·gW' + E·gS'
             else:
                 g_m = [torch.zeros_like(m) for m in moms]  # S does not carry without momentum
-            g_w = [gw * decay_c[ci][:, None, None] for gw in g_w]  # d/dW = A·gW' (+ the matmuls below)
+            g_w = [gw * decay_c[ci] for gw in g_w]  # d/dW = A·gW' (+ the matmuls below)
             # δ_l = p_l ⊙ act'(z_l), p_l = δ_{l+1} W_{l+1}ᵀ: forward through the layers (δ_0 first)
             g_z_extra = [None] * depth
             for layer in range(depth - 1):
-                z, act_grad = grads[layer]
+                z, act_grad, sig = grads[layer]
                 m = g_delta[layer] * act_grad
                 g_delta[layer + 1] = g_delta[layer + 1].baddbmm(m, weights[layer + 1])
                 g_w[layer + 1].baddbmm_(m.transpose(1, 2), deltas[layer + 1])
-                g_z_extra[layer] = g_delta[layer] * ps[layer] * _act_grad2(activation, z[:, C:])
+                g_z_extra[layer] = g_delta[layer] * ps[layer] * _act_grad2_at(activation, z, sig, slice(C, None))
             g_err = torch.add(g_errors[:, ci], g_delta[-1], alpha=2.0)  # e = out − v, δ_{L−1} = 2e
             g_v.append(g_err)
             g_out = torch.cat([g_reads[:, ci], g_err], dim=1)  # (g, 2C, d)
