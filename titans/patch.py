@@ -84,7 +84,16 @@ class TitansQwen3Model(Qwen3Model):
         if past_key_values is not None:
             past_key_values.begin_forward(bool(output_memory_aux))
         if isinstance(attention_mask, Tensor) and attention_mask.dim() == 2 and attention_mask.shape[1] > 1:
-            if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+            # continuing a cache, the columns of the cached tokens were checked when those tokens came (and are
+            # written): check the new tokens' columns and the one before them, O(T) per call, not O(tokens so far)
+            # per decoded token (`generate` passes the whole mask every step)
+            new = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            if past > 0 and attention_mask.shape[1] == past + new:
+                attention_mask_new = attention_mask[:, -(new + 1) :]
+            else:
+                attention_mask_new = attention_mask
+            if bool((attention_mask_new[:, 1:] > attention_mask_new[:, :-1]).any()):
                 raise ValueError(
                     "attention_mask has left padding or holes; a Titans model writes every token into its memory, "
                     "so batch sequences of equal length or pad on the right (tokenizer.padding_side='right')."

@@ -9,6 +9,7 @@ from titans_tiny import VOCAB, patched, tiny_config
 from transformers import Qwen3ForCausalLM
 
 import titans
+from titans.compat import cache_kwargs
 from titans.config import TitansConfig
 from titans.memory import MemoryConfig
 from titans.patch import from_pretrained, load_memory, patch_qwen3, save_memory, titans_layers
@@ -159,6 +160,25 @@ def test_left_padding_rejected(base, ids):
     mask[0, :3] = 0
     with pytest.raises(ValueError, match="left padding"):
         model(ids, attention_mask=mask)
+
+
+def test_mask_check_when_continuing_a_cache_looks_at_the_new_columns(base, ids):
+    """With a cache, only the new tokens' mask columns (and the one before) are checked: a hole there is refused,
+    right padding (1 -> 0) passes; the columns of cached tokens were checked when they came (generate passes the
+    whole mask every step: checking it all would cost O(tokens so far) per decoded token)."""
+    model = patched(base)
+    with torch.no_grad():
+        first = model(ids[:, :10], attention_mask=torch.ones(2, 10, dtype=torch.long), use_cache=True)
+        cache = first.past_key_values
+        hole = torch.ones(2, 12, dtype=torch.long)
+        hole[1, 10] = 0  # the first new token masked, the second not: a hole
+        with pytest.raises(ValueError, match="left padding or holes"):
+            model(ids[:, 10:12], attention_mask=hole, **cache_kwargs(cache), use_cache=True)
+        right = torch.ones(2, 12, dtype=torch.long)
+        right[1, 11] = 0  # right padding of sample 1
+        right[0, 3] = 0  # a column of a cached (already written) token: not looked at again
+        out = model(ids[:, 10:12], attention_mask=right, **cache_kwargs(cache), use_cache=True)
+    assert out.logits.shape[:2] == (2, 2)
 
 
 # ------------------------------------------------------------------------------------- memory beyond the window
