@@ -248,10 +248,15 @@ class ChunkScan(torch.autograd.Function):
                 g_carry_m.append(_dots(g_w, moms))
                 g_carry_s.append(_dots(g_m, moms))
                 cm, cs = cm_all[ci], cs_all[ci]
-                g_m = [torch.addcmul(gm * cs, gw, cm) for gw, gm in zip(g_w, g_m)]  # d/dS = c_S·gW' + E·gS'
+                # in place (g_w, g_m are this walk's own tensors): no state-sized allocation per chunk and layer, which
+                # at Qwen3-0.6B's shapes (1 MB a tensor) costs fresh pages every time
+                for gw, gm in zip(g_w, g_m):
+                    gm.mul_(cs).addcmul_(gw, cm)  # d/dS = c_S·gW' + E·gS'
             else:
-                g_m = [torch.zeros_like(m) for m in moms]  # S does not carry without momentum
-            g_w = [gw * decay_c[ci] for gw in g_w]  # d/dW = A·gW' (+ the matmuls below)
+                for gm in g_m:
+                    gm.zero_()  # S does not carry without momentum
+            for gw in g_w:
+                gw.mul_(decay_c[ci])  # d/dW = A·gW' (+ the matmuls below)
             # δ_l = p_l ⊙ act'(z_l), p_l = δ_{l+1} W_{l+1}ᵀ: forward through the layers (δ_0 first)
             g_z_extra = [None] * depth
             for layer in range(depth - 1):
