@@ -136,6 +136,7 @@ class ChunkScan(torch.autograd.Function):
         per_chunk = [t.unbind(1) if t is not None else [None] * nk
                      for t in (x, v, coef, weight, limit, *carries, key_sq)]
         reads, scales, surprise_sq, saved = [], [], [], []
+        sums_buf = [w.new_empty(g, w.shape[1], 2 * w.shape[2]) for w in weights] if momentum else None
         keep = any(ctx.needs_input_grad)  # without a backward, free each chunk's intermediates as the loop goes
         for ci, (x_c, v_c, coef_c, weight_c, limit_c, decay_c, cm_c, cs_c, ksq_c) in enumerate(zip(*per_chunk)):
             w_c, m_c = weights, moms
@@ -168,11 +169,14 @@ class ChunkScan(torch.autograd.Function):
             for layer in range(depth):
                 o = weights[layer].shape[-1]
                 rhs = (deltas[layer].unsqueeze(-2) * coef_c).flatten(-2)  # (g, C, 2o): −û δ | −ŝ δ
-                sums = torch.bmm(hk[layer].transpose(1, 2), rhs)  # (g, i, 2o)
+                # with momentum both halves of the sums are read once below, so one buffer per layer serves every
+                # chunk (no state-sized allocation per chunk); without, the momentum is a view of them and keeps them
+                buf = sums_buf[layer] if momentum else None
+                sums = torch.bmm(hk[layer].transpose(1, 2), rhs, out=buf)  # (g, i, 2o)
                 w_next = torch.addcmul(sums[..., :o], decay_c, weights[layer])  # A·M_0 − Σ û ∇ℓ
                 m_next = sums[..., o:]
                 if momentum:
-                    w_next = torch.addcmul(w_next, cm_c, moms[layer])  # + c_S·S_0
+                    w_next.addcmul_(cm_c, moms[layer])  # + c_S·S_0
                     m_next = torch.addcmul(m_next, cs_c, moms[layer])  # E·S_0 − Σ ŝ ∇ℓ
                 new_w.append(w_next)
                 new_m.append(m_next)
