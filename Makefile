@@ -43,7 +43,7 @@ bench: $(STAMP)  # the tables of docs/performance.md (deep memory speed, decodin
 	$(PY) benchmarks/perf/train_overhead.py --seq-lens 2048 --batch 1 --rows swa mag mag_autograd mag_linear \
 		--repeats 5 --out results/perf/train_overhead_deep.json
 	$(PY) benchmarks/perf/train_overhead.py --model qwen3_0.6b_shape --seq-lens 512 --batch 1 \
-		--rows swa mag mag_autograd --repeats 2 --out results/perf/train_overhead_0.6b_shape.json
+		--rows swa mag mag_autograd --repeats 3 --out results/perf/train_overhead_0.6b_shape.json
 	$(PY) benchmarks/perf/profile_step.py --row swa --out results/perf/profile_swa.json
 	$(PY) benchmarks/perf/profile_step.py --row mag --out results/perf/profile_mag.json
 	$(PY) benchmarks/perf/profile_step.py --row mag_autograd --out results/perf/profile_mag_autograd.json
