@@ -34,6 +34,7 @@ from titans.config import TitansConfig
 from titans.io import atomic_path
 from titans.memory import query_error_cosine
 from titans.variants import LAYER_CLASSES, TitansDecoderLayer
+from titans.variants.common import BASE_PREFIXES
 
 __all__ = [
     "LAYER_CLASSES",
@@ -237,7 +238,8 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
         with torch.device(ref.device):
             new = LAYER_CLASSES[layer_cfg.variant](base.config, i, layer_cfg)
         missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-        new_names = {n for n, _ in new.titans_named_parameters()}
+        new_names = {n for n, _ in new.titans_named_parameters()}  # parameters and buffers the layer adds
+        new_names |= {n for n, _ in _added_buffers(new)}
         if unexpected or set(missing) - new_names:
             raise TypeError(
                 f"layer {i} ({type(old).__name__}) does not match Qwen3DecoderLayer: unexpected {unexpected}, "
@@ -390,11 +392,16 @@ def collect_diagnostics(source: Any) -> dict[str, float]:
 
 
 def _titans_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """What the patch adds: its parameters and buffers (e.g. `qk_center`'s running means)."""
     return {
         f"model.layers.{i}.{name}": p
         for i, layer in titans_layers(model).items()
-        for name, p in layer.titans_named_parameters()
+        for name, p in [*layer.titans_named_parameters(), *_added_buffers(layer)]
     }
+
+
+def _added_buffers(layer: nn.Module) -> list[tuple[str, Tensor]]:
+    return [(n, b) for n, b in layer.named_buffers() if not n.startswith(BASE_PREFIXES)]
 
 
 def _fingerprint(config) -> dict[str, Any]:
@@ -433,7 +440,7 @@ def _load_titans_tensors(model: nn.Module, tensors: dict[str, Tensor], source: s
     own = _titans_state_dict(model)
     missing = sorted(set(own) - set(tensors))
     if missing:
-        raise ValueError(f"{source} lacks memory parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise ValueError(f"{source} lacks memory tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     with torch.no_grad():
         for k, p in own.items():
             t = tensors[k]

@@ -20,6 +20,10 @@ CASES = [
     pytest.param(dict(chunk_size=2, depth=2, conv_kernel=0, input_norm=False, output_gate=False), 8, id="plain"),
     pytest.param(dict(chunk_size=3, depth=1, fixed_lr=0.2, fixed_momentum_decay=0.5, fixed_forget=0.1), 9,
                  id="fixed-gates"),
+    pytest.param(dict(chunk_size=4, depth=1, qk_activation="none"), 10, id="linear-qk"),
+    pytest.param(dict(chunk_size=3, depth=2, qk_activation="none"), 8, id="deep-linear-qk"),
+    pytest.param(dict(chunk_size=4, depth=1, qk_center=True), 10, id="linear-centered-qk"),
+    pytest.param(dict(chunk_size=3, depth=2, qk_center=True, qk_activation="none"), 8, id="deep-centered-linear-qk"),
 ]
 
 
@@ -32,6 +36,9 @@ def perturbed(**kw) -> NeuralMemory:
     with torch.no_grad():
         for p in mem.parameters():
             p.add_(0.1 * torch.randn_like(p))
+        if mem.config.qk_center:  # means that are not zero, so a missing or wrong subtraction fails
+            mem.qk_mean.normal_(std=0.3)
+            mem.eval()
         mem.to_gates.weight.normal_(std=0.5)
     return mem
 
@@ -70,3 +77,38 @@ def test_gate_values_at_init():
     lr, eta, alpha = reference_gates(mem, xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + 1e-6))
     assert float(alpha.mean()) == pytest.approx(sigmoid(-6), rel=0.05) and float(eta.mean()) == pytest.approx(
         0.8808, rel=0.01)
+
+
+def test_linear_qk_keeps_signed_keys_and_silu_values():
+    """qk_activation="none": queries and keys are the conv's output (signed), values still pass SiLU."""
+    mem = perturbed(chunk_size=4, depth=1, qk_activation="none")
+    _, _, aux = mem(torch.randn(1, 8, 16, dtype=torch.float64), return_aux=True)
+    assert (aux["keys"] < 0).any() and (aux["queries"] < 0).any()
+    assert (aux["values"] >= -0.2785).all()  # SiLU's minimum is -0.278
+
+
+def test_qk_activation_is_validated():
+    with pytest.raises(ValueError, match=r"qk_activation='relu'.*'silu', 'none'"):
+        MemoryConfig(dim=8, qk_activation="relu")
+
+
+def test_centering_means_follow_training_calls_and_stay_fixed_in_eval():
+    """qk_center: training calls move the running means to the data's mean query/key (so the centred keys of a
+    stream no longer share one direction); eval calls leave them, so split calls equal one call."""
+    torch.manual_seed(0)
+    mem = NeuralMemory(MemoryConfig(dim=16, heads=2, depth=1, chunk_size=4, conv_kernel=3, qk_center=True))
+    x = torch.randn(4, 32, 16) + 2.0  # inputs with a mean: keys share a direction
+    for _ in range(3):
+        mem(x)
+    assert int(mem.qk_mean_calls) == 3 and mem.qk_mean.abs().sum() > 0
+    _, _, aux = mem(x, return_aux=True)
+    k = aux["keys"]  # centred, then normed
+    cos = torch.einsum("bhtd,bhsd->bhts", k, k).mean()
+    assert abs(float(cos)) < 0.2
+    mem.eval()
+    before = mem.qk_mean.clone()
+    y, _ = mem(x)
+    y1, st = mem(x[:, :13])
+    y2, _ = mem(x[:, 13:], st)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y)
+    assert torch.equal(mem.qk_mean, before)

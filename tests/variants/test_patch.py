@@ -55,6 +55,24 @@ def test_save_pretrained_round_trip(base, ids, tmp_path, variant):
     torch.testing.assert_close(loaded(ids).logits, ref, atol=0, rtol=0)
 
 
+def test_centered_memory_keeps_its_running_means_through_save_and_load(base, ids, tmp_path):
+    """qk_center's running means are buffers: patching accepts them, save_pretrained stores them, and the
+    reloaded model reads with them (a model that lost them would answer differently)."""
+    model = patched(base, "mag", memory=MemoryConfig(dim=64, heads=2, chunk_size=4, depth=1, qk_center=True))
+    model.train()
+    model(ids)  # a training call moves the means off zero
+    model.eval()
+    means = [layer.memory.qk_mean.clone() for layer in titans_layers(model).values()]
+    assert means and all(m.abs().sum() > 0 for m in means)
+    with torch.no_grad():
+        ref = model(ids).logits
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(tmp_path).eval()
+    for layer, m in zip(titans_layers(loaded).values(), means, strict=True):
+        torch.testing.assert_close(layer.memory.qk_mean, m, atol=0, rtol=0)
+    torch.testing.assert_close(loaded(ids).logits, ref, atol=0, rtol=0)
+
+
 def test_patched_checkpoint_loads_into_plain_qwen3(base, tmp_path):
     model = patched(base, "mag")
     model.save_pretrained(tmp_path)

@@ -68,6 +68,9 @@ class NeuralMemory(nn.Module):
         self.out_norm = nn.Parameter(torch.ones(c.heads, c.head_dim)) if c.output_norm else None
         self.to_out_gate = nn.Linear(c.dim, inner) if c.output_gate else None
         self.to_out = nn.Linear(inner, c.dim, bias=False)
+        if c.qk_center:  # running means of queries and keys (rows q | k), and how many training calls made them
+            self.register_buffer("qk_mean", torch.zeros(2, c.heads, c.head_dim))
+            self.register_buffer("qk_mean_calls", torch.zeros((), dtype=torch.long))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -344,7 +347,11 @@ class NeuralMemory(nn.Module):
             qkv = self._causal_conv(qkv, n_ctx)  # (b, n, 3*inner)
         else:
             qkv = qkv[:, n_ctx:]
-        qkv = F.silu(qkv)  # (b, n, 3*inner); token 0 starts a chunk
+        if c.qk_activation == "silu":
+            qkv = F.silu(qkv)  # (b, n, 3*inner); token 0 starts a chunk
+        else:  # linear queries and keys, SiLU values
+            qk_lin, v_lin = qkv.split([2 * c.inner_dim, c.inner_dim], dim=-1)
+            qkv = torch.cat([qk_lin, F.silu(v_lin)], dim=-1)
         lr, log_eta, log_keep, eta, alpha = self._gates(xs[:, n_ctx:], with_values=return_aux)  # (b, h, n)
         if skip is not None:
             lr = torch.where(skip[:, None, n_ctx:], 0.0, lr)  # θ = 0: a skipped token writes nothing
@@ -355,6 +362,8 @@ class NeuralMemory(nn.Module):
             qkv = rearrange(qkv, "b n (s h d) -> s b h n d", s=3, h=c.heads).to(dtype).contiguous()
             # split, not qkv[:2] / qkv[2]: an indexing op's backward zero-fills a gradient of the whole tensor
             qk, v = qkv.split([2, 1])
+            if c.qk_center:
+                qk = self._center(qk)
             if c.qk_l2_norm:  # = F.normalize(eps=1e-12), as one multiply (its backward has no divisions)
                 qk = qk * torch.rsqrt(qk.pow(2).sum(-1, keepdim=True).clamp_min(1e-24))
             q, k = qk.unbind(0)  # (b, h, n, d) each
@@ -396,6 +405,18 @@ class NeuralMemory(nn.Module):
             "errors": errors[:, :, new],
         }
         return y, new_w, new_m, new_buffer, new_context, aux
+
+    def _center(self, qk: Tensor) -> Tensor:
+        """`qk` `[2, B, H, n, d]` minus the running means (`qk_center`). In training mode the means first move
+        toward this call's (their average over the first 100 calls, then an EMA with weight 0.01; no gradient);
+        in eval mode they are fixed, so a stream gives the same result in any split."""
+        if self.training and not torch.compiler.is_compiling():
+            with torch.no_grad():
+                calls = int(self.qk_mean_calls)
+                batch_mean = qk.detach().mean(dim=(1, 3)).to(self.qk_mean.dtype)  # (2, h, d)
+                self.qk_mean.lerp_(batch_mean, max(1.0 / (calls + 1), 0.01))
+                self.qk_mean_calls.add_(1)
+        return qk - self.qk_mean[:, None, :, None, :].to(qk.dtype)
 
     def _causal_conv(self, qkv: Tensor, n_ctx: int) -> Tensor:
         """The causal depthwise conv of `qkv` `[B, ctx+n, C]` (its first `n_ctx` tokens are carried context)
