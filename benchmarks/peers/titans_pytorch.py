@@ -109,6 +109,10 @@ def peer_kwargs(config: MemoryConfig) -> tuple[dict, list[str]]:
         mismatches.append(f"conv_kernel={c.conv_kernel}: no causal conv in the peer (its keys see one token)")
     if c.qk_init != "random":
         mismatches.append(f"qk_init={c.qk_init!r}: the peer's q/k projections start random")
+    if c.qk_activation != "silu":
+        mismatches.append(f"qk_activation={c.qk_activation!r}: the peer's queries and keys pass SiLU")
+    if c.qk_center:
+        mismatches.append("qk_center=True: the peer does not centre queries and keys")
     if c.chunk_step_cap:
         mismatches.append(f"chunk_step_cap={c.chunk_step_cap}: the peer does not cap a chunk's summed step")
     if c.forgetting and c.fixed_forget is None:
