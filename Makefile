@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 # test-time learning in a bare memory (seconds), then the CPU proof for MAG: train a tiny Qwen3 with a
-# 64-token window (~10 min on one core), evaluate pass key / hash hop at 1K-4K, print the table, write
-# the heatmap and curves under outputs/demo (results/cpu_proof holds the committed run of all variants)
+# 64-token window (~12 min on one core), evaluate pass key / hash hop at
+# 1K-4K, print the table, write the heatmap and curves under outputs/demo (`make proof`: every variant, every cell)
 demo: $(STAMP)
 	$(PY) -m experiments.memory_demo
 	$(PY) -m experiments.cpu_proof --variants mag --out outputs/demo --train-dir outputs/demo/train

@@ -29,7 +29,9 @@ Per memory layer `i`, `records[*].layers["<i>"]` of <output_dir>/diagnose.json h
                         haystack spans the read matches better than the needle's (1 = the needle wins).
   key_cos_distractor    cos(key written at the queried pair's first answer token, the same key of each distractor
                         pair): max and mean (`_mean`) over pairs: how distinguishable the addresses are;
-                        key_cos_haystack: mean against the haystack probes.
+                        key_cos_haystack: mean against the haystack probes; key_cos_haystack_centred: the same
+                        after removing the probes' mean key (high raw, ~0 centred: the keys share one direction,
+                        so every write also moves the needle's read).
   key_collisions        how many haystack tokens after the needle write to (nearly) its address: key cosine with the
                         needle's first answer token >= KEY_COLLISION (0.9, mean over heads); key_cos_after_max: the
                         closest one. Each such write pulls M(k_needle) toward another value.
@@ -69,8 +71,8 @@ KEY_COLLISION = 0.9  # cosine from which a later key counts as writing to the ne
 
 SCALARS = ("log10_survival", "lr_needle", "lr_haystack", "forget_needle", "forget_haystack", "read_cos",
            "read_cos_distractor", "read_cos_haystack", "read_rank", "key_cos_distractor", "key_cos_distractor_mean",
-           "key_cos_haystack", "key_collisions", "key_cos_after_max", "query_key_cos", "query_key_cos_distractor",
-           "weight_norm_end")
+           "key_cos_haystack", "key_cos_haystack_centred", "key_collisions", "key_cos_after_max", "query_key_cos",
+           "query_key_cos_distractor", "weight_norm_end")
 
 
 @dataclass
@@ -223,6 +225,10 @@ def _layer_report(st: _LayerStats, index: dict[int, int], spans: Spans, probes: 
     }
     kd = [float(_cos(key(a0), key(d0)).mean()) for d0, _ in spans.distractors]
     kh = [float(_cos(key(a0), key(h)).mean()) for h in probes]
+    if probes:  # the same with the haystack's mean key removed: how much of the likeness is one shared direction
+        mean_key = torch.stack([key(h) for h in probes]).mean(0)  # (H, d)
+        khc = [float(_cos(key(a0) - mean_key, key(h) - mean_key).mean()) for h in probes]
+        out["key_cos_haystack_centred"] = sum(khc) / len(khc)
     out.update(key_collisions=st.collisions, key_cos_after_max=st.key_cos_after_max,
                key_cos_distractor=max(kd) if kd else None, key_cos_distractor_mean=sum(kd) / len(kd) if kd else None,
                key_cos_haystack=sum(kh) / len(kh) if kh else None)
