@@ -597,13 +597,18 @@ def test_compiled_forward_equals_eager_with_autograd_and_varying_lengths(depth):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(depth=1), dict(conv_kernel=0, output_norm=False, output_gate=False),
-                                dict(input_norm=False, qk_l2_norm=False)],
-                         ids=["deep", "linear", "no-conv-norm-gate", "no-input-norm"])
+                                dict(input_norm=False, qk_l2_norm=False), dict(depth=1, qk_activation="none"),
+                                dict(qk_center=True)],
+                         ids=["deep", "linear", "no-conv-norm-gate", "no-input-norm", "linear-qk", "centered-qk"])
 def test_read_only_path_equals_general_path(kw, monkeypatch):
     """Calls that complete no chunk take `_forward_read_only` (queries of the new tokens only); token by token and
     in pieces of 2 and 3, across chunk boundaries and from the first token on, it equals `_forward` on the same calls
     (outputs, state, gradients)."""
     mem = make(**{"chunk_size": 4, "conv_kernel": 3, **kw}).double()
+    if mem.config.qk_center:  # fixed, non-zero means (eval mode: training calls would move them)
+        mem.eval()
+        with torch.no_grad():
+            mem.qk_mean.normal_(std=0.3)
     x = torch.randn(2, 11, 16, dtype=torch.float64, requires_grad=True)
     calls = []
     real = NeuralMemory._forward_read_only

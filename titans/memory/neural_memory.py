@@ -267,7 +267,7 @@ class NeuralMemory(nn.Module):
         but one per chunk). Not with aux (it reports the gates of the buffered tokens) or nonfinite='skip'."""
         c = self.config
         return (READ_ONLY_PATH and state.buffer.shape[1] + x.shape[1] < c.chunk_size and not return_aux
-                and c.nonfinite != "skip")
+                and c.nonfinite != "skip" and not (c.qk_center and self.training))  # training moves the means
 
     def _forward_read_only(
         self, x: Tensor, weights: dict[str, Tensor], conv_context: Tensor, buffer: Tensor
@@ -293,13 +293,16 @@ class NeuralMemory(nn.Module):
                 q = F.pad(q, (0, 0, pad, 0))
             taps = self.conv.weight[:inner, 0]  # (inner, K): tap j multiplies token t+j of the padded input
             q = (q.unfold(1, K, 1) * taps).sum(-1) + self.conv.bias[:inner]  # (b, t, inner)
-        q = F.silu(q)
+        if c.qk_activation == "silu":
+            q = F.silu(q)
         # the read in the state dtype, outside autocast (a context manager only when autocast is on: decoding
         # pays for every Python step)
         off = torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else _NO_CTX
         with off:
             q = q.view(B, T, H, -1).transpose(1, 2).reshape(B * H, T, -1)  # ((b h), t, d)
             q = q if q.dtype == dtype else q.to(dtype)
+            if c.qk_center:
+                q = q - self.qk_mean[0].to(dtype).repeat(B, 1)[:, None, :]  # (h, d) -> ((b h), 1, d)
             if c.qk_l2_norm:
                 q = q * torch.rsqrt(torch.linalg.vecdot(q, q).unsqueeze(-1).clamp_min(1e-24))
             w = [weights[nm].flatten(0, 1) for nm in self.memory_model.names]  # ((b h), i, o)
