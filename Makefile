@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo proof test test-slow lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiments.memory_demo
 	$(PY) -m experiments.cpu_proof --variants mag --out outputs/demo --train-dir outputs/demo/train
+
+# every variant of the CPU proof (mag mal mac swa titans_pytorch) trained as `make demo` trains MAG, then every cell
+# of results/cpu_proof/summary.json (5 tasks at 1K-4K, 40 samples; pass keys at 16K-32K, 20; MAG to 1M tokens).
+# Hours on one core: ~12-25 min of training per variant, ~40 min of evaluation (the 1M-token cell alone ~20 min).
+PROOF := $(PY) -m experiments.cpu_proof --out results/cpu_proof --train-dir outputs/proof
+proof: $(STAMP)
+	$(PROOF) --variants mag mal mac swa titans_pytorch --samples 40 \
+		--tasks passkey hashhop hashhop_pairs8 passkey_essay hashhop_essay
+	$(PROOF) --variants mag mal mac --samples 20 --no-heatmap --tasks passkey passkey_essay --lengths 16384 32768
+	$(PROOF) --variants mag --samples 20 --no-heatmap --tasks passkey --lengths 65536
+	$(PROOF) --variants mag --samples 10 --no-heatmap --tasks passkey --lengths 1048576
 
 test: $(STAMP)
 	$(PY) -m pytest -q
