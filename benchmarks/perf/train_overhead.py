@@ -69,7 +69,7 @@ ROWS = {
     "mag_mem1": ("mag.yaml", {"window": 64, "memory_layers": [1]}),
     # what the CPU proof trains (conf/experiment/cpu_proof_mag.yaml): memory in layer 0 only
     "mag_proof": ("mag.yaml", {"window": 64, "memory_layers": [0], "identity_init": False, "gate_bias_init": 0.0,
-                               "memory": {"heads": 1, "depth": 1, "chunk_size": 16, "momentum": False, "max_lr": 0.5,
+                               "memory": {"heads": 1, "depth": 1, "chunk_size": 4, "momentum": False, "max_lr": 0.5,
                                           "conv_kernel": 16, "qk_init": "induction", "forget_bias_init": -12.0}}),
 }
 # the default MAG with the deep memory's chunk loop differentiated op by op by autograd
