@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 # every variant of the CPU proof (mag mal mac swa titans_pytorch) trained as `make demo` trains MAG, then every cell
 # of results/cpu_proof/summary.json (5 tasks at 1K-4K, 40 samples; pass keys at 16K-32K, 20; MAG to 1M tokens).
-# Hours on one core: ~12-25 min of training per variant, ~40 min of evaluation (the 1M-token cell alone ~20 min).
+# Hours on one core: ~7-25 min of training per variant (the peer ~50), ~40 min of evaluation (the 1M-token cell ~10 min).
 PROOF := $(PY) -m experiments.cpu_proof --out results/cpu_proof --train-dir outputs/proof
 proof: $(STAMP)
 	$(PROOF) --variants mag mal mac swa titans_pytorch --samples 40 \
