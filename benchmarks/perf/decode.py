@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import streaming  # noqa: E402  (build, make_ids, parse_length, label of the streaming benchmark)
 
+from benchmarks.perf.machine import add_note_argument, load_average, machine_info  # noqa: E402
 from titans.compat import cache_kwargs, output_cache  # noqa: E402
 from titans.io import write_json  # noqa: E402
 
@@ -153,6 +153,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--segment-len", type=int, default=2048, help="tokens per forward call of the context")
     parser.add_argument("--window", type=int, default=64, help="MAG attention window")
     parser.add_argument("--full-max-length", default="64K", help="full attention only up to this context length")
+    add_note_argument(parser)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/perf/decode.json")
@@ -173,6 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None, in_process: bool = False) -> dict:
     args = parse_args(argv)
+    load_at_start = load_average()
     if args.worker:
         print(json.dumps(run_length(streaming.parse_length(args.worker), args)), flush=True)
         return {}
@@ -195,9 +197,7 @@ def main(argv: list[str] | None = None, in_process: bool = False) -> dict:
     results = {
         "benchmark": "decode",
         "command": "python benchmarks/perf/decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"torch_threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "platform": platform.platform(),
-                    "note": "shared machine: two one-thread trainings ran on the 2 cores during the run"},
+        "machine": machine_info(args.threads, args.note, load_at_start),
         "settings": {"model": "conf/model/qwen3_tiny.yaml (random init)", "window": args.window,
                      "segment_len": args.segment_len, "decode_tokens": args.decode_tokens, "rows": args.rows,
                      "full_max_length": args.full_max_length, "input": f"random byte ids, seed {args.seed}"},

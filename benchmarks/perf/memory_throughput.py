@@ -23,13 +23,12 @@ in the JSON says whether other jobs shared the CPU.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import torch
 
+from benchmarks.perf.machine import add_note_argument, load_average, machine_info
 from titans.io import write_json
 from titans.memory import MemoryConfig, NeuralMemory, chunk
 
@@ -134,17 +133,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--configs", nargs="+", default=[c["name"] for c in CONFIGS])
     parser.add_argument("--out", default="results/perf/memory_throughput.json")
-    parser.add_argument("--note", default="shared machine: other jobs ran on the CPU during the run",
-                        help="machine.note in the JSON (say whether the machine was shared)")
+    add_note_argument(parser)
     args = parser.parse_args(argv)
+    load_at_start = load_average()
     unknown = sorted(set(args.configs) - {c["name"] for c in CONFIGS})
     if unknown:
         raise ValueError(f"--configs {unknown}: allowed {[c['name'] for c in CONFIGS]}")
     peak = matmul_peak()
     results = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "platform": platform.platform(), "matmul_peak_gflops": peak,
-                    "note": args.note},
+        "machine": machine_info(torch.get_num_threads(), args.note, load_at_start, matmul_peak_gflops=peak),
         "runs": [run_config(c, args.repeats) for c in CONFIGS if c["name"] in args.configs],
     }
     from importlib.metadata import version

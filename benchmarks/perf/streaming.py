@@ -45,7 +45,6 @@ import functools
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -57,6 +56,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.perf.machine import add_note_argument, load_average, machine_info
 from titans.compat import cache_kwargs, output_cache
 from titans.io import write_json
 
@@ -322,6 +322,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=300.0, help="skip cells estimated to stream longer")
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="kill a cell after this × --budget-s")
     parser.add_argument("--min-time-s", type=float, default=3.0, help="repeat short streams up to this long")
+    add_note_argument(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/perf/streaming.json")
@@ -350,6 +351,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None, run_cell: Callable | None = None) -> dict:
     args = parse_args(argv)
+    load_at_start = load_average()
     if args.worker:
         model_name, length = args.worker[0], parse_length(args.worker[1])
         print(json.dumps(run_cell_here(model_name, length, args)), flush=True)
@@ -363,9 +365,7 @@ def main(argv: list[str] | None = None, run_cell: Callable | None = None) -> dic
     results = {
         "benchmark": "streaming",
         "command": "python benchmarks/perf/streaming.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"torch_threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "platform": platform.platform(),
-                    "note": "shared machine: another training process ran on the other core during the run"},
+        "machine": machine_info(args.threads, args.note, load_at_start),
         "settings": {"model": "conf/model/qwen3_tiny.yaml (random init)",
                      "models": {"mag": f"conf/memory/mag.yaml, window {args.window}, titans.streaming.stream",
                                 "mag_ftz": "mag with torch.set_flush_denormal(True)",

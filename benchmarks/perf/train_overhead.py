@@ -48,8 +48,6 @@ first batch of `--batch` (the headline, `settings.batch`) and `row@T/bN` for bat
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -57,6 +55,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.perf.machine import add_note_argument, load_average, machine_info
 from titans.io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,8 +235,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/perf/train_overhead.json")
-    parser.add_argument("--note", default="shared machine: other jobs ran on the other core during the run",
-                        help="machine.note in the JSON (say whether the machine was shared)")
+    add_note_argument(parser)
     args = parser.parse_args(argv)
     if args.model not in model_names():
         raise ValueError(f"--model {args.model!r}: allowed a conf/model file, one of {model_names()}")
@@ -261,6 +259,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    load_at_start = load_average()
     torch.set_num_threads(args.threads)
     # the *_compiled rows compile one graph per (config, batch, state layout) in this one process: more than
     # dynamo's default limit of 8 per function, past which it would silently run eager
@@ -298,9 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "benchmark": "train_overhead",
         "command": "python benchmarks/perf/train_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"torch_threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "platform": platform.platform(),
-                    "note": args.note},
+        "machine": machine_info(args.threads, args.note, load_at_start),
         "settings": {"model": f"conf/model/{args.model}.yaml", "rows": {k: list(v) for k, v in ROWS.items()
                                                                                  if k in args.rows},
                      "input": f"random byte ids in [0, 256), seed {args.seed}, loss on every token",

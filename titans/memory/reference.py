@@ -158,10 +158,9 @@ def reference_forward(memory: NeuralMemory, x: Tensor) -> tuple[Tensor, dict[str
                 if src >= 0:
                     conv[:, t] += taps[:, j] * proj[:, src]
         proj = conv
-    qkv = proj.reshape(B, T, 3, H, d).clone()
-    qk_slice = slice(0, 2) if c.qk_activation == "silu" else slice(2, 2)  # which of q, k get SiLU
-    qkv[:, :, qk_slice] = torch.nn.functional.silu(qkv[:, :, qk_slice])
-    qkv[:, :, 2] = torch.nn.functional.silu(qkv[:, :, 2])  # values: always SiLU
+    qkv = proj.reshape(B, T, 3, H, d)
+    act = torch.nn.functional.silu(qkv)
+    qkv = act if c.qk_activation == "silu" else torch.cat([qkv[:, :, :2], act[:, :, 2:]], dim=2)  # v: always SiLU
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, T, d)
     if c.qk_center:  # the running means as they are (the oracle never updates them)
         q = q - p(memory.qk_mean[0])[None, :, None, :]
