@@ -34,7 +34,6 @@ from titans.config import TitansConfig
 from titans.io import atomic_path
 from titans.memory import query_error_cosine
 from titans.variants import LAYER_CLASSES, TitansDecoderLayer
-from titans.variants.common import BASE_PREFIXES
 
 __all__ = [
     "LAYER_CLASSES",
@@ -238,8 +237,7 @@ def patch_qwen3(model: nn.Module | str | Path, variant: str, **options: Any) -> 
         with torch.device(ref.device):
             new = LAYER_CLASSES[layer_cfg.variant](base.config, i, layer_cfg)
         missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-        new_names = {n for n, _ in new.titans_named_parameters()}  # parameters and buffers the layer adds
-        new_names |= {n for n, _ in _added_buffers(new)}
+        new_names = {n for n, _ in [*new.titans_named_parameters(), *new.titans_named_buffers()]}
         if unexpected or set(missing) - new_names:
             raise TypeError(
                 f"layer {i} ({type(old).__name__}) does not match Qwen3DecoderLayer: unexpected {unexpected}, "
@@ -396,12 +394,8 @@ def _titans_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {
         f"model.layers.{i}.{name}": p
         for i, layer in titans_layers(model).items()
-        for name, p in [*layer.titans_named_parameters(), *_added_buffers(layer)]
+        for name, p in [*layer.titans_named_parameters(), *layer.titans_named_buffers()]
     }
-
-
-def _added_buffers(layer: nn.Module) -> list[tuple[str, Tensor]]:
-    return [(n, b) for n, b in layer.named_buffers() if not n.startswith(BASE_PREFIXES)]
 
 
 def _fingerprint(config) -> dict[str, Any]:

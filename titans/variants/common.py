@@ -174,6 +174,10 @@ class TitansDecoderLayer(Qwen3DecoderLayer):
         """The parameters this layer adds to the base layer (memory, gate, persistent tokens, ...)."""
         return [(n, p) for n, p in self.named_parameters() if not n.startswith(BASE_PREFIXES)]
 
+    def titans_named_buffers(self) -> list[tuple[str, Tensor]]:
+        """The buffers this layer adds (e.g. `qk_center` running means): saved and loaded with its parameters."""
+        return [(n, b) for n, b in self.named_buffers() if not n.startswith(BASE_PREFIXES)]
+
     def forward(
         self,
         hidden_states: Tensor,
