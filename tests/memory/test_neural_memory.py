@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from titans.memory import MemoryConfig, MemoryState, NeuralMemory
+from titans.memory import MemoryConfig, MemoryState, NeuralMemory, linear
 from titans.memory.reference import reference_memory
 
 
@@ -192,10 +192,25 @@ def test_whole_equals_pieces_at_every_split(chunk_size, depth):
         assert s2.offset == state.offset == 11
 
 
-@pytest.mark.parametrize("momentum", [True, False], ids=["momentum", "no-momentum"])
-def test_linear_fast_path_equals_general_chunk_loop(momentum, monkeypatch):
-    mem = make(depth=1, chunk_size=4, momentum=momentum).double()
+LINEAR_FORMS = [
+    pytest.param(dict(momentum=True), dict(lowrank_steps=lambda c, d: True), id="momentum-low-rank-chain"),
+    pytest.param(dict(momentum=True), dict(lowrank_steps=lambda c, d: False), id="momentum-dense-chain"),
+    pytest.param(dict(momentum=False), {}, id="block-form-one-block"),
+    pytest.param(dict(momentum=False), dict(BLOCK_TOKENS=8), id="block-form-blocks-of-2-chunks-padded"),
+    pytest.param(dict(momentum=False), dict(BLOCK_TOKENS=3), id="block-form-a-chunk-per-block"),
+    pytest.param(dict(momentum=False, fixed_forget=0.6), dict(BLOCK_TOKENS=8), id="block-form-strong-forgetting"),
+    pytest.param(dict(momentum=False, fixed_forget=1.0), dict(BLOCK_TOKENS=8), id="block-form-full-forgetting"),
+]
+
+
+@pytest.mark.parametrize("kw,patch", LINEAR_FORMS)
+def test_linear_fast_path_equals_general_chunk_loop(kw, patch, monkeypatch):
+    """Every form of the linear chain (block form without momentum, with any number of blocks; rank-c or d×d
+    chunk steps with momentum) equals the general chunk loop: outputs, state, aux and gradients."""
+    mem = make(depth=1, chunk_size=4, **kw).double()
     assert mem._linear_fast_path
+    for key, value in patch.items():
+        monkeypatch.setattr(linear, key, value)
     x = torch.randn(2, 14, 16, dtype=torch.float64, requires_grad=True)
     y_fast, s_fast, aux_fast = mem(x, return_aux=True)
     g_fast = torch.autograd.grad(y_fast.pow(2).sum(), [x, *mem.parameters()])
