@@ -33,6 +33,9 @@ Rows:
                 `titans.memory.chunk_fused`, whose hand-written backward every other deep row uses)
     *_compiled  mag and mag_proof with `memory.compile=true` (the memory's forward under torch.compile);
                 `warmup_s` of the first step at each (batch, T) includes compiling for its shapes
+    mag_scancompiled  mag with `memory.compile_scan=true`: the fused chunk op's forward and backward loops under
+                torch.compile in blocks of 8 chunks (`titans.memory.chunk_fused`; compiled in the warm-up step)
+    mag_allcompiled   mag_scancompiled with `memory.compile=true` too: the memory's forward around the scan compiled
 The memory's diagnostics (aux tensors: surprise, errors, query/error cosine) are off, as on the training steps
 that `DiagnosticsCallback` does not log (it asks on 2 of every `every_n_steps`); `--diagnostics` asks on every
 step (the last segment's forward, as the callback does).
@@ -80,6 +83,10 @@ ROWS["mag_proof_2l"] = (ROWS["mag_proof"][0], {k: v for k, v in ROWS["mag_proof"
 # the same rows with the memory's forward under torch.compile (memory.compile=true; compiled in the warm-up step)
 ROWS.update({f"{name}_compiled": (conf, {**over, "memory": {**over.get("memory", {}), "compile": True}})
              for name, (conf, over) in list(ROWS.items()) if name in ("mag", "mag_proof")})
+# the default MAG with the fused chunk op's loops compiled (memory.compile_scan=true, blocks of 8 chunks), and with the
+# memory's forward around the scan compiled too (memory.compile=true beside it: the scan is a graph break)
+ROWS["mag_scancompiled"] = ("mag.yaml", {"window": 64, "memory": {"compile_scan": True}})
+ROWS["mag_allcompiled"] = ("mag.yaml", {"window": 64, "memory": {"compile_scan": True, "compile": True}})
 BASELINES = ("swa", "full")
 OVERHEAD_TARGET = 1.5  # the target: MAG costs at most 1.5x the baseline's time
 # the default MAG (depth-2 memory in both layers): at most this many times the swa step, per model
@@ -89,7 +96,8 @@ MAG_TARGETS = {"qwen3_tiny": 2.5, "qwen3_0.6b_shape": 2.2}
 def target_for(row: str, model: str) -> float:
     """The step-time target of a row (× swa): the default MAG's per model (`MAG_TARGETS`), 1.5 for the others."""
     base = row.removesuffix("_compiled")
-    return MAG_TARGETS.get(model, OVERHEAD_TARGET) if base in ("mag", "mag_autograd") else OVERHEAD_TARGET
+    default_mag = ("mag", "mag_autograd", "mag_scancompiled", "mag_allcompiled")
+    return MAG_TARGETS.get(model, OVERHEAD_TARGET) if base in default_mag else OVERHEAD_TARGET
 
 
 def analytic_flops(model, seq_len: int) -> dict:

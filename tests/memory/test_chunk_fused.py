@@ -5,7 +5,7 @@ Its forward is held to the float64 oracle by tests/memory/test_neural_memory.py 
 import pytest
 import torch
 
-from titans.memory import MemoryConfig, NeuralMemory, chunk
+from titans.memory import MemoryConfig, NeuralMemory, chunk, chunk_fused
 from titans.memory.chunk_fused import ChunkScan
 
 
@@ -102,7 +102,7 @@ def test_chunk_scan_backward_matches_finite_differences(activation, momentum, ca
     if capped:
         weight = torch.rand(g, k, C, dtype=torch.float64, requires_grad=True)  # u + s·later
         limit = (0.05 + 0.05 * torch.rand(g, k, dtype=torch.float64)).requires_grad_()  # small: the cap binds
-    meta = (activation, 2, momentum, capped)
+    meta = (activation, 2, momentum, capped, False)
 
     def f(*args):
         reads, errors, scale, _, *new = ChunkScan.apply(meta, *args)
@@ -145,3 +145,88 @@ def test_backward_inside_autocast_stays_in_the_state_dtype():
         grads.append(mem.memory_model.w0.grad.clone())
     assert grads[1].dtype == torch.float32
     torch.testing.assert_close(grads[1], grads[0])
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+COMPILED_CASES = [
+    pytest.param(dict(), id="depth2-momentum-forgetting-cap"),
+    pytest.param(dict(momentum=False, activation="gelu", chunk_step_cap=0.0, depth=3), id="depth3-gelu-plain"),
+]
+
+
+def check_compiled_scan(kw: dict, monkeypatch) -> None:
+    """memory.compile_scan: the op's loops under torch.compile in blocks of chunks (2 here, so calls of 2 and 3 chunks
+    run a block of 2 and then one of 1 as well) give the eager op's reads, state, aux and every parameter's gradient,
+    across calls with a buffered token and an unfinished chunk (pieces 9 + 12 of chunk 4)."""
+    monkeypatch.setattr(chunk_fused, "COMPILE_BLOCK", 2)
+    eager, compiled = make(**kw), make(**kw, compile_scan=True)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 21, 16, dtype=torch.float64)
+    y0, s0, a0, g0 = run(eager, x, [9, 12], True, monkeypatch)
+    before = compiled_graphs()
+    y1, s1, a1, g1 = run(compiled, x, [9, 12], True, monkeypatch)
+    assert compiled_graphs() >= before + 4, "forward and backward of a block of 2 and of 1 chunk compile"
+    torch.testing.assert_close(y1, y0, atol=1e-10, rtol=1e-8)
+    for name in s0.weights:
+        torch.testing.assert_close(s1.weights[name], s0.weights[name], atol=1e-10, rtol=1e-8)
+        torch.testing.assert_close(s1.momentum[name], s0.momentum[name], atol=1e-10, rtol=1e-8)
+    for key in ("lr", "surprise", "errors", "retrieved"):
+        torch.testing.assert_close(a1[key], a0[key], atol=1e-10, rtol=1e-8, equal_nan=True)
+    assert set(g1) == set(g0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-9, rtol=1e-7, msg=name)
+    # a forward without backward stays eager: nothing compiles for it
+    before = compiled_graphs()
+    with torch.no_grad():
+        y2, _ = compiled(x)
+    assert compiled_graphs() == before
+    torch.testing.assert_close(y2, eager(x)[0].detach(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kw", COMPILED_CASES)
+def test_compiled_scan_traces_to_the_eager_op(kw, monkeypatch):
+    """The blocks as torch.compile traces them (one full graph each, in-place updates functionalised), run by the
+    aot_eager backend (no code generation: seconds); the inductor build is the slow test below."""
+    monkeypatch.setattr(chunk_fused, "COMPILE_BACKEND", "aot_eager")
+    check_compiled_scan(kw, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kw", COMPILED_CASES)
+def test_compiled_scan_equals_the_eager_op(kw, monkeypatch):
+    """The same with inductor's C++ kernels (what `compile_scan` runs; ~50 s a case with an empty inductor cache)."""
+    check_compiled_scan(kw, monkeypatch)
+
+
+@pytest.mark.slow
+def test_compiled_forward_around_the_compiled_scan_equals_eager(monkeypatch):
+    """memory.compile with memory.compile_scan: the forward compiles around the op (a graph break at it), the op runs
+    its compiled blocks; reads, state and gradients equal the eager op's."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    eager, compiled = make(), make(compile_scan=True, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 21, 16, dtype=torch.float64)
+    y0, s0, _, g0 = run(eager, x, [9, 12], True, monkeypatch)
+    y1, s1, _, g1 = run(compiled, x, [9, 12], True, monkeypatch)
+    torch.testing.assert_close(y1, y0, atol=1e-10, rtol=1e-8)
+    for name in s0.weights:
+        torch.testing.assert_close(s1.weights[name], s0.weights[name], atol=1e-10, rtol=1e-8)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-9, rtol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(compile_scan=1), "True or False"),
+    (dict(compile_scan=True, depth=1), "depth=1"),
+    (dict(compile_scan=True, surprise_clip=0.5), "surprise_clip=0.5"),
+    (dict(compile_scan=True, stop_grad_updates=True), "stop_grad_updates=True"),
+])
+def test_compile_scan_is_refused_where_there_is_no_fused_scan(kw, match):
+    with pytest.raises(ValueError, match=f"compile_scan.*{match}"):
+        MemoryConfig(dim=16, **kw)

@@ -129,7 +129,7 @@ def chunk_scan(
     B, H, n, _ = q.shape
     C = c.chunk_size
     if (FUSED and n >= C and c.surprise_clip == 0 and c.write_threshold == 0 and not c.stop_grad_updates
-            and not torch.compiler.is_compiling()):
+            and (not torch.compiler.is_compiling() or c.compile_scan)):
         return fused_chunk_scan(mlp, c, q, k, v, lr, log_eta, log_keep, weights, momentum, n_buf, with_aux)
     dtype = q.dtype
     names = mlp.names
@@ -285,8 +285,9 @@ def fused_chunk_scan(
     pad = nr * C - n
     qc = (F.pad(q, (0, 0, 0, pad)) if pad else q).view(g, nr, C, d)  # (g, nr, c, d)
     x = torch.cat([qc[:, :nf], k[:, : nf * C].view(g, nf, C, d)], dim=2)  # (g, nf, 2c, d): queries | keys
-    meta = (mlp.activation, mlp.depth, carry_m is not None, limit is not None)
-    reads, errors, scale, surprise_sq, *state = ChunkScan.apply(
+    meta = (mlp.activation, mlp.depth, carry_m is not None, limit is not None, c.compile_scan)
+    scan = _scan_outside_graph if torch.compiler.is_compiling() else ChunkScan.apply
+    reads, errors, scale, surprise_sq, *state = scan(
         meta, x, qc[:, nf] if nr > nf else None, v[:, : nf * C].view(g, nf, C, d),
         torch.stack([-u, -s_coef], dim=-1), weight, limit, decay, carry_m, carry_s, *w0, *m0)
     retrieved = rearrange(reads.view(g, nr * C, d)[:, n_buf:n], "(b h) t d -> b h t d", b=B)
@@ -302,6 +303,13 @@ def fused_chunk_scan(
     new_w = {nm: rearrange(w, "(b h) i o -> b h i o", b=B) for nm, w in zip(names, state[:depth])}
     new_m = {nm: rearrange(m, "(b h) i o -> b h i o", b=B) for nm, m in zip(names, state[depth:])}
     return retrieved, new_w, new_m, surprise, errors_out, lr_used
+
+
+@torch.compiler.disable
+def _scan_outside_graph(*args):
+    """`ChunkScan` called from a compiled forward (`compile` with `compile_scan`): a graph break, so the forward
+    around it compiles and the op's own loops run with their compiled blocks (traced, they would unroll into it)."""
+    return ChunkScan.apply(*args)
 
 
 def pad_nan(chunks: list[Tensor], like: Tensor) -> Tensor:
