@@ -165,6 +165,13 @@ def check_compiled_scan(kw: dict, monkeypatch) -> None:
     run a block of 2 and then one of 1 as well) give the eager op's reads, state, aux and every parameter's gradient,
     across calls with a buffered token and an unfinished chunk (pieces 9 + 12 of chunk 4)."""
     monkeypatch.setattr(chunk_fused, "COMPILE_BLOCK", 2)
+    # every (config, block length, backend) is one more graph of the same two functions: past dynamo's default limit
+    # of 8 it would run them eagerly (the graph count below would then fail)
+    with torch._dynamo.config.patch(recompile_limit=64):
+        _check_compiled_scan(kw, monkeypatch)
+
+
+def _check_compiled_scan(kw: dict, monkeypatch) -> None:
     eager, compiled = make(**kw), make(**kw, compile_scan=True)
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(2, 21, 16, dtype=torch.float64)
@@ -208,12 +215,12 @@ def test_compiled_scan_equals_the_eager_op(kw, monkeypatch):
 def test_compiled_forward_around_the_compiled_scan_equals_eager(monkeypatch):
     """memory.compile with memory.compile_scan: the forward compiles around the op (a graph break at it), the op runs
     its compiled blocks; reads, state and gradients equal the eager op's."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     eager, compiled = make(), make(compile_scan=True, compile=True)
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(2, 21, 16, dtype=torch.float64)
     y0, s0, _, g0 = run(eager, x, [9, 12], True, monkeypatch)
-    y1, s1, _, g1 = run(compiled, x, [9, 12], True, monkeypatch)
+    with torch._dynamo.config.patch(recompile_limit=64):
+        y1, s1, _, g1 = run(compiled, x, [9, 12], True, monkeypatch)
     torch.testing.assert_close(y1, y0, atol=1e-10, rtol=1e-8)
     for name in s0.weights:
         torch.testing.assert_close(s1.weights[name], s0.weights[name], atol=1e-10, rtol=1e-8)
