@@ -178,9 +178,13 @@ def test_default_config_stays_finite_on_repeated_tokens():
     assert not torch.isfinite(y_off).all(), "the guard is what keeps this finite"
 
 
-@pytest.mark.parametrize("chunk_size,depth", [(1, 2), (4, 2), (5, 2), (4, 1)], ids=["c1", "c4", "c5", "c4-linear"])
-def test_whole_equals_pieces_at_every_split(chunk_size, depth):
-    mem = make(chunk_size=chunk_size, depth=depth).double()
+@pytest.mark.parametrize("chunk_size,depth,kw", [(1, 2, {}), (4, 2, {}), (5, 2, {}), (4, 1, {}),
+                                                  (4, 1, dict(gate_keys=True)), (3, 2, dict(gate_keys=True))],
+                         ids=["c1", "c4", "c5", "c4-linear", "c4-linear-gates-see-keys", "c3-gates-see-keys"])
+def test_whole_equals_pieces_at_every_split(chunk_size, depth, kw):
+    mem = make(chunk_size=chunk_size, depth=depth, **kw).double()
+    if mem.to_gates_keys is not None:  # gates that depend on the key's context (zero at init)
+        torch.nn.init.normal_(mem.to_gates_keys.weight, std=0.5)
     x = torch.randn(2, 11, 16, dtype=torch.float64)
     y, state = mem(x)
     for a in range(1, 11):
@@ -613,8 +617,9 @@ def test_compiled_forward_equals_eager_with_autograd_and_varying_lengths(depth):
 
 @pytest.mark.parametrize("kw", [dict(), dict(depth=1), dict(conv_kernel=0, output_norm=False, output_gate=False),
                                 dict(input_norm=False, qk_l2_norm=False), dict(depth=1, qk_activation="none"),
-                                dict(qk_center=True)],
-                         ids=["deep", "linear", "no-conv-norm-gate", "no-input-norm", "linear-qk", "centered-qk"])
+                                dict(qk_center=True), dict(depth=1, gate_keys=True)],
+                         ids=["deep", "linear", "no-conv-norm-gate", "no-input-norm", "linear-qk", "centered-qk",
+                              "gates-see-keys"])
 def test_read_only_path_equals_general_path(kw, monkeypatch):
     """Calls that complete no chunk take `_forward_read_only` (queries of the new tokens only); token by token and
     in pieces of 2 and 3, across chunk boundaries and from the first token on, it equals `_forward` on the same calls
@@ -624,6 +629,8 @@ def test_read_only_path_equals_general_path(kw, monkeypatch):
         mem.eval()
         with torch.no_grad():
             mem.qk_mean.normal_(std=0.3)
+    if mem.to_gates_keys is not None:  # gates that depend on the key's context (zero at init)
+        torch.nn.init.normal_(mem.to_gates_keys.weight, std=0.5)
     x = torch.randn(2, 11, 16, dtype=torch.float64, requires_grad=True)
     calls = []
     real = NeuralMemory._forward_read_only

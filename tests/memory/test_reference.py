@@ -24,6 +24,8 @@ CASES = [
     pytest.param(dict(chunk_size=3, depth=2, qk_activation="none"), 8, id="deep-linear-qk"),
     pytest.param(dict(chunk_size=4, depth=1, qk_center=True), 10, id="linear-centered-qk"),
     pytest.param(dict(chunk_size=3, depth=2, qk_center=True, qk_activation="none"), 8, id="deep-centered-linear-qk"),
+    pytest.param(dict(chunk_size=4, depth=1, momentum=False, gate_keys=True), 10, id="linear-gates-see-keys"),
+    pytest.param(dict(chunk_size=3, depth=2, gate_keys=True, qk_center=True), 8, id="deep-gates-see-keys-centered"),
 ]
 
 

@@ -86,3 +86,32 @@ def test_switch_errors_name_the_field():
         MemoryConfig(dim=8, write_threshold=-1.0)
     with pytest.raises(ValueError, match="stop_grad_updates"):
         MemoryConfig(dim=8, stop_grad_updates="yes")
+    with pytest.raises(ValueError, match="gate_keys=True is invalid.*per_token_gates=False"):
+        MemoryConfig(dim=8, gate_keys=True, per_token_gates=False)
+    with pytest.raises(ValueError, match="gate_keys"):
+        MemoryConfig(dim=8, gate_keys="yes")
+
+
+def test_gates_that_see_keys_depend_on_the_context_and_start_as_the_papers():
+    """`gate_keys`: θ/η/α of token t move when an earlier token inside the key's conv window changes (the paper's
+    gates see token t alone); at init (zero W_gk) the gates equal the paper's, and W_gk gets gradient."""
+    x = torch.randn(1, 8, 16, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, 5] += 1.0  # token 5: inside the conv window (kernel 3) of tokens 6 and 7
+    plain = perturbed(depth=1, chunk_size=4).double()
+    gated = perturbed(depth=1, chunk_size=4, gate_keys=True).double()
+    missing = gated.load_state_dict(plain.state_dict(), strict=False).missing_keys  # the same memory but W_gk
+    assert missing == ["to_gates_keys.weight"]
+    with torch.no_grad():
+        gated.to_gates_keys.weight.zero_()
+    for name in ("lr", "forget"):
+        assert torch.equal(gated(x, return_aux=True)[2][name], plain(x, return_aux=True)[2][name])
+    with torch.no_grad():
+        gated.to_gates_keys.weight.normal_(std=0.5)
+    for mem, moves in ((plain, False), (gated, True)):
+        lr_a, lr_b = (mem(t, return_aux=True)[2]["lr"] for t in (x, x2))
+        torch.testing.assert_close(lr_a[..., :5], lr_b[..., :5])  # causal: earlier tokens unchanged
+        assert bool((lr_a[..., 6:] - lr_b[..., 6:]).abs().max() > 1e-6) == moves
+    y, _ = gated(x.requires_grad_())
+    (grad,) = torch.autograd.grad(y.pow(2).sum(), [gated.to_gates_keys.weight])
+    assert grad.abs().sum() > 0

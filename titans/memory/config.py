@@ -77,6 +77,12 @@ class MemoryConfig(DictRoundTrip):
 
     # data-dependent gates θ_t (lr), η_t (momentum_decay), α_t (forget)
     per_token_gates: bool = True  # False: one value per chunk, from the chunk's mean input
+    # the gates also see the key: logits = W_g x_t + b + W_gk k̃_t, with k̃_t the key after the causal conv and its
+    # activation (before centring and ℓ2 norm; W_gk zero at init). The key summarises the conv_kernel − 1 tokens
+    # before t, so what to write (θ), keep (η) and forget (α) can depend on context, not on token t alone — a
+    # memory in layer 0 of a byte model otherwise sees only the byte: a trained CPU-proof memory wrote haystack
+    # bytes with θ 0.076 against the needle's 0.12. False: the paper's form (gates from x_t).
+    gate_keys: bool = False
     max_lr: float = 0.1  # θ_t = max_lr * sigmoid(.); deep memories diverge for θ ≳ 0.1 (see the demo)
     lr_bias_init: float = 0.0  # θ ≈ max_lr / 2 at init
     momentum: bool = True  # False: S_t = -θ_t ∇ℓ (no past surprise)
@@ -151,6 +157,11 @@ class MemoryConfig(DictRoundTrip):
             _fail("qk_activation", self.qk_activation, f"one of {QK_ACTIVATIONS}")
         if not isinstance(self.qk_center, bool):
             _fail("qk_center", self.qk_center, "True or False")
+        if not isinstance(self.gate_keys, bool):
+            _fail("gate_keys", self.gate_keys, "True or False")
+        if self.gate_keys and not self.per_token_gates:
+            _fail("gate_keys", self.gate_keys, "False when per_token_gates=False",
+                  "Per-chunk gates come from the chunk's mean input; set per_token_gates=True to gate on keys.")
         if self.qk_init == "induction" and self.conv_kernel < 2:
             _fail("conv_kernel", self.conv_kernel, "an int >= 2 when qk_init='induction'",
                   "The shifted key needs at least one token of conv context.")

@@ -59,6 +59,7 @@ class NeuralMemory(nn.Module):
         self.conv = nn.Conv1d(3 * inner, 3 * inner, c.conv_kernel, groups=3 * inner) if c.conv_kernel else None
         # data-dependent θ_t (lr), η_t (momentum_decay), α_t (forget) per head
         self.to_gates = nn.Linear(c.dim, 3 * c.heads)
+        self.to_gates_keys = nn.Linear(c.inner_dim, 3 * c.heads, bias=False) if c.gate_keys else None
         self.memory_model = MemoryMLP(c.head_dim, c.hidden_dim, c.depth, c.activation)
         self._param_shapes = {name: tuple(p.shape) for name, p in self.memory_model.named_parameters()}
         # M_0 of head h = memory_model's (head-shared) weights + init_offsets[name][h]
@@ -83,6 +84,8 @@ class NeuralMemory(nn.Module):
         if c.zero_init_output:
             nn.init.zeros_(self.to_out.weight)
         nn.init.normal_(self.to_gates.weight, std=c.init_std)
+        if self.to_gates_keys is not None:  # the paper's gates at init
+            nn.init.zeros_(self.to_gates_keys.weight)
         if self.conv is not None and c.qk_init == "induction":
             self._induction_init()
         with torch.no_grad():
@@ -171,9 +174,11 @@ class NeuralMemory(nn.Module):
         """Whether S carries from token to token (η_t not identically 0)."""
         return self.config.momentum and self.config.fixed_momentum_decay != 0.0
 
-    def _gates(self, xt: Tensor, with_values: bool = True) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    def _gates(self, xt: Tensor, with_values: bool = True, keys: Tensor | None = None,
+               ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
         """Gates `[B, H, n]` for tokens `xt` (`[B, n, dim]`, token 0 starts a chunk): θ, log η, log(1 − α),
-        and with `with_values` η and α (else None; only aux reports them).
+        and with `with_values` η and α (else None; only aux reports them). `keys` `[B, n, inner]`: the conv'd
+        keys the gates also see (`gate_keys`).
 
         log η and log(1 − α) come from the logits (log-sigmoid), so saturated gates give no inf/NaN
         gradients. log η is None without momentum: no coefficient depends on it then.
@@ -188,7 +193,10 @@ class NeuralMemory(nn.Module):
             counts[-1] = c.chunk_size - pad
             xt = (sums / counts[:, None]).repeat_interleave(c.chunk_size, dim=1)[:, :n]
         # one copy to gate-major, so every gate below is a contiguous [B, H, n] that the scan reshapes for free
-        logits = rearrange(self.to_gates(xt), "b n (g h) -> g b h n", g=3).to(self.state_dtype).contiguous()
+        logits = self.to_gates(xt)
+        if self.to_gates_keys is not None:
+            logits = logits + self.to_gates_keys(keys.to(logits.dtype))
+        logits = rearrange(logits, "b n (g h) -> g b h n", g=3).to(self.state_dtype).contiguous()
         if c.fixed_lr is not None:
             lr = torch.full_like(logits[0], c.fixed_lr)
         else:
@@ -355,7 +363,8 @@ class NeuralMemory(nn.Module):
         else:  # linear queries and keys, SiLU values
             qk_lin, v_lin = qkv.split([2 * c.inner_dim, c.inner_dim], dim=-1)
             qkv = torch.cat([qk_lin, F.silu(v_lin)], dim=-1)
-        lr, log_eta, log_keep, eta, alpha = self._gates(xs[:, n_ctx:], with_values=return_aux)  # (b, h, n)
+        keys = qkv[..., c.inner_dim : 2 * c.inner_dim] if c.gate_keys else None  # conv'd, activated, not normed
+        lr, log_eta, log_keep, eta, alpha = self._gates(xs[:, n_ctx:], return_aux, keys)  # (b, h, n)
         if skip is not None:
             lr = torch.where(skip[:, None, n_ctx:], 0.0, lr)  # θ = 0: a skipped token writes nothing
 

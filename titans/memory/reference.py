@@ -81,11 +81,12 @@ def reference_memory(
     return torch.cat(reads, dim=0), w, s
 
 
-def reference_gates(memory: NeuralMemory, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def reference_gates(memory: NeuralMemory, xs: Tensor, keys: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """θ (lr), η (momentum_decay), α (forget) `[B, H, T]` in float64 from the memory's gate projection.
 
-    xs: `[B, T, dim]`, the memory's normed input (token 0 starts a chunk). Per token: logits = W_g xs_t + b,
-    one (θ, η, α) triple per head; θ = max_lr·σ(logit), η = σ(logit), α = σ(logit), or the config's constants.
+    xs: `[B, T, dim]`, the memory's normed input (token 0 starts a chunk). Per token: logits = W_g xs_t + b
+    (+ W_gk keys_t with `gate_keys`: keys `[B, T, inner]` after the conv and activation), one (θ, η, α)
+    triple per head; θ = max_lr·σ(logit), η = σ(logit), α = σ(logit), or the config's constants.
     With `per_token_gates=False` every token of a chunk uses the gates of the chunk's mean input.
     """
     c = memory.config
@@ -97,7 +98,10 @@ def reference_gates(memory: NeuralMemory, xs: Tensor) -> tuple[Tensor, Tensor, T
                  for s in range(0, T, c.chunk_size)]
         xs = torch.cat(means, dim=1)
     weight, bias = memory.to_gates.weight.detach().to(f64), memory.to_gates.bias.detach().to(f64)
-    logits = (xs @ weight.T + bias).reshape(B, T, 3, c.heads).permute(2, 0, 3, 1)  # (3, B, H, T)
+    logits = xs @ weight.T + bias
+    if c.gate_keys:
+        logits = logits + keys.to(f64) @ memory.to_gates_keys.weight.detach().to(f64).T
+    logits = logits.reshape(B, T, 3, c.heads).permute(2, 0, 3, 1)  # (3, B, H, T)
     lr = torch.full_like(logits[0], c.fixed_lr) if c.fixed_lr is not None else c.max_lr * torch.sigmoid(logits[0])
     if not c.momentum:
         eta = torch.zeros_like(logits[1])
@@ -162,13 +166,14 @@ def reference_forward(memory: NeuralMemory, x: Tensor) -> tuple[Tensor, dict[str
     act = torch.nn.functional.silu(qkv)
     qkv = act if c.qk_activation == "silu" else torch.cat([qkv[:, :, :2], act[:, :, 2:]], dim=2)  # v: always SiLU
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, T, d)
+    gate_keys = qkv[:, :, 1].reshape(B, T, inner)  # what gate_keys sees: conv'd and activated, before centring
     if c.qk_center:  # the running means as they are (the oracle never updates them)
         q = q - p(memory.qk_mean[0])[None, :, None, :]
         k = k - p(memory.qk_mean[1])[None, :, None, :]
     if c.qk_l2_norm:
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    lr, eta, alpha = reference_gates(memory, xs)
+    lr, eta, alpha = reference_gates(memory, xs, gate_keys)
     lr = torch.where(skip[:, None, :], 0.0, lr)  # a skipped token writes nothing
     model = memory.memory_model
     weights = {n: torch.zeros(B, H, *w.shape, dtype=f64) for n, w in model.named_parameters()}
