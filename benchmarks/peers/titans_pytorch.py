@@ -113,6 +113,8 @@ def peer_kwargs(config: MemoryConfig) -> tuple[dict, list[str]]:
         mismatches.append(f"qk_activation={c.qk_activation!r}: the peer's queries and keys pass SiLU")
     if c.qk_center:
         mismatches.append("qk_center=True: the peer does not centre queries and keys")
+    if c.gate_keys:
+        mismatches.append("gate_keys=True: the peer's gates see the token's input only")
     if c.chunk_step_cap:
         mismatches.append(f"chunk_step_cap={c.chunk_step_cap}: the peer does not cap a chunk's summed step")
     if c.forgetting and c.fixed_forget is None:

@@ -125,6 +125,9 @@ def test_matched_config_and_what_it_cannot_match():
     assert kwargs["mem_model_norm_add_residual"] is False and len(list(kwargs["model"].parameters())) == 1
     assert any(m.startswith("conv_kernel=4") for m in mismatches)
     assert any(m.startswith("qk_init='induction'") for m in mismatches)
+    assert not any(m.startswith("gate_keys") for m in mismatches)
+    gated = MemoryConfig(dim=32, **MEMORY, gate_keys=True)
+    assert any(m.startswith("gate_keys=True") for m in peer.peer_kwargs(gated)[1])
     with pytest.raises(ValueError, match="head_dim"):
         peer.peer_kwargs(MemoryConfig(dim=32, heads=1, head_dim=16))
 
