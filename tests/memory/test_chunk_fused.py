@@ -34,6 +34,20 @@ def run(mem: NeuralMemory, x: torch.Tensor, pieces: list[int], fused: bool, monk
     loss.backward()
     return y, state, aux, {n: p.grad.clone() for n, p in mem.named_parameters() if p.grad is not None}
 
+def assert_same_run(got, want, atol, rtol, grad_atol, grad_rtol):
+    """Outputs, state (weights and momentum), aux (θ used, surprise, errors, reads) and gradients of two runs."""
+    (y1, s1, a1, g1), (y0, s0, a0, g0) = got, want
+    torch.testing.assert_close(y1, y0, atol=atol, rtol=rtol)
+    for name in s0.weights:
+        torch.testing.assert_close(s1.weights[name], s0.weights[name], atol=atol, rtol=rtol)
+        torch.testing.assert_close(s1.momentum[name], s0.momentum[name], atol=atol, rtol=rtol)
+    for key in ("lr", "surprise", "errors", "retrieved"):
+        torch.testing.assert_close(a1[key], a0[key], atol=atol, rtol=rtol, equal_nan=True)
+    assert set(g1) == set(g0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=grad_atol, rtol=grad_rtol, msg=name)
+
+
 
 CASES = [
     pytest.param(dict(), id="default"),
@@ -55,15 +69,7 @@ def test_fused_scan_equals_autograd_through_the_chunk_loop(kw, monkeypatch):
     y1, s1, a1, g1 = run(mem, x, [5, 8], True, monkeypatch)
     if kw.get("fixed_lr"):
         assert (a1["lr"][~a1["lr"].isnan()] < 2.0).any(), "the cap must bind for this case to test its backward"
-    torch.testing.assert_close(y1, y0, atol=1e-12, rtol=1e-10)
-    for name in s0.weights:
-        torch.testing.assert_close(s1.weights[name], s0.weights[name], atol=1e-12, rtol=1e-10)
-        torch.testing.assert_close(s1.momentum[name], s0.momentum[name], atol=1e-12, rtol=1e-10)
-    for key in ("lr", "surprise", "errors", "retrieved"):
-        torch.testing.assert_close(a1[key], a0[key], atol=1e-12, rtol=1e-10, equal_nan=True)
-    assert set(g1) == set(g0)
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], atol=1e-10, rtol=1e-8, msg=name)
+    assert_same_run((y1, s1, a1, g1), (y0, s0, a0, g0), atol=1e-12, rtol=1e-10, grad_atol=1e-10, grad_rtol=1e-8)
 
 
 def test_fused_scan_is_the_default_and_skipped_for_the_switches_it_lacks(monkeypatch):
@@ -179,15 +185,7 @@ def _check_compiled_scan(kw: dict, monkeypatch) -> None:
     before = compiled_graphs()
     y1, s1, a1, g1 = run(compiled, x, [9, 12], True, monkeypatch)
     assert compiled_graphs() >= before + 4, "forward and backward of a block of 2 and of 1 chunk compile"
-    torch.testing.assert_close(y1, y0, atol=1e-10, rtol=1e-8)
-    for name in s0.weights:
-        torch.testing.assert_close(s1.weights[name], s0.weights[name], atol=1e-10, rtol=1e-8)
-        torch.testing.assert_close(s1.momentum[name], s0.momentum[name], atol=1e-10, rtol=1e-8)
-    for key in ("lr", "surprise", "errors", "retrieved"):
-        torch.testing.assert_close(a1[key], a0[key], atol=1e-10, rtol=1e-8, equal_nan=True)
-    assert set(g1) == set(g0)
-    for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], atol=1e-9, rtol=1e-7, msg=name)
+    assert_same_run((y1, s1, a1, g1), (y0, s0, a0, g0), atol=1e-10, rtol=1e-8, grad_atol=1e-9, grad_rtol=1e-7)
     # a forward without backward stays eager: nothing compiles for it
     before = compiled_graphs()
     with torch.no_grad():
