@@ -155,10 +155,9 @@ class MemoryConfig(DictRoundTrip):
             _fail("qk_init", self.qk_init, f"one of {QK_INITS}")
         if self.qk_activation not in QK_ACTIVATIONS:
             _fail("qk_activation", self.qk_activation, f"one of {QK_ACTIVATIONS}")
-        if not isinstance(self.qk_center, bool):
-            _fail("qk_center", self.qk_center, "True or False")
-        if not isinstance(self.gate_keys, bool):
-            _fail("gate_keys", self.gate_keys, "True or False")
+        for key in ("qk_center", "gate_keys", "stop_grad_updates", "compile", "compile_scan"):  # switches
+            if not isinstance(getattr(self, key), bool):
+                _fail(key, getattr(self, key), "True or False")
         if self.gate_keys and not self.per_token_gates:
             _fail("gate_keys", self.gate_keys, "False when per_token_gates=False",
                   "Per-chunk gates come from the chunk's mean input; set per_token_gates=True to gate on keys.")
@@ -178,14 +177,8 @@ class MemoryConfig(DictRoundTrip):
         if isinstance(self.write_threshold, bool) or not isinstance(self.write_threshold, int | float) \
                 or self.write_threshold < 0:
             _fail("write_threshold", self.write_threshold, "a float >= 0 (0 = every token writes)")
-        if not isinstance(self.stop_grad_updates, bool):
-            _fail("stop_grad_updates", self.stop_grad_updates, "True or False")
         if self.nonfinite not in NONFINITE:
             _fail("nonfinite", self.nonfinite, f"one of {NONFINITE}")
-        if not isinstance(self.compile, bool):
-            _fail("compile", self.compile, "True or False")
-        if not isinstance(self.compile_scan, bool):
-            _fail("compile_scan", self.compile_scan, "True or False")
         if self.compile_scan:
             if self.depth < 2:
                 _fail("compile_scan", True, "False when depth=1",
