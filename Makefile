@@ -57,6 +57,10 @@ bench: $(STAMP)  # the tables of docs/performance.md (deep memory speed, decodin
 		--rows swa mag mag_autograd --repeats 3 --out results/perf/train_overhead_0.6b_shape.json
 	$(PY) benchmarks/perf/train_overhead.py --seq-lens 2048 --batch 1 --rows swa mag mag_scancompiled \
 		mag_allcompiled --repeats 5 --out results/perf/train_overhead_scan_compiled.json
+	$(PY) benchmarks/perf/train_overhead.py --seq-lens 2048 --batch 1 --rows swa mag mag_plain_io --repeats 9 \
+		--out results/perf/train_overhead_fused_io.json
+	$(PY) benchmarks/perf/train_overhead.py --model qwen3_0.6b_shape --seq-lens 512 --batch 1 \
+		--rows swa mag mag_plain_io --repeats 3 --out results/perf/train_overhead_0.6b_shape_fused_io.json
 	$(PY) benchmarks/perf/memory_compiled.py --repeats 5 --calls 5
 	$(PY) benchmarks/perf/profile_step.py --row swa --out results/perf/profile_swa.json
 	$(PY) benchmarks/perf/profile_step.py --row mag --out results/perf/profile_mag.json

@@ -32,6 +32,8 @@ Rows:
     mag_proof_2l  mag_proof with its memory in both layers (the CPU proof before it moved to one memory layer)
     mag_autograd  mag with the deep memory's chunk loop differentiated by autograd op by op (the path before
                 `titans.memory.chunk_fused`, whose hand-written backward every other deep row uses)
+    mag_plain_io  mag with the memory's input and output sides in plain ops differentiated by autograd (the path
+                before `titans.memory.fused_io`, which every other row whose switches allow it uses)
     *_compiled  mag and mag_proof with `memory.compile=true` (the memory's forward under torch.compile);
                 `warmup_s` of the first step at each (batch, T) includes compiling for its shapes
     mag_scancompiled  mag with `memory.compile_scan=true`: the fused chunk op's forward and backward loops under
@@ -80,6 +82,11 @@ ROWS = {
 # (`titans.memory.chunk.FUSED = False`) instead of `titans.memory.chunk_fused.ChunkScan`'s hand-written backward
 ROWS["mag_autograd"] = ROWS["mag"]
 AUTOGRAD_ROWS = {"mag_autograd"}
+# the default MAG with the memory's input side (norm, q/k/v, conv, SiLU, ℓ2 norms) and output side (norm, gate,
+# projection) in plain ops that autograd differentiates (`titans.memory.neural_memory.FUSED_IO = False`) instead of
+# `titans.memory.fused_io`'s two ops
+ROWS["mag_plain_io"] = ROWS["mag"]
+PLAIN_IO_ROWS = {"mag_plain_io"}
 # the same memory in both layers (what the CPU proof trained before it moved to one memory layer)
 ROWS["mag_proof_2l"] = (ROWS["mag_proof"][0], {k: v for k, v in ROWS["mag_proof"][1].items() if k != "memory_layers"})
 # the same rows with the memory's forward under torch.compile (memory.compile=true; compiled in the warm-up step)
@@ -98,7 +105,7 @@ MAG_TARGETS = {"qwen3_tiny": 2.5, "qwen3_0.6b_shape": 2.2}
 def target_for(row: str, model: str) -> float:
     """The step-time target of a row (× swa): the default MAG's per model (`MAG_TARGETS`), 1.5 for the others."""
     base = row.removesuffix("_compiled")
-    default_mag = ("mag", "mag_autograd", "mag_scancompiled", "mag_allcompiled")
+    default_mag = ("mag", "mag_autograd", "mag_plain_io", "mag_scancompiled", "mag_allcompiled")
     return MAG_TARGETS.get(model, OVERHEAD_TARGET) if base in default_mag else OVERHEAD_TARGET
 
 
@@ -162,7 +169,7 @@ class Stepper:
     """One row's model, `TitansLitModule` (outside a Trainer) and AdamW; `step(ids)` is one training step."""
 
     def __init__(self, model, segment_len: int, bptt_window: int, grad_clip: float = 1.0, lr: float = 1e-3,
-                 diagnostics: bool = False, fused: bool = True):
+                 diagnostics: bool = False, fused: bool = True, fused_io: bool = True):
         from titans.training.module import BPTTConfig, TitansLitModule
 
         self.module = TitansLitModule(model, BPTTConfig(segment_len=segment_len, bptt_window=bptt_window,
@@ -173,17 +180,19 @@ class Stepper:
         self.grad_clip = grad_clip
         self.diagnostics = diagnostics  # as DiagnosticsCallback asks on the steps that log
         self.fused = fused  # titans.memory.chunk.FUSED during this row's steps
+        self.fused_io = fused_io  # titans.memory.neural_memory.FUSED_IO during them
 
     def step(self, input_ids: torch.Tensor) -> tuple[float, float]:
         """(seconds, loss) of zero_grad + segments with backward + clip + optimizer step."""
-        from titans.memory import chunk
+        from titans.memory import chunk, neural_memory
         from titans.training.bptt import shift_targets
 
-        chunk.FUSED, fused_before = self.fused, chunk.FUSED
+        before = chunk.FUSED, neural_memory.FUSED_IO
+        chunk.FUSED, neural_memory.FUSED_IO = self.fused, self.fused_io
         try:
             return self._step(input_ids, shift_targets)
         finally:
-            chunk.FUSED = fused_before
+            chunk.FUSED, neural_memory.FUSED_IO = before
 
     def _step(self, input_ids: torch.Tensor, shift_targets) -> tuple[float, float]:
         start = time.perf_counter()
@@ -275,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
     # dynamo's default limit of 8 per function, past which it would silently run eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     steppers = {r: Stepper(build(r, args.freeze, args.model), args.segment_len, args.bptt_window,
-                           diagnostics=args.diagnostics, fused=r not in AUTOGRAD_ROWS) for r in args.rows}
+                           diagnostics=args.diagnostics, fused=r not in AUTOGRAD_ROWS,
+                           fused_io=r not in PLAIN_IO_ROWS) for r in args.rows}
     runs = []
     head = (f"{'T':>6} {'row':<18} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'FLOPs vs swa':>12} {'vs full':>8} "
             f"{'memory FLOPs':>12} {'params':>10}")

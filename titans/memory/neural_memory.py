@@ -10,6 +10,8 @@ The module (this file): projections, causal conv, gates, state, read-out. The sc
 beside it, laid out like a flash-linear-attention op:
     titans/memory/chunk.py      the chunked scan of a deep memory (and the per-chunk coefficients)
     titans/memory/linear.py     the fast path of a linear memory (depth 1)
+    titans/memory/fused_io.py   the input side (norm, q/k/v, conv, SiLU, ℓ2 norms) and output side (norm, gate,
+                                projection) as ops with hand-written backwards (the training fast path)
     titans/memory/reference.py  the token-by-token float64 oracle both are tested against
 
 einops glossary: b = batch, h = heads, n/t = tokens, d = head_dim, g = (b h) groups, c = chunk tokens.
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from titans.memory.chunk import chunk_scan
 from titans.memory.config import MemoryConfig
 from titans.memory.conv import causal_depthwise_conv
+from titans.memory.fused_io import InputProjection, OutputProjection
 from titans.memory.linear import linear_scan
 from titans.memory.mlp import MemoryMLP
 from titans.memory.state import MemoryState
@@ -36,6 +39,10 @@ _LOG_FLOOR = -60.0  # log of a gate that is (numerically) zero; e^-60 ≈ 1e-26
 # calls that complete no chunk (decoding) take `NeuralMemory._forward_read_only`; False = every call runs
 # `_forward` (a benchmark row, benchmarks/perf/decode.py; tests hold both to each other)
 READ_ONLY_PATH = True
+# a writing call's input side (RMSNorm, q/k/v, conv, SiLU, ℓ2 norms) and output side (output norm, gate, projection)
+# as one autograd op each with a hand-written backward, where the switches allow (`titans.memory.fused_io`);
+# False = the plain ops (the tests' oracle, a benchmark row)
+FUSED_IO = True
 _NO_CTX = contextlib.nullcontext()
 
 
@@ -350,36 +357,16 @@ class NeuralMemory(nn.Module):
             skip = ~torch.isfinite(xs).all(-1)  # (b, ctx+buf+t)
             xs = torch.where(skip[..., None], 0.0, xs)
             x = xs[:, n_ctx + n_buf :]
-        if self.input_norm is not None:  # RMSNorm: the memory sees inputs of a fixed scale
-            xs = self._input_rms_norm(xs)
-
-        qkv = self.to_qkv(xs)  # (b, ctx+n, 3*inner), n = buf + t
-        if self.conv is not None:
-            qkv = self._causal_conv(qkv, n_ctx)  # (b, n, 3*inner)
+        if self._fused_io(x):  # one op with a hand-written backward: norm, q/k/v, conv, SiLU, ℓ2 norms
+            qkv, x_norm = InputProjection.apply(xs, self.input_norm, self.to_qkv.weight, self.conv.weight.squeeze(1),
+                                                self.conv.bias, n_ctx, c.heads)  # (s, b, h, n, d); (b, n, dim)
+            lr, log_eta, log_keep, eta, alpha = self._gates(x_norm, return_aux)  # (b, h, n)
+            q, k, v = qkv.unbind(0)  # (b, h, n, d) each
         else:
-            qkv = qkv[:, n_ctx:]
-        if c.qk_activation == "silu":
-            qkv = F.silu(qkv)  # (b, n, 3*inner); token 0 starts a chunk
-        else:  # linear queries and keys, SiLU values
-            qk_lin, v_lin = qkv.split([2 * c.inner_dim, c.inner_dim], dim=-1)
-            qkv = torch.cat([qk_lin, F.silu(v_lin)], dim=-1)
-        keys = qkv[..., c.inner_dim : 2 * c.inner_dim] if c.gate_keys else None  # conv'd, activated, not normed
-        lr, log_eta, log_keep, eta, alpha = self._gates(xs[:, n_ctx:], return_aux, keys)  # (b, h, n)
-        if skip is not None:
-            lr = torch.where(skip[:, None, n_ctx:], 0.0, lr)  # θ = 0: a skipped token writes nothing
+            q, k, v, lr, log_eta, log_keep, eta, alpha = self._project(xs, n_ctx, skip, return_aux)
 
         with torch.autocast(device_type=x.device.type, enabled=False):
             dtype = self.state_dtype
-            # one copy to head-major; q, k, v are then contiguous and the scan's (b h) reshapes are free
-            qkv = rearrange(qkv, "b n (s h d) -> s b h n d", s=3, h=c.heads).to(dtype).contiguous()
-            # split, not qkv[:2] / qkv[2]: an indexing op's backward zero-fills a gradient of the whole tensor
-            qk, v = qkv.split([2, 1])
-            if c.qk_center:
-                qk = self._center(qk)
-            if c.qk_l2_norm:  # = F.normalize(eps=1e-12), as one multiply (its backward has no divisions)
-                qk = qk * torch.rsqrt(qk.pow(2).sum(-1, keepdim=True).clamp_min(1e-24))
-            q, k = qk.unbind(0)  # (b, h, n, d) each
-            v = v.squeeze(0)
             if self._linear_fast_path:
                 retrieved, new_w, new_m, surprise, errors, lr_used = linear_scan(
                     c, q, k, v, lr, log_eta, log_keep, weights, momentum, n_buf, with_aux=return_aux)
@@ -387,13 +374,17 @@ class NeuralMemory(nn.Module):
                 retrieved, new_w, new_m, surprise, errors, lr_used = chunk_scan(
                     self.memory_model, c, q, k, v, lr, log_eta, log_keep, weights, momentum, n_buf, with_aux=return_aux)
         # retrieved: (b, h, t, d) for the new tokens only
-        out = retrieved
-        if self.out_norm is not None:
-            out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6) * self.out_norm[:, None, :].to(dtype)
-        out = rearrange(out, "b h t d -> b t (h d)").to(x.dtype)
-        if self.to_out_gate is not None:
-            out = out * torch.sigmoid(self.to_out_gate(x))
-        y = self.to_out(out)
+        if self._fused_io(x) and self.out_norm is not None and self.to_out_gate is not None:
+            y = OutputProjection.apply(retrieved, self.out_norm, x, self.to_out_gate.weight, self.to_out_gate.bias,
+                                       self.to_out.weight)  # (b, t, dim)
+        else:
+            out = retrieved
+            if self.out_norm is not None:
+                out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6) * self.out_norm[:, None, :].to(dtype)
+            out = rearrange(out, "b h t d -> b t (h d)").to(x.dtype)
+            if self.to_out_gate is not None:
+                out = out * torch.sigmoid(self.to_out_gate(x))
+            y = self.to_out(out)
         if skip is not None:
             y = torch.where(skip[:, n_ctx + n_buf :, None], float("nan"), y)
 
@@ -417,6 +408,52 @@ class NeuralMemory(nn.Module):
             "errors": errors[:, :, new],
         }
         return y, new_w, new_m, new_buffer, new_context, aux
+
+    def _project(self, xs: Tensor, n_ctx: int, skip: Tensor | None, return_aux: bool) -> tuple:
+        """Queries, keys, values `[B, H, n, d]` (state dtype) and the gates of `_gates` for the raw tokens `xs`
+        `[B, n_ctx+n, dim]` (the first n_ctx carried conv context), in plain ops that autograd differentiates
+        (`titans.memory.fused_io.InputProjection` is the same for the default switches, in one op)."""
+        c = self.config
+        if self.input_norm is not None:  # RMSNorm: the memory sees inputs of a fixed scale
+            xs = self._input_rms_norm(xs)
+
+        qkv = self.to_qkv(xs)  # (b, ctx+n, 3*inner), n = buf + t
+        if self.conv is not None:
+            qkv = self._causal_conv(qkv, n_ctx)  # (b, n, 3*inner)
+        else:
+            qkv = qkv[:, n_ctx:]
+        if c.qk_activation == "silu":
+            qkv = F.silu(qkv)  # (b, n, 3*inner); token 0 starts a chunk
+        else:  # linear queries and keys, SiLU values
+            qk_lin, v_lin = qkv.split([2 * c.inner_dim, c.inner_dim], dim=-1)
+            qkv = torch.cat([qk_lin, F.silu(v_lin)], dim=-1)
+        keys = qkv[..., c.inner_dim : 2 * c.inner_dim] if c.gate_keys else None  # conv'd, activated, not normed
+        lr, log_eta, log_keep, eta, alpha = self._gates(xs[:, n_ctx:], return_aux, keys)  # (b, h, n)
+        if skip is not None:
+            lr = torch.where(skip[:, None, n_ctx:], 0.0, lr)  # θ = 0: a skipped token writes nothing
+
+        with torch.autocast(device_type=xs.device.type, enabled=False):
+            # one copy to head-major; q, k, v are then contiguous and the scan's (b h) reshapes are free
+            qkv = rearrange(qkv, "b n (s h d) -> s b h n d", s=3, h=c.heads).to(self.state_dtype).contiguous()
+            # split, not qkv[:2] / qkv[2]: an indexing op's backward zero-fills a gradient of the whole tensor
+            qk, v = qkv.split([2, 1])
+            if c.qk_center:
+                qk = self._center(qk)
+            if c.qk_l2_norm:  # = F.normalize(eps=1e-12), as one multiply (its backward has no divisions)
+                qk = qk * torch.rsqrt(qk.pow(2).sum(-1, keepdim=True).clamp_min(1e-24))
+            q, k = qk.unbind(0)  # (b, h, n, d) each
+        return q, k, v.squeeze(0), lr, log_eta, log_keep, eta, alpha
+
+    def _fused_io(self, x: Tensor) -> bool:
+        """Whether `InputProjection` computes this call's queries, keys, values and normed input (and
+        `OutputProjection` its output, with the output norm and gate on): the default switches (input norm, conv, SiLU
+        q/k, ℓ2 norms; no centring, gates that see the key, skipped tokens), no autocast, the input in the state
+        dtype, not under torch.compile (which traces the plain ops)."""
+        c = self.config
+        return (FUSED_IO and self.input_norm is not None and self.conv is not None and c.qk_activation == "silu"
+                and c.qk_l2_norm and not c.qk_center and not c.gate_keys and c.nonfinite != "skip"
+                and x.dtype == self.state_dtype and not torch.is_autocast_enabled(x.device.type)
+                and not torch.compiler.is_compiling())
 
     def _center(self, qk: Tensor) -> Tensor:
         """`qk` `[2, B, H, n, d]` minus the running means (`qk_center`). In training mode the means first move
