@@ -39,7 +39,11 @@ Per memory layer `i`, `records[*].layers["<i>"]` of <output_dir>/diagnose.json h
                         query_key_cos_distractor the best distractor's.
 Each record also has the greedy answer, `correct`, `answered_distractor` (the answer is another pair's token) and
 `chars_like_answer` / `chars_like_distractor` (share of the gold / best distractor token's characters the answer has
-in place: a blend of two pairs scores on both).
+in place: a blend of two pairs scores on both), and for lookups among pairs `wrong_chars` (answer characters the
+prediction has wrong, after the first) with `wrong_chars_bigram` (how many of them continue the prediction's previous
+character as some distractor token does: "7e" from a distractor "f7e6ac" — the memory addressed by the last character
+instead of the queried user) and `wrong_chars_bigram_chance` (the share expected if wrong characters were drawn
+uniformly from the tokens' alphabet). `summary` adds their totals' ratio `bigram_copied` and its chance level.
 `summary[prompt][length]` averages the numbers over samples (`layer<i>/<name>`) next to the accuracy (%) and the
 share of answers that were a distractor's (`distractor_answers`, %);
 diagnose.png plots survival, read cosines, accuracy by length and ‖M‖ over the longest stream.
@@ -248,6 +252,25 @@ def _agreement(prediction: str, target) -> float | None:
     return sum(a == b for a, b in zip(pred, target)) / len(target)
 
 
+def bigram_copies(prediction: str, answer: str, distractors: Sequence[str], alphabet: str = "0123456789abcdef",
+                  ) -> tuple[int, int, float]:
+    """(wrong, copied, chance) over the answer's characters after the first that the (stripped) prediction has
+    wrong: `copied` continue the prediction's previous character as some distractor token does (the bigram
+    occurs in a distractor), `chance` the expected number of such copies if each wrong character were drawn
+    uniformly from the other characters of `alphabet`."""
+    pred = prediction.strip()
+    wrong = copied = 0
+    chance = 0.0
+    for i in range(1, min(len(pred), len(answer))):
+        if pred[i] == answer[i]:
+            continue
+        wrong += 1
+        followers = {d[j + 1] for d in distractors for j in range(len(d) - 1) if d[j] == pred[i - 1]}
+        copied += pred[i] in followers
+        chance += len(followers - {answer[i]}) / max(1, len(set(alphabet) - {answer[i]}))
+    return wrong, copied, chance
+
+
 def memory_layers(model) -> list[int]:
     """Indices of the decoder layers that carry a memory."""
     from titans.patch import titans_layers
@@ -319,6 +342,9 @@ def diagnose_sample(model, tokenizer, sample: Mapping, *, segment_len: int, hays
             "answered_distractor": any(a and a in gen.text for a in spans.distractor_answers),
             "chars_like_answer": _agreement(gen.text, sample["answer"]),
             "chars_like_distractor": max((_agreement(gen.text, a) for a in spans.distractor_answers), default=None),
+            **dict(zip(("wrong_chars", "wrong_chars_bigram", "wrong_chars_bigram_chance"),
+                       bigram_copies(gen.text, sample["answer"], spans.distractor_answers)
+                       if spans.distractor_answers else (None, None, None))),
             "spans": {"needle": list(spans.needle), "answer": list(spans.answer),
                       "distractor_answers": [list(d) for d in spans.distractors], "question": spans.question},
             "layers": reports, "seconds": round(time.perf_counter() - t0, 3)}
@@ -381,6 +407,10 @@ def summarize(records: Sequence[Mapping]) -> dict[str, dict[str, dict[str, Any]]
         for key in ("chars_like_answer", "chars_like_distractor"):
             vals = [r[key] for r in rs if r.get(key) is not None]
             row[key] = round(sum(vals) / len(vals), 4) if vals else None
+        wrong = sum(r.get("wrong_chars") or 0 for r in rs)
+        row["bigram_copied"] = round(sum(r.get("wrong_chars_bigram") or 0 for r in rs) / wrong, 4) if wrong else None
+        row["bigram_copied_chance"] = (round(sum(r.get("wrong_chars_bigram_chance") or 0 for r in rs) / wrong, 4)
+                                       if wrong else None)
         for layer in rs[0]["layers"]:
             for name in SCALARS:
                 vals = [r["layers"][layer][name] for r in rs if r["layers"][layer].get(name) is not None]

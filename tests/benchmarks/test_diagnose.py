@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 import data_gen
-from benchmarks.diagnose import diagnose, diagnose_sample, locate
+from benchmarks.diagnose import bigram_copies, diagnose, diagnose_sample, locate
 from data_gen.common import Counter
 from data_gen.hashhop import LINK_RE
 from titans.compat import output_cache
@@ -79,6 +79,18 @@ def test_survival_and_read_equal_a_direct_forward(tmp_path, base_cfg):
     assert tok.decode(ids[spans.answer[0]:spans.answer[1]]) == " " + sample["answer"]
     assert rec["answered_distractor"] == any(b in rec["prediction"] for b in others)
     assert rec["chars_like_answer"] == sum(a == b for a, b in zip(rec["prediction"].strip(), sample["answer"])) / 6
+    assert (rec["wrong_chars"], rec["wrong_chars_bigram"], rec["wrong_chars_bigram_chance"]) == bigram_copies(
+        rec["prediction"], sample["answer"], others)
+
+
+def test_bigram_copies_count_wrong_characters_that_continue_a_distractors_bigram():
+    """Known answers: "731d4e" answered "7e1d4e" beside a distractor "f7e6ac" copies the bigram "7e" (1 of 1 wrong);
+    a wrong character no distractor continues that way is wrong but not copied; the first character is not counted."""
+    assert bigram_copies(" 7e1d4e", "731d4e", ["f7e6ac", "000000"])[:2] == (1, 1)
+    wrong, copied, chance = bigram_copies("7e1d4e", "731d4e", ["f7b6ac"])
+    assert (wrong, copied) == (1, 0) and chance == pytest.approx(1 / 15)  # "7" is followed by "b" in one distractor
+    assert bigram_copies("831d4e", "731d4e", ["f7e6ac"]) == (0, 0, 0.0)  # only the first character is wrong
+    assert bigram_copies("7", "731d4e", ["f7e6ac"]) == (0, 0, 0.0)  # a short answer: nothing to compare
 
 
 def test_diagnose_a_checkpoint_writes_json_and_png_at_each_length(tmp_path, base_cfg):
