@@ -113,6 +113,8 @@ def peer_kwargs(config: MemoryConfig) -> tuple[dict, list[str]]:
         mismatches.append(f"qk_activation={c.qk_activation!r}: the peer's queries and keys pass SiLU")
     if c.qk_center:
         mismatches.append("qk_center=True: the peer does not centre queries and keys")
+    if c.min_lr > 0:
+        mismatches.append(f"min_lr={c.min_lr}: the peer writes every token (no floor on θ)")
     if c.gate_keys:
         mismatches.append("gate_keys=True: the peer's gates see the token's input only")
     if c.chunk_step_cap:

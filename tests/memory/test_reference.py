@@ -26,6 +26,8 @@ CASES = [
     pytest.param(dict(chunk_size=3, depth=2, qk_center=True, qk_activation="none"), 8, id="deep-centered-linear-qk"),
     pytest.param(dict(chunk_size=4, depth=1, momentum=False, gate_keys=True), 10, id="linear-gates-see-keys"),
     pytest.param(dict(chunk_size=3, depth=2, gate_keys=True, qk_center=True), 8, id="deep-gates-see-keys-centered"),
+    pytest.param(dict(chunk_size=4, depth=1, momentum=False, gate_keys=True, min_lr=0.25), 10, id="linear-lr-floor"),
+    pytest.param(dict(chunk_size=3, depth=2, min_lr=0.25), 8, id="deep-lr-floor"),
 ]
 
 

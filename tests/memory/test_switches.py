@@ -90,6 +90,30 @@ def test_switch_errors_name_the_field():
         MemoryConfig(dim=8, gate_keys=True, per_token_gates=False)
     with pytest.raises(ValueError, match="gate_keys"):
         MemoryConfig(dim=8, gate_keys="yes")
+    for bad in (-0.1, 0.5, True, "0.01"):  # max_lr 0.1 by default: a floor at or above it would stop every write
+        with pytest.raises(ValueError, match=r"min_lr=.*a float in \[0, max_lr=0.1\)"):
+            MemoryConfig(dim=8, min_lr=bad)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_lr_floor_writes_only_tokens_above_it(depth):
+    """`min_lr`: θ_t below the floor becomes exactly 0 — a sequence whose every θ is below it leaves the weights at
+    M_0 (forgetting off), one token above it writes, and the tokens above keep the θ they had without the floor."""
+    base = dict(depth=depth, chunk_size=4, momentum=False, forgetting=False)
+    x = torch.randn(1, 8, 16, dtype=torch.float64)
+    plain = perturbed(**base).double()
+    lr = plain(x, return_aux=True)[2]["lr"]
+    floor = float(lr.flatten().sort().values[-3])  # all but the two largest θ (of 2 heads x 8 tokens) fall below it
+    sparse = perturbed(**base, min_lr=floor).double()
+    y, state, aux = sparse(x, return_aux=True)
+    above = lr >= floor
+    assert int(above.sum()) == 3 and torch.equal(aux["lr"][above], lr[above]) and bool((aux["lr"][~above] == 0).all())
+    assert any(not torch.equal(state.weights[n], plain.init_state(1).weights[n]) for n in state.weights)
+    silent = perturbed(**base, min_lr=float(lr.max()) + 1e-6).double()
+    _, state, aux = silent(x, return_aux=True)
+    assert bool((aux["lr"] == 0).all())
+    for n, w0 in silent.init_state(1).weights.items():
+        torch.testing.assert_close(state.weights[n], w0, atol=0, rtol=0)
 
 
 def test_gates_that_see_keys_depend_on_the_context_and_start_as_the_papers():

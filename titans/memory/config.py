@@ -85,6 +85,11 @@ class MemoryConfig(DictRoundTrip):
     gate_keys: bool = False
     max_lr: float = 0.1  # θ_t = max_lr * sigmoid(.); deep memories diverge for θ ≳ 0.1 (see the demo)
     lr_bias_init: float = 0.0  # θ ≈ max_lr / 2 at init
+    # sparse writes: a token whose θ_t (after the gate, before the chunk step cap) is below min_lr writes nothing
+    # (θ_t = 0, no gradient through it). A memory trained at <= 4K tokens still writes its haystack with a small θ
+    # (a trained CPU-proof MAG: 0.0003-0.001 against the needle's 0.02-0.04); over a million tokens those writes add
+    # up and drown the needle (pass key at 1M 0%). 0 = off (the paper's form: every token writes).
+    min_lr: float = 0.0
     momentum: bool = True  # False: S_t = -θ_t ∇ℓ (no past surprise)
     momentum_bias_init: float = 2.0  # η ≈ 0.88 at init
     forgetting: bool = True  # False: α_t = 0
@@ -174,6 +179,9 @@ class MemoryConfig(DictRoundTrip):
             _fail("chunk_step_cap", self.chunk_step_cap, "a float >= 0 (0 = off)")
         if self.surprise_clip < 0:
             _fail("surprise_clip", self.surprise_clip, "a float >= 0 (0 = off)")
+        if isinstance(self.min_lr, bool) or not isinstance(self.min_lr, int | float) \
+                or not 0 <= self.min_lr < self.max_lr:
+            _fail("min_lr", self.min_lr, f"a float in [0, max_lr={self.max_lr}) (0 = every token writes)")
         if isinstance(self.write_threshold, bool) or not isinstance(self.write_threshold, int | float) \
                 or self.write_threshold < 0:
             _fail("write_threshold", self.write_threshold, "a float >= 0 (0 = every token writes)")

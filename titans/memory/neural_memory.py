@@ -208,6 +208,8 @@ class NeuralMemory(nn.Module):
             lr = torch.full_like(logits[0], c.fixed_lr)
         else:
             lr = torch.sigmoid(logits[0]) * c.max_lr
+            if c.min_lr > 0:  # sparse writes: below the floor a token writes nothing
+                lr = torch.where(lr < c.min_lr, torch.zeros_like(lr), lr)
         log_eta = eta = None
         if not self._has_momentum:
             if with_values:

@@ -86,7 +86,7 @@ def reference_gates(memory: NeuralMemory, xs: Tensor, keys: Tensor | None = None
 
     xs: `[B, T, dim]`, the memory's normed input (token 0 starts a chunk). Per token: logits = W_g xs_t + b
     (+ W_gk keys_t with `gate_keys`: keys `[B, T, inner]` after the conv and activation), one (θ, η, α)
-    triple per head; θ = max_lr·σ(logit), η = σ(logit), α = σ(logit), or the config's constants.
+    triple per head; θ = max_lr·σ(logit) (0 below `min_lr`), η = σ(logit), α = σ(logit), or the config's constants.
     With `per_token_gates=False` every token of a chunk uses the gates of the chunk's mean input.
     """
     c = memory.config
@@ -103,6 +103,8 @@ def reference_gates(memory: NeuralMemory, xs: Tensor, keys: Tensor | None = None
         logits = logits + keys.to(f64) @ memory.to_gates_keys.weight.detach().to(f64).T
     logits = logits.reshape(B, T, 3, c.heads).permute(2, 0, 3, 1)  # (3, B, H, T)
     lr = torch.full_like(logits[0], c.fixed_lr) if c.fixed_lr is not None else c.max_lr * torch.sigmoid(logits[0])
+    if c.fixed_lr is None and c.min_lr > 0:  # sparse writes: a token whose θ is below min_lr does not write
+        lr = torch.where(lr < c.min_lr, torch.zeros_like(lr), lr)
     if not c.momentum:
         eta = torch.zeros_like(logits[1])
     elif c.fixed_momentum_decay is not None:
