@@ -26,7 +26,7 @@ Rows:
     mag_linear  mag with memory.depth=1 (linear memory: the `titans.memory.linear` fast path)
     mag_mem1    mag with its memory in decoder layer 1 only (`memory_layers: [1]`; layer 0 sliding window only)
     mag_proof   what the CPU proof trains: mag_linear without momentum, one head of 256 in chunks of 4 with
-                gates that see the key (gate_keys), max_lr 0.5, conv kernel 16,
+                gates that see the key (gate_keys), max_lr 0.5, min_lr 0.005, conv kernel 16,
                 qk_init induction, identity_init false, gate_bias_init 0, memory in layer 0 only
                 (`memory_layers: [0]`; layer 1 is sliding-window attention without memory)
     mag_proof_2l  mag_proof with its memory in both layers (the CPU proof before it moved to one memory layer)
@@ -75,7 +75,7 @@ ROWS = {
     # what the CPU proof trains (conf/experiment/cpu_proof_mag.yaml): memory in layer 0 only
     "mag_proof": ("mag.yaml", {"window": 64, "memory_layers": [0], "identity_init": False, "gate_bias_init": 0.0,
                                "memory": {"heads": 1, "head_dim": 256, "depth": 1, "chunk_size": 4, "momentum": False,
-                                          "max_lr": 0.5,
+                                          "max_lr": 0.5, "min_lr": 0.005,
                                           "conv_kernel": 16, "qk_init": "induction", "forget_bias_init": -12.0,
                                           "gate_keys": True}}),
 }
