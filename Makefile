@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 # test-time learning in a bare memory (seconds), then the CPU proof for MAG: train a tiny Qwen3 with a
-# 64-token window (~7 min on an idle core), evaluate pass key / hash hop at
+# 64-token window (~10 min on an idle core), evaluate pass key / hash hop at
 # 1K-4K, print the table, write the heatmap and curves under outputs/demo (`make proof`: every variant, every cell)
 demo: $(STAMP)
 	$(PY) -m experiments.memory_demo
