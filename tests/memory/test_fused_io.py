@@ -5,17 +5,15 @@ and against finite differences."""
 import pytest
 import torch
 
+from tests.memory.test_chunk_fused import make as make_memory
 from titans.memory import MemoryConfig, NeuralMemory, neural_memory
 from titans.memory.fused_io import InputProjection, OutputProjection
 
 
 def make(**kw) -> NeuralMemory:
-    base = dict(dim=16, heads=2, depth=2, expansion=2, chunk_size=4, conv_kernel=3, max_lr=0.5)
-    base.update(kw)
-    torch.manual_seed(0)
-    mem = NeuralMemory(MemoryConfig(**base)).double()
+    """test_chunk_fused's float64 memory, with an input-norm gain off 1 so its gradient is tested too."""
+    mem = make_memory(**kw)
     with torch.no_grad():
-        mem.to_gates.weight.normal_(std=0.5)
         if mem.input_norm is not None:
             mem.input_norm.uniform_(0.5, 1.5)
     return mem

@@ -359,7 +359,8 @@ class NeuralMemory(nn.Module):
             skip = ~torch.isfinite(xs).all(-1)  # (b, ctx+buf+t)
             xs = torch.where(skip[..., None], 0.0, xs)
             x = xs[:, n_ctx + n_buf :]
-        if self._fused_io(x):  # one op with a hand-written backward: norm, q/k/v, conv, SiLU, ℓ2 norms
+        fused_io = self._fused_io(x)
+        if fused_io:  # one op with a hand-written backward: norm, q/k/v, conv, SiLU, ℓ2 norms
             qkv, x_norm = InputProjection.apply(xs, self.input_norm, self.to_qkv.weight, self.conv.weight.squeeze(1),
                                                 self.conv.bias, n_ctx, c.heads)  # (s, b, h, n, d); (b, n, dim)
             lr, log_eta, log_keep, eta, alpha = self._gates(x_norm, return_aux)  # (b, h, n)
@@ -376,7 +377,7 @@ class NeuralMemory(nn.Module):
                 retrieved, new_w, new_m, surprise, errors, lr_used = chunk_scan(
                     self.memory_model, c, q, k, v, lr, log_eta, log_keep, weights, momentum, n_buf, with_aux=return_aux)
         # retrieved: (b, h, t, d) for the new tokens only
-        if self._fused_io(x) and self.out_norm is not None and self.to_out_gate is not None:
+        if fused_io and self.out_norm is not None and self.to_out_gate is not None:
             y = OutputProjection.apply(retrieved, self.out_norm, x, self.to_out_gate.weight, self.to_out_gate.bias,
                                        self.to_out.weight)  # (b, t, dim)
         else:
