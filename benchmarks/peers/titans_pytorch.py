@@ -113,6 +113,10 @@ def peer_kwargs(config: MemoryConfig) -> tuple[dict, list[str]]:
         mismatches.append(f"qk_activation={c.qk_activation!r}: the peer's queries and keys pass SiLU")
     if c.qk_center:
         mismatches.append("qk_center=True: the peer does not centre queries and keys")
+    if c.tie_keys:
+        mismatches.append("tie_keys=True: the peer's key and query projections learn apart")
+    if c.qk_features != "none":
+        mismatches.append(f"qk_features={c.qk_features!r}: the peer's queries and keys have no feature map")
     if c.min_lr > 0:
         mismatches.append(f"min_lr={c.min_lr}: the peer writes every token (no floor on θ)")
     if c.gate_keys:

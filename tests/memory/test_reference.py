@@ -28,6 +28,12 @@ CASES = [
     pytest.param(dict(chunk_size=3, depth=2, gate_keys=True, qk_center=True), 8, id="deep-gates-see-keys-centered"),
     pytest.param(dict(chunk_size=4, depth=1, momentum=False, gate_keys=True, min_lr=0.25), 10, id="linear-lr-floor"),
     pytest.param(dict(chunk_size=3, depth=2, min_lr=0.25), 8, id="deep-lr-floor"),
+    pytest.param(dict(chunk_size=4, depth=1, momentum=False, gate_keys=True, qk_features="pairs"), 10,
+                 id="linear-pair-features"),
+    pytest.param(dict(chunk_size=3, depth=2, qk_features="pairs", qk_center=True), 8, id="deep-pair-features-centered"),
+    pytest.param(dict(chunk_size=4, depth=1, momentum=False, gate_keys=True, qk_init="induction", tie_keys=True), 10,
+                 id="linear-tied-keys"),
+    pytest.param(dict(chunk_size=3, depth=2, qk_init="induction", tie_keys=True), 8, id="deep-tied-keys"),
 ]
 
 

@@ -90,6 +90,10 @@ def test_switch_errors_name_the_field():
         MemoryConfig(dim=8, gate_keys=True, per_token_gates=False)
     with pytest.raises(ValueError, match="gate_keys"):
         MemoryConfig(dim=8, gate_keys="yes")
+    with pytest.raises(ValueError, match=r"qk_features='square' is invalid.*one of \('none', 'pairs'\)"):
+        MemoryConfig(dim=8, qk_features="square")
+    with pytest.raises(ValueError, match=r"tie_keys=True is invalid.*unless qk_init='induction'"):
+        MemoryConfig(dim=8, tie_keys=True)
     for bad in (-0.1, 0.5, True, "0.01"):  # max_lr 0.1 by default: a floor at or above it would stop every write
         with pytest.raises(ValueError, match=r"min_lr=.*a float in \[0, max_lr=0.1\)"):
             MemoryConfig(dim=8, min_lr=bad)
@@ -139,3 +143,23 @@ def test_gates_that_see_keys_depend_on_the_context_and_start_as_the_papers():
     y, _ = gated(x.requires_grad_())
     (grad,) = torch.autograd.grad(y.pow(2).sum(), [gated.to_gates_keys.weight])
     assert grad.abs().sum() > 0
+
+
+def test_pair_features_address_by_the_whole_context():
+    """`qk_features="pairs"`: φ(k)_i = k_i·k_{i+1}. Two keys that agree on half their channels and are independent on
+    the rest have cosine ~0.5; their pair features agree only where both channels of a pair do (~a quarter of the
+    pairs), so the cosine falls to ~0.25 — a read is addressed by what the whole context shares, not by a part."""
+    from titans.memory.neural_memory import pair_features
+
+    torch.manual_seed(0)
+    d, n = 256, 200
+    shared = torch.randn(n, d // 2)
+    perm = torch.randperm(d, generator=torch.Generator().manual_seed(1))
+    a = torch.cat([shared, torch.randn(n, d // 2)], dim=1)[:, perm]
+    b = torch.cat([shared, torch.randn(n, d // 2)], dim=1)[:, perm]  # the same channels shared
+    cos = torch.nn.functional.cosine_similarity
+    plain, paired = cos(a, b).mean().item(), cos(pair_features(a), pair_features(b)).mean().item()
+    assert 0.4 < plain < 0.6 and 0.15 < paired < 0.35, (plain, paired)
+    # the map: channel i times channel i+1, the last times the first; same width
+    x = torch.arange(1.0, 5.0)
+    torch.testing.assert_close(pair_features(x), torch.tensor([2.0, 6.0, 12.0, 4.0]))

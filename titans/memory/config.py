@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 ACTIVATIONS = ("silu", "gelu", "relu")
 QK_INITS = ("random", "induction")
 QK_ACTIVATIONS = ("silu", "none")
+QK_FEATURES = ("none", "pairs")
 NONFINITE = ("error", "skip")
 
 
@@ -65,6 +66,12 @@ class MemoryConfig(DictRoundTrip):
     # query projection and the key conv is the query conv shifted one token back, so token t is written under
     # the context of tokens t-1..t-K+1 and a later query with the same context reads what followed it.
     qk_init: str = "random"
+    # keys stay the queries one token back through training, not only at init: k_t = q_{t-1} (W_k := W_q, the key
+    # conv := the query conv one tap later; the key's own rows and taps are unused). A trained CPU-proof MAG's
+    # induction drifted: the query at a question and the key its link wrote, over the same 15 bytes, had cosine
+    # 0.65, against 0.32 for a distractor's key — a blurred read where an exact one was free. Needs
+    # qk_init="induction". False: keys and queries learn apart (the paper's form).
+    tie_keys: bool = False
     # activation of queries and keys after the conv (values always get SiLU). "silu": the paper's §4.4. "none":
     # linear queries/keys — SiLU's outputs are mostly positive, so ℓ2-normed keys share one direction (mean cosine
     # 0.8 between a trained proof model's haystack keys) and every write disturbs every other key's read.
@@ -74,6 +81,14 @@ class MemoryConfig(DictRoundTrip):
     # pairwise cosine 0.81 over a stream, 0.006 once the stream mean is removed): most of every write goes to that
     # shared direction, which every later write overwrites. False: the paper's form.
     qk_center: bool = False
+    # a feature map on queries and keys after activation and centring, before the ℓ2 norm (per head). "pairs":
+    # φ(k)_i = k_i · k_{(i+1) mod d}, conjunctions of two channels. Each channel of a conv'd key is a linear function
+    # of the K bytes before the token, so two contexts that share the last byte share a share of every channel; a
+    # product is large only where both channels agree, which squares that overlap (cosine ~ cos²) — the read is
+    # addressed by the whole context ("the user id AND the last byte"), not mostly by the last byte (a CPU-proof MAG
+    # misspelt 8-pair lookups by continuing the previous character as a distractor did). The memory's key and query
+    # keep head_dim entries; the induction init (k_t = q_{t-1}) holds. "none": the paper's form.
+    qk_features: str = "none"
 
     # data-dependent gates θ_t (lr), η_t (momentum_decay), α_t (forget)
     per_token_gates: bool = True  # False: one value per chunk, from the chunk's mean input
@@ -160,12 +175,19 @@ class MemoryConfig(DictRoundTrip):
             _fail("qk_init", self.qk_init, f"one of {QK_INITS}")
         if self.qk_activation not in QK_ACTIVATIONS:
             _fail("qk_activation", self.qk_activation, f"one of {QK_ACTIVATIONS}")
+        if self.qk_features not in QK_FEATURES:
+            _fail("qk_features", self.qk_features, f"one of {QK_FEATURES}")
         for key in ("qk_center", "gate_keys", "stop_grad_updates", "compile", "compile_scan"):  # switches
             if not isinstance(getattr(self, key), bool):
                 _fail(key, getattr(self, key), "True or False")
         if self.gate_keys and not self.per_token_gates:
             _fail("gate_keys", self.gate_keys, "False when per_token_gates=False",
                   "Per-chunk gates come from the chunk's mean input; set per_token_gates=True to gate on keys.")
+        if not isinstance(self.tie_keys, bool):
+            _fail("tie_keys", self.tie_keys, "True or False")
+        if self.tie_keys and self.qk_init != "induction":
+            _fail("tie_keys", self.tie_keys, "False unless qk_init='induction'",
+                  "Tied keys are the queries one token back: the induction init's structure, kept.")
         if self.qk_init == "induction" and self.conv_kernel < 2:
             _fail("conv_kernel", self.conv_kernel, "an int >= 2 when qk_init='induction'",
                   "The shifted key needs at least one token of conv context.")

@@ -320,6 +320,8 @@ class NeuralMemory(nn.Module):
             q = q if q.dtype == dtype else q.to(dtype)
             if c.qk_center:
                 q = q - self.qk_mean[0].to(dtype).repeat(B, 1)[:, None, :]  # (h, d) -> ((b h), 1, d)
+            if c.qk_features == "pairs":
+                q = pair_features(q)
             if c.qk_l2_norm:
                 q = q * torch.rsqrt(torch.linalg.vecdot(q, q).unsqueeze(-1).clamp_min(1e-24))
             w = [weights[nm].flatten(0, 1) for nm in self.memory_model.names]  # ((b h), i, o)
@@ -420,9 +422,10 @@ class NeuralMemory(nn.Module):
         if self.input_norm is not None:  # RMSNorm: the memory sees inputs of a fixed scale
             xs = self._input_rms_norm(xs)
 
-        qkv = self.to_qkv(xs)  # (b, ctx+n, 3*inner), n = buf + t
+        w, taps, bias = self._input_weights()
+        qkv = F.linear(xs, w)  # (b, ctx+n, 3*inner), n = buf + t
         if self.conv is not None:
-            qkv = self._causal_conv(qkv, n_ctx)  # (b, n, 3*inner)
+            qkv = self._causal_conv(qkv, n_ctx, taps, bias)  # (b, n, 3*inner)
         else:
             qkv = qkv[:, n_ctx:]
         if c.qk_activation == "silu":
@@ -442,6 +445,8 @@ class NeuralMemory(nn.Module):
             qk, v = qkv.split([2, 1])
             if c.qk_center:
                 qk = self._center(qk)
+            if c.qk_features == "pairs":
+                qk = pair_features(qk)
             if c.qk_l2_norm:  # = F.normalize(eps=1e-12), as one multiply (its backward has no divisions)
                 qk = qk * torch.rsqrt(qk.pow(2).sum(-1, keepdim=True).clamp_min(1e-24))
             q, k = qk.unbind(0)  # (b, h, n, d) each
@@ -454,7 +459,8 @@ class NeuralMemory(nn.Module):
         dtype, not under torch.compile (which traces the plain ops)."""
         c = self.config
         return (FUSED_IO and self.input_norm is not None and self.conv is not None and c.qk_activation == "silu"
-                and c.qk_l2_norm and not c.qk_center and not c.gate_keys and c.nonfinite != "skip"
+                and c.qk_l2_norm and not c.qk_center and c.qk_features == "none" and not c.gate_keys
+                and not c.tie_keys                and c.nonfinite != "skip"
                 and x.dtype == self.state_dtype and not torch.is_autocast_enabled(x.device.type)
                 and not torch.compiler.is_compiling())
 
@@ -470,7 +476,20 @@ class NeuralMemory(nn.Module):
                 self.qk_mean_calls.add_(1)
         return qk - self.qk_mean[:, None, :, None, :].to(qk.dtype)
 
-    def _causal_conv(self, qkv: Tensor, n_ctx: int) -> Tensor:
+    def _input_weights(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The q/k/v projection `[3*inner, dim]`, conv taps `[3*inner, K]` and conv bias as the input side uses them
+        (the parameters; with `tie_keys` the key rows are the query's and the key taps the query's one tap later)."""
+        w = self.to_qkv.weight
+        taps, bias = (self.conv.weight[:, 0], self.conv.bias) if self.conv is not None else (None, None)
+        if not self.config.tie_keys:
+            return w, taps, bias
+        i = self.config.inner_dim
+        w = torch.cat([w[:i], w[:i], w[2 * i :]])
+        taps = torch.cat([taps[:i], F.pad(taps[:i, 1:], (0, 1)), taps[2 * i :]])  # key tap j = query tap j+1
+        bias = torch.cat([bias[:i], bias[:i], bias[2 * i :]])
+        return w, taps, bias
+
+    def _causal_conv(self, qkv: Tensor, n_ctx: int, taps: Tensor, bias: Tensor) -> Tensor:
         """The causal depthwise conv of `qkv` `[B, ctx+n, C]` (its first `n_ctx` tokens are carried context)
         for the last n tokens, `[B, n, C]`.
 
@@ -482,7 +501,7 @@ class NeuralMemory(nn.Module):
         pad = K - 1 - n_ctx  # the context carries at most K-1 tokens
         if pad:
             qkv = F.pad(qkv, (0, 0, pad, 0))  # (b, K-1+n, C)
-        return causal_depthwise_conv(qkv, self.conv.weight.squeeze(1), self.conv.bias)  # (b, n, C)
+        return causal_depthwise_conv(qkv, taps, bias)  # (b, n, C)
 
     @property
     def _linear_fast_path(self) -> bool:
@@ -493,6 +512,12 @@ class NeuralMemory(nn.Module):
 
 
 _COMPILED: list = []  # torch.compile(NeuralMemory._forward), made on first use
+
+
+def pair_features(x: Tensor) -> Tensor:
+    """`MemoryConfig.qk_features="pairs"`: φ(x)_i = x_i · x_{(i+1) mod d} over the last dim (conjunctions of two
+    channels; the same width)."""
+    return x * torch.roll(x, -1, dims=-1)
 
 
 def _compiled_forward():

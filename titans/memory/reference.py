@@ -163,6 +163,13 @@ def reference_forward(memory: NeuralMemory, x: Tensor) -> tuple[Tensor, dict[str
                 src = t - (K - 1 - j)
                 if src >= 0:
                     conv[:, t] += taps[:, j] * proj[:, src]
+        if c.tie_keys:  # k_t = q_{t-1}: the query's projection and taps applied to the tokens one step back
+            for t in range(T):
+                conv[:, t, inner : 2 * inner] = conv_bias[:inner]
+                for j in range(1, K):  # the query's taps but its oldest (that token is outside the key's window)
+                    src = t - 1 - (K - 1 - j)
+                    if src >= 0:
+                        conv[:, t, inner : 2 * inner] += taps[:inner, j] * proj[:, src, :inner]
         proj = conv
     qkv = proj.reshape(B, T, 3, H, d)
     act = torch.nn.functional.silu(qkv)
@@ -172,6 +179,8 @@ def reference_forward(memory: NeuralMemory, x: Tensor) -> tuple[Tensor, dict[str
     if c.qk_center:  # the running means as they are (the oracle never updates them)
         q = q - p(memory.qk_mean[0])[None, :, None, :]
         k = k - p(memory.qk_mean[1])[None, :, None, :]
+    if c.qk_features == "pairs":  # channel i times channel i+1 (the last times the first)
+        q, k = (torch.stack([t[..., i] * t[..., (i + 1) % d] for i in range(d)], dim=-1) for t in (q, k))
     if c.qk_l2_norm:
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
