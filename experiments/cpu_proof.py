@@ -46,8 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("mag", "mac", "mal", "swa", "titans_pytorch")
 # variant -> (the experiment it is trained as, overrides on top): the peer is MAG with another memory
 PEERS = {
+    # titans-pytorch has no single head wider than the model (MAG's one head of 256 at hidden 128): two heads of 128,
+    # the same q/k/v width (its state is half ours: 2 x 128² against 256²)
     "titans_pytorch": ("mag", ["++memory.memory_impl=benchmarks.peers.titans_pytorch.use_titans_pytorch_memory",
-                               "task_name=cpu_proof_titans_pytorch"]),
+                               "task_name=cpu_proof_titans_pytorch", "memory.memory.heads=2",
+                               "memory.memory.head_dim=128"]),
 }
 # summary task name -> (benchmark suite, data_gen params). The curriculum trains without the intro sentence; the
 # variations are the issue-14 cells: 8 distractor pairs in every prompt, Paul Graham essays as the haystack.

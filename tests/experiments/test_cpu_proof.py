@@ -68,14 +68,24 @@ def test_every_experiment_composes(tmp_path):
 
 
 def test_the_peer_is_mag_with_another_memory(tmp_path):
-    """`titans_pytorch` trains exactly what `mag` trains (curriculum, model, memory config), plus the adapter."""
+    """`titans_pytorch` trains exactly what `mag` trains (curriculum, model, memory config), plus the adapter; the
+    one difference is the head split titans-pytorch needs (no single head wider than the model: 2 x 128 where MAG
+    has 1 x 256, the same q/k/v width), and the composed model builds with the peer's memory."""
+    pytest.importorskip("titans_pytorch")
     from omegaconf import OmegaConf
 
+    from titans.training.builders import build_model
+
     mag = OmegaConf.to_container(cpu_proof.compose("mag", tmp_path, []), resolve=True)
-    peer = OmegaConf.to_container(cpu_proof.compose("titans_pytorch", tmp_path, []), resolve=True)
+    cfg = cpu_proof.compose("titans_pytorch", tmp_path, [])
+    peer = OmegaConf.to_container(cfg, resolve=True)
     assert peer["memory"].pop("memory_impl") == "benchmarks.peers.titans_pytorch.use_titans_pytorch_memory"
     assert peer.pop("task_name") == "cpu_proof_titans_pytorch" and mag.pop("task_name") == "cpu_proof_mag"
+    (pm, mm) = (peer["memory"]["memory"], mag["memory"]["memory"])
+    assert (pm.pop("heads"), pm.pop("head_dim"), mm.pop("heads"), mm.pop("head_dim")) == (2, 128, 1, 256)
     assert peer == mag
+    model, _ = build_model(cfg.model, cfg.memory, freeze="none")  # the adapter accepts it (1 x 256 raised)
+    assert type(model.model.layers[0].memory).__name__ == "PeerMemory"
 
 
 def _fake_stage(root, stage, rows):
