@@ -177,14 +177,12 @@ class MemoryConfig(DictRoundTrip):
             _fail("qk_activation", self.qk_activation, f"one of {QK_ACTIVATIONS}")
         if self.qk_features not in QK_FEATURES:
             _fail("qk_features", self.qk_features, f"one of {QK_FEATURES}")
-        for key in ("qk_center", "gate_keys", "stop_grad_updates", "compile", "compile_scan"):  # switches
+        for key in ("qk_center", "tie_keys", "gate_keys", "stop_grad_updates", "compile", "compile_scan"):  # switches
             if not isinstance(getattr(self, key), bool):
                 _fail(key, getattr(self, key), "True or False")
         if self.gate_keys and not self.per_token_gates:
             _fail("gate_keys", self.gate_keys, "False when per_token_gates=False",
                   "Per-chunk gates come from the chunk's mean input; set per_token_gates=True to gate on keys.")
-        if not isinstance(self.tie_keys, bool):
-            _fail("tie_keys", self.tie_keys, "True or False")
         if self.tie_keys and self.qk_init != "induction":
             _fail("tie_keys", self.tie_keys, "False unless qk_init='induction'",
                   "Tied keys are the queries one token back: the induction init's structure, kept.")

@@ -460,7 +460,7 @@ class NeuralMemory(nn.Module):
         c = self.config
         return (FUSED_IO and self.input_norm is not None and self.conv is not None and c.qk_activation == "silu"
                 and c.qk_l2_norm and not c.qk_center and c.qk_features == "none" and not c.gate_keys
-                and not c.tie_keys                and c.nonfinite != "skip"
+                and not c.tie_keys and c.nonfinite != "skip"
                 and x.dtype == self.state_dtype and not torch.is_autocast_enabled(x.device.type)
                 and not torch.compiler.is_compiling())
 
