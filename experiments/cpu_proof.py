@@ -15,7 +15,8 @@ titans_pytorch: the peer, `mag` with titans-pytorch 0.5.5's NeuralMemory as its 
      context streamed through the model's cache in segments, then greedy decoding; benchmarks.runner.run_suite)
      at 16-64x the attention window, plus a depth x length pass-key heatmap for the first variant,
   4. write <out>/summary.json shaped {variant: {task: {length: accuracy percent}}} (merged into what it
-     holds, so cells evaluated at other lengths or by another run stay), results.md (the
+     holds when written, under a lock on the folder, so cells evaluated at other lengths or by another run, even
+     one running at the same time on the other core, stay), results.md (the
      table), <out>/<variant>/curve.csv (its training curve, stages concatenated), curves.png (every
      variant's curve.csv in <out>, so re-running one variant keeps the others) and the commands that made
      them (commands.txt). `--curves-only` redoes just the last two from what --train-dir holds.
@@ -36,8 +37,11 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from titans.io import atomic_path, write_json, write_text
@@ -190,6 +194,35 @@ def curves(out: Path) -> list[str]:
     return drawn
 
 
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `directory` itself (flock on its descriptor: no lock file is left behind);
+    without fcntl (Windows) no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - POSIX everywhere we run
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def merge_summary(path: Path, variant: str, measured: dict) -> dict:
+    """`measured` ({task: {length: accuracy}}) merged into the summary.json at `path` as it is *now* (re-read
+    under a lock on its folder, written atomically): two runs writing the same results folder at once (e.g. one
+    per core) keep each other's cells. Returns the merged summary."""
+    with _locked(path.parent):
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        for task, row in measured.items():  # other tasks and lengths of this variant stay
+            summary.setdefault(variant, {}).setdefault(task, {}).update(row)
+        write_json(path, summary)
+    return summary
+
+
 def markdown(summary: dict, lengths: list[int]) -> str:
     head = "| variant | task | " + " | ".join(f"{n} tokens" for n in lengths) + " |"
     lines = [head, "|" + "---|" * (len(lengths) + 2)]
@@ -260,12 +293,10 @@ def main(argv: list[str] | None = None) -> dict:
         trained = time.perf_counter()
         measured = evaluate(variant, cfg, ckpt, out / variant, args.lengths, args.samples,
                             heatmap=(i == 0 and not args.no_heatmap), tasks=tasks)
-        for task, row in measured.items():  # merged: other tasks and lengths of this variant stay
-            summary.setdefault(variant, {}).setdefault(task, {}).update(row)
         timings[variant] = {"train_s": trained - start, "eval_s": time.perf_counter() - trained}
         if args.checkpoint is None:
             export_curve(train_dir, out / variant / "curve.csv")
-        write_json(summary_path, summary)  # after every variant: nothing is lost if a later one fails
+        summary = merge_summary(summary_path, variant, measured)  # after every variant: kept if a later one fails
         print(f"\n{variant}: {measured}  ({timings[variant]['train_s']:.0f} s train, "
               f"{timings[variant]['eval_s']:.0f} s eval)", flush=True)
     table = markdown(summary, sorted({int(n) for tasks in summary.values() for row in tasks.values() for n in row}))

@@ -56,6 +56,31 @@ def test_summary_merges_tasks_and_lengths_of_earlier_runs():
                                                                   "| mag | hashhop_pairs8 | 50% | – |"]
 
 
+def _merge_many(path, variant, n):
+    for i in range(n):
+        cpu_proof.merge_summary(path, variant, {"passkey": {str(1024 + i): float(i)}})
+
+
+def test_summary_writers_at_once_keep_each_others_cells(tmp_path):
+    """Two runs sharing one results folder (one per core): every cell either wrote survives, the earlier run's
+    lengths of the same task stay, and the folder holds nothing but the summary (no lock file left)."""
+    import multiprocessing
+
+    path = tmp_path / "summary.json"
+    cpu_proof.merge_summary(path, "mag", {"passkey": {"65536": 90.0}})
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_merge_many, args=(path, v, 40)) for v in ("mag", "mac")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    on_disk = json.loads(path.read_text())
+    assert on_disk["mag"]["passkey"] == {"65536": 90.0, **{str(1024 + i): float(i) for i in range(40)}}
+    assert on_disk["mac"]["passkey"] == {str(1024 + i): float(i) for i in range(40)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
 def test_every_experiment_composes(tmp_path):
     for variant in cpu_proof.VARIANTS:
         cfg = cpu_proof.compose(variant, tmp_path, [])
