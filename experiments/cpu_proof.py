@@ -112,7 +112,9 @@ def evaluate(variant: str, cfg, ckpt: Path, out_dir: Path, lengths: list[int], s
 
     torch.set_num_threads(int(cfg.get("cpu_threads") or torch.get_num_threads()))
     run = {"model": to_plain(cfg.model), "memory": to_plain(cfg.memory), "checkpoint": str(ckpt),
-           "model_name": variant, "device": "cpu", "segment_len": 256, "seed": 0}
+           "model_name": variant, "device": "cpu", "segment_len": 256, "seed": 0,
+           # `allow_arch_mismatch=true` with --checkpoint: evaluate a checkpoint under a changed switch on purpose
+           "allow_arch_mismatch": bool(cfg.get("allow_arch_mismatch", False))}
     seed_everything(run["seed"])
     model_name, model, tokenizer = main_model(run)
     by_suite: dict[str, dict] = {}  # one run per suite, a table row per task (the suite's `rows` option)

@@ -149,3 +149,27 @@ def test_checkpoint_option_is_checked(tmp_path):
         cpu_proof.main(["--variants", "mag", "swa", "--checkpoint", str(tmp_path), "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--checkpoint=.*no such file"):
         cpu_proof.main(["--variants", "mag", "--checkpoint", str(tmp_path / "x.ckpt"), "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_a_checkpoint_is_evaluated_under_a_changed_switch_only_when_asked(tmp_path, monkeypatch, allow):
+    """`allow_arch_mismatch=true` reaches the loader (a test-time change of a switch, on purpose); by default the
+    loader refuses a checkpoint whose recorded config differs."""
+    import benchmarks.evaluate
+
+    seen = {}
+
+    class Built(Exception):
+        pass
+
+    def fake_main_model(run):
+        seen.update(run)
+        raise Built
+
+    monkeypatch.setattr(benchmarks.evaluate, "main_model", fake_main_model)
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(Built):
+        cpu_proof.main(["--checkpoint", str(ckpt), "memory.memory.max_lr=0.25", f"allow_arch_mismatch={allow}",
+                        "--variants", "mag", "--out", str(tmp_path / "out"), "--train-dir", str(tmp_path / "tr")])
+    assert seen["allow_arch_mismatch"] is allow and seen["memory"]["memory"]["max_lr"] == 0.25
