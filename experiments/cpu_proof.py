@@ -65,6 +65,20 @@ TASKS = {
     "passkey_essay": ("passkey", {"intro": False, "haystack": "essay"}),
     "hashhop_essay": ("hashhop", {"intro": False, "haystack": "essay"}),
 }
+# variations of the same skills that no stage trains as such (other haystacks, key formats, counts and lengths of
+# access tokens): `--tasks` takes them too; `make proof` measures them for MAG (results/cpu_proof, "variations")
+VARIATIONS = {
+    "passkey_code": ("passkey", {"intro": False, "haystack": "code"}),
+    "passkey_9digits": ("passkey", {"intro": False, "digits": 9}),
+    "passkey_intro": ("passkey", {"intro": True}),
+    "hashhop_code": ("hashhop", {"intro": False, "haystack": "code"}),
+    "hashhop_mixed_pairs3": ("hashhop", {"intro": False, "haystack": "mixed", "n_pairs": 3}),
+    "hashhop_pairs4": ("hashhop", {"intro": False, "n_pairs": 4}),
+    "hashhop_pairs16": ("hashhop", {"intro": False, "n_pairs": 16}),
+    "hashhop_len5_pairs12": ("hashhop", {"intro": False, "hash_len": 5, "n_pairs": 12}),
+    "hashhop_len8_pairs6": ("hashhop", {"intro": False, "hash_len": 8, "n_pairs": 6}),
+}
+ALL_TASKS = {**TASKS, **VARIATIONS}
 DEFAULT_TASKS = ("passkey", "hashhop")
 
 
@@ -118,7 +132,7 @@ def evaluate(variant: str, cfg, ckpt: Path, out_dir: Path, lengths: list[int], s
     seed_everything(run["seed"])
     model_name, model, tokenizer = main_model(run)
     by_suite: dict[str, dict] = {}  # one run per suite, a table row per task (the suite's `rows` option)
-    for task, (suite, params) in (tasks or {t: TASKS[t] for t in DEFAULT_TASKS}).items():
+    for task, (suite, params) in (tasks or {t: ALL_TASKS[t] for t in DEFAULT_TASKS}).items():
         by_suite.setdefault(suite, {})[task] = params
     table = {}
     for suite, rows in by_suite.items():
@@ -245,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-dir", default="outputs/cpu_proof", help="checkpoints and logs (not committed)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's max_steps")
     parser.add_argument("--no-heatmap", action="store_true")
-    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help=f"of {list(TASKS)}")
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
+                        help=f"of {list(TASKS)} or the untrained variations {list(VARIATIONS)}")
     parser.add_argument("--hashhop-pairs", type=int, default=0,
                         help="distractor links in every hash-hop prompt (data_gen n_pairs; training used 0)")
     parser.add_argument("--checkpoint", default=None,
@@ -257,12 +272,12 @@ def main(argv: list[str] | None = None) -> dict:
     bad = sorted(set(args.variants) - set(VARIANTS))
     if bad:
         raise ValueError(f"--variants {bad}: allowed {list(VARIANTS)}")
-    bad_tasks = sorted(set(args.tasks) - set(TASKS))
+    bad_tasks = sorted(set(args.tasks) - set(ALL_TASKS))
     if bad_tasks:
-        raise ValueError(f"--tasks {bad_tasks}: allowed {list(TASKS)}")
+        raise ValueError(f"--tasks {bad_tasks}: allowed {list(ALL_TASKS)}")
     if args.hashhop_pairs < 0:
         raise ValueError(f"--hashhop-pairs={args.hashhop_pairs}: allowed an int >= 0")
-    tasks = {t: (TASKS[t][0], dict(TASKS[t][1])) for t in args.tasks}
+    tasks = {t: (ALL_TASKS[t][0], dict(ALL_TASKS[t][1])) for t in args.tasks}
     if "hashhop" in tasks and args.hashhop_pairs:
         tasks["hashhop"][1]["n_pairs"] = args.hashhop_pairs
     if args.checkpoint is not None:

@@ -50,6 +50,30 @@ def test_issue14_cells_are_rows_of_the_suites():
         assert not sample["input"].startswith(("There is an important", "Memorize"))  # no intro, as trained
 
 
+def test_variations_are_rows_of_the_suites_that_generate_what_they_name():
+    """The untrained variations (`--tasks`, `make proof`'s MAG line) are suite rows too, and each generates what its
+    name says: the haystack, the number of distractor pairs, the token / key length, the intro."""
+    import data_gen
+    from benchmarks.suites import get_suite
+
+    assert not set(cpu_proof.VARIATIONS) & set(cpu_proof.TASKS)
+    for name, (suite, params) in cpu_proof.VARIATIONS.items():
+        spec = get_suite(suite)
+        cells = spec.make_cells(spec.options({"rows": {name: params}, "lengths": [1024]}))
+        sample = data_gen.generate(cells[0].task, 1, 1024, split="eval", **cells[0].param_dict)[0]
+        meta, text = sample["meta"], sample["input"]
+        distractors = [nd for nd in meta["needles"] if nd["kind"] == "distractor"]
+        pairs = int(name.split("pairs")[1]) if "pairs" in name else 0
+        assert len(distractors) == pairs, name
+        if "_code" in name:
+            assert meta["haystack"] == "code", name
+        if "_len" in name:
+            assert len(sample["answer"]) == int(name.split("_len")[1].split("_")[0]), name
+        if "9digits" in name:
+            assert len(sample["answer"]) == 9, name
+        assert text.startswith(("There is an important", "Memorize")) == name.endswith("_intro"), name
+
+
 def test_summary_merges_tasks_and_lengths_of_earlier_runs():
     assert cpu_proof.markdown({"mag": {"passkey": {"1024": 100.0, "65536": 90.0}, "hashhop_pairs8": {"1024": 50.0}}},
                               [1024, 65536]).splitlines()[2:] == ["| mag | passkey | 100% | 90% |",
