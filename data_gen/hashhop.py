@@ -9,6 +9,9 @@ Curriculum knobs (variations of the one skill):
 - `n_pairs`: distractor links (other users' tokens) at random depths; an int, a range `[0, 16]`
   (drawn per sample) or a mapping {n_pairs: weight};
 - `hash_len`: characters of every access token; an int, a range or a mapping, like `n_pairs`;
+- `near_users`: how many of the distractor links belong to users whose id differs from the queried user's in only
+  1 or 2 of its 5 characters ("User_6a0c9" beside "User_dc0c9"); an int, range or mapping like `n_pairs`, at most
+  `n_pairs` per sample (default 0: every distractor id drawn at random);
 - `haystack`: `noise`, `essay`, `code` (the standard library's source), `mixed` (one of those three per
   sample), `pairs` (a haystack made only of distractor links) or a mapping {kind: weight};
 - `hops` (the question asks for one user; with hops > 1 it follows the chain), the depth range of the
@@ -32,7 +35,7 @@ QUESTION_K = ("Start from {user}: look up its access token, then the access toke
               "in all. What is the final access token? The final access token is")
 
 DEFAULTS = dict(hops=1, n_pairs=0, hash_len=6, haystack="noise", depth=None, depth_min=0.0, depth_max=1.0,
-                order="random", intro=True)
+                order="random", intro=True, near_users=0)
 HASH_ALPHABET = "0123456789abcdef"
 
 
@@ -40,6 +43,7 @@ def _validate_params(p: dict) -> None:
     check_int("hops", p["hops"], 1, 64)
     check_int_spec("n_pairs", p["n_pairs"], 0)
     check_int_spec("hash_len", p["hash_len"], 4, 64)
+    check_int_spec("near_users", p["near_users"], 0)
     check_haystack(p["haystack"], (*RETRIEVAL_HAYSTACKS, "pairs"))
     if not isinstance(p["intro"], bool):
         raise ValueError(f"intro={p['intro']!r} is not allowed; allowed: true or false")
@@ -74,6 +78,16 @@ class Entities:
 
     def user(self) -> str:
         return self._fresh(lambda: "User_" + "".join(self.rng.choice(HASH_ALPHABET) for _ in range(5)))
+
+    def near_user(self, user: str) -> str:
+        """A fresh user id equal to `user`'s but for 1 or 2 of its 5 characters (each redrawn to another one)."""
+        def make() -> str:
+            chars = list(user[len("User_"):])
+            for i in self.rng.sample(range(len(chars)), self.rng.choice((1, 2))):
+                chars[i] = self.rng.choice([c for c in HASH_ALPHABET if c != chars[i]])
+            return "User_" + "".join(chars)
+
+        return self._fresh(make)
 
 
 def _check(sample: dict, params: dict) -> list[str]:
@@ -114,14 +128,16 @@ def hashhop(rng, length: int, counter, p: dict) -> dict:
         rng.shuffle(depths)
     elif p["order"] == "backward":
         depths.reverse()
-    distractors = [Piece(LINK.format(a=ents.user(), b=ents.hash()), "distractor") for _ in range(n_pairs)]
+    near = min(draw_int(rng, p["near_users"]), n_pairs)  # a plain 0 (the default) draws nothing
+    distractors = [Piece(LINK.format(a=ents.near_user(chain[0]) if i < near else ents.user(), b=ents.hash()),
+                         "distractor") for i in range(n_pairs)]
     pieces = links + distractors
     depths += [rng.random() for _ in distractors]
     question = QUESTION_1.format(user=chain[0]) if hops == 1 else QUESTION_K.format(user=chain[0], hops=hops)
     completion = " " + chain[-1]
     budget = length - counter.count(completion)
     prefix = INTRO + "\n" if p["intro"] else ""
-    what = f"hashhop (hops={hops}, n_pairs={n_pairs}, hash_len={hash_len})"
+    what = f"hashhop (hops={hops}, n_pairs={n_pairs}, hash_len={hash_len}, near_users={near})"
     if haystack == "pairs":
         est = counter.count(LINK.format(a=chain[0], b=chain[1])) + 1
         units = [LINK.format(a=ents.user(), b=ents.hash()) for _ in range(max(1, budget // max(1, est - 2) + 8))]
@@ -132,4 +148,4 @@ def hashhop(rng, length: int, counter, p: dict) -> dict:
                                                       depths, budget, what)
     return make_sample("hashhop", text, chain[-1], completion, counter, length, length - budget, pieces, starts,
                        n_tokens=n, hops=hops, chain=chain, haystack=haystack, haystack_units=k, fill_slack=slack,
-                       n_pairs=n_pairs, hash_len=hash_len)
+                       n_pairs=n_pairs, hash_len=hash_len, near_users=near)

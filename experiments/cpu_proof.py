@@ -77,6 +77,8 @@ VARIATIONS = {
     "hashhop_pairs16": ("hashhop", {"intro": False, "n_pairs": 16}),
     "hashhop_len5_pairs12": ("hashhop", {"intro": False, "hash_len": 5, "n_pairs": 12}),
     "hashhop_len8_pairs6": ("hashhop", {"intro": False, "hash_len": 8, "n_pairs": 6}),
+    # 8 pairs, 2 of the distractor users one or two characters away from the queried id (User_4a113 beside User_4a11d)
+    "hashhop_pairs8_near2": ("hashhop", {"intro": False, "n_pairs": 8, "near_users": 2}),
 }
 ALL_TASKS = {**TASKS, **VARIATIONS}
 DEFAULT_TASKS = ("passkey", "hashhop")

@@ -85,6 +85,28 @@ def test_hashhop_pairs_and_hash_len_ranges():
     assert _spread(query, 0.25, 0.75)
 
 
+def test_near_users_are_distractors_one_or_two_characters_from_the_queried_id():
+    """`near_users`: that many distractor ids (at most n_pairs) equal the queried id but for 1 or 2 of its 5
+    characters; the chain still has one reading; both counts of changed characters occur."""
+    samples = data_gen.generate("hashhop", 30, 1536, seed=0, n_pairs=[2, 10], near_users=[0, 4], hash_len=[4, 8])
+    _valid(samples)
+    changed = []
+    for s in samples:
+        user = s["meta"]["chain"][0][len("User_"):]
+        ids = [a[len("User_"):] for a, _ in re.findall(r"The access token for (User_\w+) is (\w+)\.", s["input"])]
+        dist = sorted(sum(x != y for x, y in zip(i, user, strict=True)) for i in ids if i != user)
+        near = [d for d in dist if d <= 2]
+        assert s["meta"]["near_users"] == min(s["meta"]["near_users"], s["meta"]["n_pairs"])
+        assert len(near) >= s["meta"]["near_users"] and all(d >= 1 for d in dist)
+        changed += near[: s["meta"]["near_users"]]
+    assert {1, 2} <= set(changed)
+    assert {s["meta"]["near_users"] for s in samples} >= {0, 1, 2, 3, 4}
+    capped = data_gen.generate("hashhop", 3, 1024, seed=0, n_pairs=2, near_users=5)
+    assert [s["meta"]["near_users"] for s in capped] == [2, 2, 2]
+    with pytest.raises(ValueError, match=r"near_users=-1 is not allowed"):
+        data_gen.generate("hashhop", 1, 1024, near_users=-1)
+
+
 def test_pairs8_has_eight_distractors_in_every_prompt():
     for s in data_gen.generate("hashhop", 10, 1024, seed=0, n_pairs=8, split="eval"):
         assert len(re.findall(r"The access token for User_\w+ is \w+\.", s["input"])) == 9

@@ -1,6 +1,7 @@
 """The CPU proof pipeline end to end at toy size: train (curriculum) -> evaluate -> summary of the issue's shape."""
 
 import json
+import re
 
 import pytest
 
@@ -63,12 +64,14 @@ def test_variations_are_rows_of_the_suites_that_generate_what_they_name():
         sample = data_gen.generate(cells[0].task, 1, 1024, split="eval", **cells[0].param_dict)[0]
         meta, text = sample["meta"], sample["input"]
         distractors = [nd for nd in meta["needles"] if nd["kind"] == "distractor"]
-        pairs = int(name.split("pairs")[1]) if "pairs" in name else 0
+        pairs = int(re.search(r"pairs(\d+)", name).group(1)) if "pairs" in name else 0
         assert len(distractors) == pairs, name
         if "_code" in name:
             assert meta["haystack"] == "code", name
         if "_len" in name:
             assert len(sample["answer"]) == int(name.split("_len")[1].split("_")[0]), name
+        if "_near" in name:
+            assert meta["near_users"] == int(name.split("_near")[1]), name
         if "9digits" in name:
             assert len(sample["answer"]) == 9, name
         assert text.startswith(("There is an important", "Memorize")) == name.endswith("_intro"), name
