@@ -31,7 +31,8 @@ demo: $(STAMP)
 # every variant of the CPU proof (mag mal mac swa titans_pytorch) trained as `make demo` trains MAG, then every cell
 # of results/cpu_proof/summary.json (5 tasks at 1K-4K, 40 samples; pass keys at 16K-32K, 20; MAG to 1M tokens; MAG on
 # ten untrained variations at 1K/4K, 20).
-# Hours on one core: ~7-25 min of training per variant (the peer ~50), ~40 min of evaluation (the 1M-token cell ~10 min).
+# Hours on one core: ~7-25 min of training per variant (the peer ~50 idle, hours beside other jobs), ~40 min of
+# evaluation (the 1M-token cell ~10 min).
 PROOF := $(PY) -m experiments.cpu_proof --out results/cpu_proof --train-dir outputs/proof
 # variations no stage trains as such (experiments/cpu_proof.py VARIATIONS): other haystacks, key formats, counts, lengths
 VARIATIONS := passkey_code passkey_9digits passkey_intro hashhop_code hashhop_mixed_pairs3 hashhop_pairs4 \
