@@ -66,7 +66,7 @@ TASKS = {
     "hashhop_essay": ("hashhop", {"intro": False, "haystack": "essay"}),
 }
 # variations of the same skills that no stage trains as such (other haystacks, key formats, counts and lengths of
-# access tokens): `--tasks` takes them too; `make proof` measures them for MAG (results/cpu_proof, "variations")
+# access tokens): `--tasks` takes them too (`--tasks variations`: all); `make proof` measures them for MAG
 VARIATIONS = {
     "passkey_code": ("passkey", {"intro": False, "haystack": "code"}),
     "passkey_9digits": ("passkey", {"intro": False, "digits": 9}),
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's max_steps")
     parser.add_argument("--no-heatmap", action="store_true")
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
-                        help=f"of {list(TASKS)} or the untrained variations {list(VARIATIONS)}")
+                        help=f"of {list(TASKS)} or the untrained variations {list(VARIATIONS)} ('variations': all)")
     parser.add_argument("--hashhop-pairs", type=int, default=0,
                         help="distractor links in every hash-hop prompt (data_gen n_pairs; training used 0)")
     parser.add_argument("--checkpoint", default=None,
@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     bad = sorted(set(args.variants) - set(VARIANTS))
     if bad:
         raise ValueError(f"--variants {bad}: allowed {list(VARIANTS)}")
+    # "variations" stands for every untrained variation (make proof's list is this one)
+    args.tasks = [t for name in args.tasks for t in (VARIATIONS if name == "variations" else [name])]
     bad_tasks = sorted(set(args.tasks) - set(ALL_TASKS))
     if bad_tasks:
         raise ValueError(f"--tasks {bad_tasks}: allowed {list(ALL_TASKS)}")
@@ -300,7 +302,6 @@ def main(argv: list[str] | None = None) -> dict:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M')}  python -m experiments.cpu_proof {' '.join(argv)}\n")
         return json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     timings = {}
     for i, variant in enumerate(args.variants):
         start = time.perf_counter()

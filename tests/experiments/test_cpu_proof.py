@@ -30,6 +30,8 @@ def test_bad_variant_is_a_clear_error(tmp_path):
         cpu_proof.main(["--variants", "gpt", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--tasks"):
         cpu_proof.main(["--variants", "swa", "--tasks", "niah", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"--tasks \['niah'\]"):  # the group name expands, the rest is checked
+        cpu_proof.main(["--variants", "swa", "--tasks", "variations", "niah", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--hashhop-pairs"):
         cpu_proof.main(["--variants", "swa", "--hashhop-pairs", "-1", "--out", str(tmp_path)])
 
