@@ -116,7 +116,7 @@ def test_output_projection_matches_finite_differences():
 
 @pytest.mark.parametrize("kw", [dict(qk_center=True), dict(gate_keys=True), dict(nonfinite="skip"),
                                 dict(qk_activation="none"), dict(input_norm=False), dict(conv_kernel=0),
-                                dict(qk_l2_norm=False), dict(qk_features="pairs"),
+                                dict(qk_l2_norm=False), dict(qk_features="pairs"), dict(qk_features="bilinear"),
                                 dict(qk_init="induction", tie_keys=True)],
                          ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
 def test_switches_the_fused_ops_lack_take_the_plain_ops(kw, monkeypatch):

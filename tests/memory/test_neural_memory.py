@@ -618,9 +618,9 @@ def test_compiled_forward_equals_eager_with_autograd_and_varying_lengths(depth):
 @pytest.mark.parametrize("kw", [dict(), dict(depth=1), dict(conv_kernel=0, output_norm=False, output_gate=False),
                                 dict(input_norm=False, qk_l2_norm=False), dict(depth=1, qk_activation="none"),
                                 dict(qk_center=True), dict(depth=1, gate_keys=True), dict(depth=1, qk_features="pairs"),
-                                dict(depth=1, qk_init="induction", tie_keys=True)],
+                                dict(depth=1, qk_init="induction", tie_keys=True), dict(qk_features="bilinear")],
                          ids=["deep", "linear", "no-conv-norm-gate", "no-input-norm", "linear-qk", "centered-qk",
-                              "gates-see-keys", "pair-features", "tied-keys"])
+                              "gates-see-keys", "pair-features", "tied-keys", "bilinear-features"])
 def test_read_only_path_equals_general_path(kw, monkeypatch):
     """Calls that complete no chunk take `_forward_read_only` (queries of the new tokens only); token by token and
     in pieces of 2 and 3, across chunk boundaries and from the first token on, it equals `_forward` on the same calls

@@ -90,7 +90,7 @@ def test_switch_errors_name_the_field():
         MemoryConfig(dim=8, gate_keys=True, per_token_gates=False)
     with pytest.raises(ValueError, match="gate_keys"):
         MemoryConfig(dim=8, gate_keys="yes")
-    with pytest.raises(ValueError, match=r"qk_features='square' is invalid.*one of \('none', 'pairs'\)"):
+    with pytest.raises(ValueError, match=r"qk_features='square' is invalid.*one of \('none', 'pairs', 'bilinear'\)"):
         MemoryConfig(dim=8, qk_features="square")
     with pytest.raises(ValueError, match=r"tie_keys=True is invalid.*unless qk_init='induction'"):
         MemoryConfig(dim=8, tie_keys=True)
@@ -163,3 +163,29 @@ def test_pair_features_address_by_the_whole_context():
     # the map: channel i times channel i+1, the last times the first; same width
     x = torch.arange(1.0, 5.0)
     torch.testing.assert_close(pair_features(x), torch.tensor([2.0, 6.0, 12.0, 4.0]))
+
+
+def test_bilinear_features_square_the_cosine_at_init():
+    """`qk_features="bilinear"`: φ(x) = (A_h x) ⊙ (B_h x) with A, B drawn N(0, 1/d), so E[φ(q)·φ(k)] = (q·k)². Keys at
+    cosine 0.5 (a shared template) read each other at ~0.25 after the ℓ2 norm; equal keys still at 1; the maps are
+    trained (a gradient reaches both)."""
+    from titans.memory.neural_memory import bilinear_features
+
+    mem = NeuralMemory(MemoryConfig(dim=16, heads=2, head_dim=256, depth=1, qk_features="bilinear"))
+    maps = mem.qk_feature_maps.detach()
+    assert maps.shape == (2, 2, 256, 256) and abs(maps.std().item() - 256 ** -0.5) < 1e-3
+    torch.manual_seed(0)
+    n, d = 64, 256
+    shared = torch.randn(2, n, d)
+    a = torch.nn.functional.normalize(shared + torch.randn(2, n, d), dim=-1)  # cosine ~0.5 with b
+    b = torch.nn.functional.normalize(shared + torch.randn(2, n, d), dim=-1)
+    cos = torch.nn.functional.cosine_similarity
+    plain = cos(a, b, dim=-1).mean().item()
+    squared = cos(bilinear_features(a, maps), bilinear_features(b, maps), dim=-1).mean().item()
+    assert 0.45 < plain < 0.55 and 0.15 < squared < 0.35, (plain, squared)
+    same = cos(bilinear_features(a, maps), bilinear_features(a, maps), dim=-1)
+    torch.testing.assert_close(same, torch.ones_like(same))
+    x = torch.randn(1, 9, 16)
+    y, _ = mem(x)
+    (grad,) = torch.autograd.grad(y.pow(2).sum(), [mem.qk_feature_maps])
+    assert grad[0].abs().sum() > 0 and grad[1].abs().sum() > 0

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 ACTIVATIONS = ("silu", "gelu", "relu")
 QK_INITS = ("random", "induction")
 QK_ACTIVATIONS = ("silu", "none")
-QK_FEATURES = ("none", "pairs")
+QK_FEATURES = ("none", "pairs", "bilinear")
 NONFINITE = ("error", "skip")
 
 
@@ -87,7 +87,11 @@ class MemoryConfig(DictRoundTrip):
     # product is large only where both channels agree, which squares that overlap (cosine ~ cos²) — the read is
     # addressed by the whole context ("the user id AND the last byte"), not mostly by the last byte (a CPU-proof MAG
     # misspelt 8-pair lookups by continuing the previous character as a distractor did). The memory's key and query
-    # keep head_dim entries; the induction init (k_t = q_{t-1}) holds. "none": the paper's form.
+    # keep head_dim entries; the induction init (k_t = q_{t-1}) holds. "bilinear": φ(x) = (A_h x) ⊙ (B_h x) with
+    # learned per-head A_h, B_h (d × d, Gaussian at init: E[φ(q)·φ(k)] = (q·k)², a random-feature degree-2
+    # polynomial kernel, so after the ℓ2 norm two keys at cosine c read each other at ~c²). A linear memory reads
+    # Σ_i v_i (k_i·q): keys that share a template (8 links "The access token for User_xxxxx is", cosine ~0.5)
+    # each add half a value to the read; squared, a quarter. "none": the paper's form.
     qk_features: str = "none"
 
     # data-dependent gates θ_t (lr), η_t (momentum_decay), α_t (forget)

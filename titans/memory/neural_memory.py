@@ -76,6 +76,9 @@ class NeuralMemory(nn.Module):
         self.out_norm = nn.Parameter(torch.ones(c.heads, c.head_dim)) if c.output_norm else None
         self.to_out_gate = nn.Linear(c.dim, inner) if c.output_gate else None
         self.to_out = nn.Linear(inner, c.dim, bias=False)
+        # qk_features="bilinear": φ(x) = (A_h x) ⊙ (B_h x); rows A | B, per head
+        self.qk_feature_maps = (nn.Parameter(torch.empty(2, c.heads, c.head_dim, c.head_dim))
+                                if c.qk_features == "bilinear" else None)
         if c.qk_center:  # running means of queries and keys (rows q | k), and how many training calls made them
             self.register_buffer("qk_mean", torch.zeros(2, c.heads, c.head_dim))
             self.register_buffer("qk_mean_calls", torch.zeros((), dtype=torch.long))
@@ -95,6 +98,8 @@ class NeuralMemory(nn.Module):
             nn.init.zeros_(self.to_gates_keys.weight)
         if self.conv is not None and c.qk_init == "induction":
             self._induction_init()
+        if self.qk_feature_maps is not None:  # E[φ(q)·φ(k)] = (q·k)² at init; drawn last
+            nn.init.normal_(self.qk_feature_maps, std=c.head_dim ** -0.5)
         with torch.no_grad():
             bias = self.to_gates.bias.view(3, c.heads)
             bias[0].fill_(c.lr_bias_init)
@@ -322,6 +327,8 @@ class NeuralMemory(nn.Module):
                 q = q - self.qk_mean[0].to(dtype).repeat(B, 1)[:, None, :]  # (h, d) -> ((b h), 1, d)
             if c.qk_features == "pairs":
                 q = pair_features(q)
+            elif c.qk_features == "bilinear":
+                q = bilinear_features(q.view(B, H, T, -1), self.qk_feature_maps.to(dtype)).flatten(0, 1)
             if c.qk_l2_norm:
                 q = q * torch.rsqrt(torch.linalg.vecdot(q, q).unsqueeze(-1).clamp_min(1e-24))
             w = [weights[nm].flatten(0, 1) for nm in self.memory_model.names]  # ((b h), i, o)
@@ -447,6 +454,8 @@ class NeuralMemory(nn.Module):
                 qk = self._center(qk)
             if c.qk_features == "pairs":
                 qk = pair_features(qk)
+            elif c.qk_features == "bilinear":
+                qk = bilinear_features(qk, self.qk_feature_maps.to(qk.dtype))
             if c.qk_l2_norm:  # = F.normalize(eps=1e-12), as one multiply (its backward has no divisions)
                 qk = qk * torch.rsqrt(qk.pow(2).sum(-1, keepdim=True).clamp_min(1e-24))
             q, k = qk.unbind(0)  # (b, h, n, d) each
@@ -518,6 +527,13 @@ def pair_features(x: Tensor) -> Tensor:
     """`MemoryConfig.qk_features="pairs"`: φ(x)_i = x_i · x_{(i+1) mod d} over the last dim (conjunctions of two
     channels; the same width)."""
     return x * torch.roll(x, -1, dims=-1)
+
+
+def bilinear_features(x: Tensor, maps: Tensor) -> Tensor:
+    """`MemoryConfig.qk_features="bilinear"`: φ(x) = (A_h x) ⊙ (B_h x) for x `[..., H, n, d]`, `maps` `[2, H, d, d]`
+    (rows A | B). With Gaussian A, B of variance 1/d, E[φ(q)·φ(k)] = (q·k)²: cosines square."""
+    a = torch.einsum("...hnd,hed->...hne", x, maps[0])
+    return a * torch.einsum("...hnd,hed->...hne", x, maps[1])
 
 
 def _compiled_forward():

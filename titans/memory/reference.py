@@ -181,6 +181,9 @@ def reference_forward(memory: NeuralMemory, x: Tensor) -> tuple[Tensor, dict[str
         k = k - p(memory.qk_mean[1])[None, :, None, :]
     if c.qk_features == "pairs":  # channel i times channel i+1 (the last times the first)
         q, k = (torch.stack([t[..., i] * t[..., (i + 1) % d] for i in range(d)], dim=-1) for t in (q, k))
+    if c.qk_features == "bilinear":  # feature e of head h: (row e of A_h · x) × (row e of B_h · x)
+        A, Bm = p(memory.qk_feature_maps[0]), p(memory.qk_feature_maps[1])  # (H, d, d)
+        q, k = (torch.stack([(t[:, h] @ A[h].T) * (t[:, h] @ Bm[h].T) for h in range(H)], dim=1) for t in (q, k))
     if c.qk_l2_norm:
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
