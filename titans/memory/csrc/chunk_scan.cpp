@@ -23,6 +23,13 @@
 #include <cstring>
 #include <vector>
 
+// the elementwise loops below read and write distinct buffers; without this GCC cannot prove it and keeps them scalar
+#if defined(__clang__)
+#define IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define IVDEP _Pragma("GCC ivdep")
+#endif
+
 namespace titans_chunk_scan {
 
 using i64 = int64_t;
@@ -298,6 +305,7 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
       gemm<T>(C, d, il, h[L - 1], il, 1, w[L - 1], d, R, d, false);
       gemm<T>(C, d, il, h[L - 1] + C * il, il, 1, w[L - 1], d, E, d, false);
       const T* Vc = v + idx * C * d;
+      IVDEP
       for (i64 e = 0; e < C * d; ++e) {
         E[e] -= Vc[e];
         delta[L - 1][e] = T(2) * E[e];  // dℓ/dM(k) of Eq. 12
@@ -309,6 +317,7 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
         gemm<T>(C, i, o, delta[l].data(), o, 1, wt.data(), i, p[l - 1], i, false);
         const T* sk = sg[l - 1] + C * i;
         const T* hk = h[l] + C * i;
+        IVDEP
         for (i64 e = 0; e < C * i; ++e) delta[l - 1][e] = p[l - 1][e] * silu_grad(sk[e], hk[e]);
       }
       // ‖∇ℓ_t‖² = Σ_l ‖h_l‖²‖δ_l‖² on the key rows
@@ -347,6 +356,7 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
         const i64 i = D.in(l), o = D.out(l);
         for (i64 j = 0; j < C; ++j) {
           const T c0 = cf[2 * j] * scl, c1 = cf[2 * j + 1] * scl;
+          IVDEP
           for (i64 e = 0; e < o; ++e) {
             rhs[j * 2 * o + e] = delta[l][j * o + e] * c0;
             rhs[j * 2 * o + o + e] = delta[l][j * o + e] * c1;
@@ -358,6 +368,7 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
         for (i64 a = 0; a < i; ++a) {
           const T* sw = sums.data() + a * 2 * o;
           const T* sm = sw + o;
+          IVDEP
           for (i64 b = 0; b < o; ++b) {
             const T wv = wl[a * o + b], mv = sl[a * o + b];
             if (momentum) {
@@ -417,11 +428,13 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
       }
       // the forward's δ_l, again from what it kept
       const T* E = errors + idx * C * d;
+      IVDEP
       for (i64 e = 0; e < C * d; ++e) delta[L - 1][e] = T(2) * E[e];
       for (int l = L - 1; l >= 1; --l) {
         const i64 i = D.in(l);
         const T* sk = sg[l - 1] + C * i;
         const T* hk = h[l] + C * i;
+        IVDEP
         for (i64 e = 0; e < C * i; ++e) delta[l - 1][e] = p[l - 1][e] * silu_grad(sk[e], hk[e]);
       }
       const T scl = scale[idx];
@@ -430,6 +443,7 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
         c1[j] = coef[idx * C * 2 + 2 * j + 1] * scl;
       }
       T* gcoef = g_coef + idx * C * 2;
+      IVDEP
       for (i64 e = 0; e < 2 * C; ++e) gcoef[e] = 0;
       // the update: W' = A·W + c_S·S + h_kᵀ(−û δ), S' = E·S + h_kᵀ(−ŝ δ)
       for (int l = 0; l < L; ++l) {
@@ -444,7 +458,9 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
           T* gd = gdelta[l].data() + j * o;
           gcoef[2 * j] += dot<T>(o, rw, dj);
           gcoef[2 * j + 1] += dot<T>(o, rm, dj);
+          IVDEP
           for (i64 e = 0; e < o; ++e) gd[e] = rw[e] * c0[j] + rm[e] * c1[j];
+          IVDEP
           for (i64 e = 0; e < o; ++e) {
             rhsT[e * C + j] = dj[e] * c0[j];
             rhsT[(o + e) * C + j] = dj[e] * c1[j];
@@ -469,10 +485,13 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
           const T* sl = s[l];
           scm += dot<T>(n, gwl, sl);
           scs += dot<T>(n, gml, sl);
+          IVDEP
           for (i64 e = 0; e < n; ++e) gml[e] = gml[e] * cs + gwl[e] * cm;
         } else {
+          IVDEP
           for (i64 e = 0; e < n; ++e) gml[e] = 0;
         }
+        IVDEP
         for (i64 e = 0; e < n; ++e) gwl[e] *= dec;
       }
       g_decay[idx] = sd;
@@ -486,6 +505,7 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
         const T* sk = sg[l] + C * o;
         const T* hk = h[l + 1] + C * o;
         const T* zk = z[l] + C * o;
+        IVDEP
         for (i64 e = 0; e < C * o; ++e) {
           mbuf[e] = gdelta[l][e] * silu_grad(sk[e], hk[e]);
           gzx[l][e] = gdelta[l][e] * p[l][e] * silu_grad2(sk[e], zk[e]);
@@ -497,6 +517,7 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
       T* GE = g_err + idx * C * d;
       const T* gE = g_errors + idx * C * d;
       const T* gR = g_reads + idx * C * d;
+      IVDEP
       for (i64 e = 0; e < C * d; ++e) {
         GE[e] = gE[e] + T(2) * gdelta[L - 1][e];
         gz[e] = gR[e];
@@ -514,7 +535,9 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
         if (l == 0) break;
         const T* zs = sg[l - 1];
         const T* hh = h[l];
+        IVDEP
         for (i64 e = 0; e < C2 * i; ++e) gz[e] = out[e] * silu_grad(zs[e], hh[e]);
+        IVDEP
         for (i64 e = 0; e < C * i; ++e) gz[C * i + e] += gzx[l - 1][e];
       }
     }
