@@ -28,9 +28,10 @@ def op_inputs(g: int, k: int, C: int, d: int, hid: int, momentum: bool, capped: 
     state = [torch.randn(g, i, o, **t) * 0.4 for i, o in zip(dims, dims[1:])]
     state += [torch.randn(g, i, o, **t) * 0.05 for i, o in zip(dims, dims[1:])]
     coef = -torch.rand(g, k, C, 2, **t) * 0.3
+    limit = torch.where(torch.rand(g, k) < 0.5, 0.02, 100.0).to(dtype)
     args = [torch.randn(g, k, 2 * C, d, **t), torch.randn(g, C, d, **t) if tail else None, torch.randn(g, k, C, d, **t),
-            coef, torch.rand(g, k, C, **t) if capped else None,
-            torch.where(torch.rand(g, k) < 0.5, 0.02, 100.0).to(dtype) if capped else None, 0.5 + 0.4 * torch.rand(g, k, **t),
+            coef, torch.rand(g, k, C, **t) if capped else None, limit if capped else None,
+            0.5 + 0.4 * torch.rand(g, k, **t),
             *((0.3 + 0.5 * torch.rand(g, k, **t) for _ in range(2)) if momentum else (None, None)), *state]
     return ("silu", depth, momentum, capped, False), [a if a is None else a.requires_grad_() for a in args]
 
@@ -123,9 +124,10 @@ def test_python_loop_keeps_what_the_native_scan_does_not_take(monkeypatch):
     make()(x)
     assert calls == [1]
     make(activation="gelu")(x)
+    limit = chunk_native.MAX_STATE
     monkeypatch.setattr(chunk_native, "MAX_STATE", 8)
     make()(x)
-    monkeypatch.setattr(chunk_native, "MAX_STATE", 32 * 1024)
+    monkeypatch.setattr(chunk_native, "MAX_STATE", limit)
     monkeypatch.setattr(chunk_native, "NATIVE", False)
     make()(x)
     assert calls == [1]
