@@ -144,6 +144,48 @@ static inline T dot(i64 n, const T* __restrict a, const T* __restrict b) {
   return s;
 }
 
+// The decay/momentum carries of one layer's state, one pass: dots = (⟨gW', W⟩, ⟨gW', S⟩, ⟨gS', S⟩), then
+// gS = E·gS' + c_S·gW' and gW = A·gW' in place.
+template <typename T>
+static inline void carry_backward(i64 n, T* __restrict gw, T* __restrict gm, const T* __restrict w,
+                                  const T* __restrict s, T dec, T cm, T cs, T* dots) {
+  using V = typename Vec<T>::type;
+  constexpr int lanes = Vec<T>::n;
+  V a = V{}, b = V{}, c = V{};
+  const V vdec = splat<T>(dec), vcm = splat<T>(cm), vcs = splat<T>(cs);
+  i64 e = 0;
+  for (; e + lanes <= n; e += lanes) {
+    V gwv, gmv, wv, sv;
+    std::memcpy(&gwv, gw + e, sizeof(V));
+    std::memcpy(&gmv, gm + e, sizeof(V));
+    std::memcpy(&wv, w + e, sizeof(V));
+    std::memcpy(&sv, s + e, sizeof(V));
+    a += gwv * wv;
+    b += gwv * sv;
+    c += gmv * sv;
+    const V gm_new = gmv * vcs + gwv * vcm;
+    const V gw_new = gwv * vdec;
+    std::memcpy(gm + e, &gm_new, sizeof(V));
+    std::memcpy(gw + e, &gw_new, sizeof(V));
+  }
+  T sa = 0, sb = 0, sc = 0;
+  for (int i = 0; i < lanes; ++i) {
+    sa += a[i];
+    sb += b[i];
+    sc += c[i];
+  }
+  for (; e < n; ++e) {
+    sa += gw[e] * w[e];
+    sb += gw[e] * s[e];
+    sc += gm[e] * s[e];
+    gm[e] = gm[e] * cs + gw[e] * cm;
+    gw[e] = gw[e] * dec;
+  }
+  dots[0] = sa;
+  dots[1] = sb;
+  dots[2] = sc;
+}
+
 // out[c x r] = in[r x c]ᵀ
 template <typename T>
 static void transpose(i64 r, i64 c, const T* __restrict in, T* __restrict out) {
@@ -257,7 +299,7 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
                          std::vector<T*> W, std::vector<T*> S, T* reads, T* errors, T* scale_out, T* surprise,
                          T* kappa_out, T* total_out, std::vector<T*> Wsave, std::vector<T*> Ssave,
                          std::vector<T*> Zsave, std::vector<T*> Sigsave, std::vector<T*> Hsave,
-                         std::vector<T*> Psave) {
+                         std::vector<T*> Psave, std::vector<T*> WTsave) {
   const i64 G = D.G, K = D.K, C = D.C, L = D.L, d = D.dims[0], C2 = 2 * C, md = D.max_dim();
   // scratch of one chunk (used when the backward keeps nothing, and for what it recomputes)
   std::vector<std::vector<T>> zb(L), sb(L), hb(L), pb(L), delta(L);
@@ -279,12 +321,6 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
     for (i64 k = 0; k < K; ++k) {
       const i64 idx = g * K + k;
       const T* X = x + idx * C2 * d;
-      if (keep) {
-        for (int l = 0; l < L; ++l) {
-          std::memcpy(Wsave[l] + idx * D.size(l), w[l], D.size(l) * sizeof(T));
-          if (momentum) std::memcpy(Ssave[l] + idx * D.size(l), s[l], D.size(l) * sizeof(T));
-        }
-      }
       // the MLP on [queries | keys]: z_l = h_l W_l, h_{l+1} = z_l·σ(z_l)
       h[0] = X;
       std::vector<T*> z(L), sg(L), p(L);
@@ -313,8 +349,9 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
       // δ_{l-1} = (δ_l W_lᵀ) ⊙ act'(z_{l-1}) on the key rows
       for (int l = L - 1; l >= 1; --l) {
         const i64 i = D.in(l), o = D.out(l);
-        transpose<T>(i, o, w[l], wt.data());
-        gemm<T>(C, i, o, delta[l].data(), o, 1, wt.data(), i, p[l - 1], i, false);
+        T* wtl = keep ? WTsave[l - 1] + idx * D.size(l) : wt.data();  // W_lᵀ, kept for the backward's d/d h_l
+        transpose<T>(i, o, w[l], wtl);
+        gemm<T>(C, i, o, delta[l].data(), o, 1, wtl, i, p[l - 1], i, false);
         const T* sk = sg[l - 1] + C * i;
         const T* hk = h[l] + C * i;
         IVDEP
@@ -365,18 +402,27 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
         gemm<T>(i, 2 * o, C, h[l] + C * i, 1, i, rhs.data(), 2 * o, sums.data(), 2 * o, false);
         T* wl = w[l];
         T* sl = s[l];
+        T* ws = keep ? Wsave[l] + idx * D.size(l) : nullptr;  // the chunk-start state, for the backward
+        T* ss = keep && momentum ? Ssave[l] + idx * D.size(l) : nullptr;
         for (i64 a = 0; a < i; ++a) {
           const T* sw = sums.data() + a * 2 * o;
           const T* sm = sw + o;
-          IVDEP
-          for (i64 b = 0; b < o; ++b) {
-            const T wv = wl[a * o + b], mv = sl[a * o + b];
-            if (momentum) {
-              wl[a * o + b] = (sw[b] + dec * wv) + cm * mv;
-              sl[a * o + b] = sm[b] + cs * mv;
-            } else {
-              wl[a * o + b] = sw[b] + dec * wv;
-              sl[a * o + b] = sm[b];
+          T* wr = wl + a * o;
+          T* sr = sl + a * o;
+          if (ws) std::memcpy(ws + a * o, wr, o * sizeof(T));
+          if (ss) std::memcpy(ss + a * o, sr, o * sizeof(T));
+          if (momentum) {
+            IVDEP
+            for (i64 b = 0; b < o; ++b) {
+              const T wv = wr[b], mv = sr[b];
+              wr[b] = (sw[b] + dec * wv) + cm * mv;
+              sr[b] = sm[b] + cs * mv;
+            }
+          } else {
+            IVDEP
+            for (i64 b = 0; b < o; ++b) {
+              wr[b] = sw[b] + dec * wr[b];
+              sr[b] = sm[b];
             }
           }
         }
@@ -391,7 +437,8 @@ template <typename T>
 static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coef, const T* scale, const T* decay,
                           const T* carry_m, const T* carry_s, const T* errors, std::vector<const T*> Wsave,
                           std::vector<const T*> Ssave, std::vector<const T*> Zsave, std::vector<const T*> Sigsave,
-                          std::vector<const T*> Hsave, std::vector<const T*> Psave, const T* g_reads,
+                          std::vector<const T*> Hsave, std::vector<const T*> Psave, std::vector<const T*> WTsave,
+                          const T* g_reads,
                           const T* g_errors, std::vector<T*> gW, std::vector<T*> gM, T* g_x, T* g_err, T* g_coef,
                           T* g_decay, T* g_carry_m, T* g_carry_s) {
   const i64 G = D.G, K = D.K, C = D.C, L = D.L, d = D.dims[0], C2 = 2 * C, md = D.max_dim();
@@ -480,19 +527,20 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
         T* gml = gm[l];
         const T* wl = w[l];
         const i64 n = D.size(l);
-        sd += dot<T>(n, gwl, wl);
         if (momentum) {
           const T* sl = s[l];
-          scm += dot<T>(n, gwl, sl);
-          scs += dot<T>(n, gml, sl);
-          IVDEP
-          for (i64 e = 0; e < n; ++e) gml[e] = gml[e] * cs + gwl[e] * cm;
+          T dots[3];
+          carry_backward<T>(n, gwl, gml, wl, sl, dec, cm, cs, dots);
+          sd += dots[0];
+          scm += dots[1];
+          scs += dots[2];
         } else {
+          sd += dot<T>(n, gwl, wl);
           IVDEP
           for (i64 e = 0; e < n; ++e) gml[e] = 0;
+          IVDEP
+          for (i64 e = 0; e < n; ++e) gwl[e] *= dec;
         }
-        IVDEP
-        for (i64 e = 0; e < n; ++e) gwl[e] *= dec;
       }
       g_decay[idx] = sd;
       if (momentum) {
@@ -526,9 +574,13 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
       for (int l = L - 1; l >= 0; --l) {
         const i64 i = D.in(l), o = D.out(l);
         gemm<T>(i, o, C2, h[l], 1, i, gz.data(), o, gw[l], o, true);  // gW_l += h_lᵀ gz
-        transpose<T>(i, o, w[l], wt.data());
+        const T* wtl = wt.data();  // W_lᵀ: the forward's for l ≥ 1
+        if (l == 0)
+          transpose<T>(i, o, w[l], wt.data());
+        else
+          wtl = WTsave[l - 1] + idx * D.size(l);
         T* out = l == 0 ? g_x + idx * C2 * d : gh.data();
-        gemm<T>(C2, i, o, gz.data(), o, 1, wt.data(), i, out, i, false);  // d/d h_l = gz W_lᵀ
+        gemm<T>(C2, i, o, gz.data(), o, 1, wtl, i, out, i, false);  // d/d h_l = gz W_lᵀ
         const T* gt = ghkT[l].data();
         for (i64 j = 0; j < C; ++j)
           for (i64 a = 0; a < i; ++a) out[(C + j) * i + a] += gt[a * C + j];
@@ -568,7 +620,8 @@ static std::vector<T*> ptrs(std::vector<at::Tensor>& ts) {
 
 // Returns [reads (g, k, C, d), errors (g, k, C, d), scale (g, k), surprise² (g, k, C), κ (g, k, C), total (g, k),
 // W_0..W_{L-1}, S_0..S_{L-1} after the last chunk, then with keep: per chunk W_l, S_l (empty without momentum) at
-// the chunk start (g, k, i, o), z_l, σ(z_l), act(z_l) (g, k, 2C, o) and p_l (g, k, C, o) of the hidden layers].
+// the chunk start (g, k, i, o), z_l, σ(z_l), act(z_l) (g, k, 2C, o) and p_l (g, k, C, o) of the hidden layers, and
+// W_lᵀ (g, k, o, i) of the layers after the first].
 std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, const at::Tensor& coef,
                                      const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& limit,
                                      const at::Tensor& decay, const c10::optional<at::Tensor>& carry_m,
@@ -585,20 +638,38 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, c
   at::Tensor scale = at::empty({G, K}, opt), surprise = at::empty({G, K, C}, opt);
   at::Tensor kappa = capped ? at::empty({G, K, C}, opt) : at::empty({0}, opt);
   at::Tensor total = capped ? at::empty({G, K}, opt) : at::empty({0}, opt);
-  std::vector<at::Tensor> W, S, Wsave, Ssave, Z, Sig, H, P;
+  std::vector<at::Tensor> W, S, Wsave, Ssave, Z, Sig, H, P, WT;
+  // what the backward keeps, as views of one allocation: one block of pages to fault in per call rather than one per
+  // tensor (glibc gives large blocks back to the system on free, so every call faults its buffers in afresh)
+  i64 kept = 0;
+  for (i64 l = 0; l < D.L; ++l) {
+    const i64 n = D.size(l);
+    kept += (momentum ? 2 : 1) * n + (l >= 1 ? n : 0) + (l < D.L - 1 ? (3 * 2 * C + C) * D.dims[l + 1] : 0);
+  }
+  at::Tensor arena = at::empty({keep ? G * K * kept : 0}, opt);
+  i64 offset = 0;
+  auto take = [&](at::IntArrayRef shape) {
+    i64 n = 1;
+    for (auto e : shape) n *= e;
+    at::Tensor t = arena.narrow(0, offset, n).view(shape);
+    offset += n;
+    return t;
+  };
   for (i64 l = 0; l < D.L; ++l) {
     W.push_back(weights[l].clone(at::MemoryFormat::Contiguous));
     S.push_back(moms[l].clone(at::MemoryFormat::Contiguous));
     const i64 i = D.dims[l], o = D.dims[l + 1];
-    Wsave.push_back(keep ? at::empty({G, K, i, o}, opt) : at::Tensor());
-    Ssave.push_back(keep && momentum ? at::empty({G, K, i, o}, opt) : at::Tensor());
+    Wsave.push_back(keep ? take({G, K, i, o}) : at::Tensor());
+    Ssave.push_back(keep && momentum ? take({G, K, i, o}) : at::Tensor());
     if (l < D.L - 1) {
-      Z.push_back(keep ? at::empty({G, K, 2 * C, o}, opt) : at::Tensor());
-      Sig.push_back(keep ? at::empty({G, K, 2 * C, o}, opt) : at::Tensor());
-      H.push_back(keep ? at::empty({G, K, 2 * C, o}, opt) : at::Tensor());
-      P.push_back(keep ? at::empty({G, K, C, o}, opt) : at::Tensor());
+      Z.push_back(keep ? take({G, K, 2 * C, o}) : at::Tensor());
+      Sig.push_back(keep ? take({G, K, 2 * C, o}) : at::Tensor());
+      H.push_back(keep ? take({G, K, 2 * C, o}) : at::Tensor());
+      P.push_back(keep ? take({G, K, C, o}) : at::Tensor());
     }
+    if (l >= 1) WT.push_back(keep ? take({G, K, o, i}) : at::Tensor());
   }
+  TORCH_CHECK(offset == (keep ? G * K * kept : 0), "scan_forward: kept buffers");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "titans_chunk_scan_forward", [&] {
     forward_impl<scalar_t>(D, momentum, capped, keep, x.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                            coef.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(weight), ptr_or_null<scalar_t>(limit),
@@ -608,12 +679,12 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, c
                            surprise.data_ptr<scalar_t>(), capped ? kappa.data_ptr<scalar_t>() : nullptr,
                            capped ? total.data_ptr<scalar_t>() : nullptr, ptrs<scalar_t>(Wsave),
                            ptrs<scalar_t>(Ssave), ptrs<scalar_t>(Z), ptrs<scalar_t>(Sig), ptrs<scalar_t>(H),
-                           ptrs<scalar_t>(P));
+                           ptrs<scalar_t>(P), ptrs<scalar_t>(WT));
   });
   std::vector<at::Tensor> out{reads, errors, scale, surprise, kappa, total};
   for (auto* group : {&W, &S}) out.insert(out.end(), group->begin(), group->end());
   if (keep) {
-    for (auto* group : {&Wsave, &Ssave, &Z, &Sig, &H, &P}) {
+    for (auto* group : {&Wsave, &Ssave, &Z, &Sig, &H, &P, &WT}) {
       for (auto& t : *group) out.push_back(t.defined() ? t : at::empty({0}, opt));
     }
   }
@@ -630,7 +701,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& coe
                                       at::TensorList g_w, at::TensorList g_m) {
   const i64 L = static_cast<i64>(g_w.size());
   std::vector<at::Tensor> sv(saved.begin(), saved.end());
-  TORCH_CHECK(static_cast<i64>(sv.size()) == 2 * L + 4 * (L - 1), "scan_backward: saved tensors");
+  TORCH_CHECK(static_cast<i64>(sv.size()) == 2 * L + 5 * (L - 1), "scan_backward: saved tensors");
   std::vector<at::Tensor> Wsave(sv.begin(), sv.begin() + L);
   const Dims D = [&] {
     Dims out;
@@ -664,8 +735,8 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& coe
     backward_impl<T>(D, momentum, x.data_ptr<T>(), coef.data_ptr<T>(), scale.data_ptr<T>(), decay.data_ptr<T>(),
                      ptr_or_null<T>(carry_m), ptr_or_null<T>(carry_s), errors.data_ptr<T>(), cptrs(0, L),
                      cptrs(L, L), cptrs(2 * L, L - 1), cptrs(3 * L - 1, L - 1), cptrs(4 * L - 2, L - 1),
-                     cptrs(5 * L - 3, L - 1), g_reads.data_ptr<T>(), g_errors.data_ptr<T>(), ptrs<T>(gW),
-                     ptrs<T>(gM), g_x.data_ptr<T>(), g_err.data_ptr<T>(), g_coef.data_ptr<T>(),
+                     cptrs(5 * L - 3, L - 1), cptrs(6 * L - 4, L - 1), g_reads.data_ptr<T>(),
+                     g_errors.data_ptr<T>(), ptrs<T>(gW), ptrs<T>(gM), g_x.data_ptr<T>(), g_err.data_ptr<T>(), g_coef.data_ptr<T>(),
                      g_decay.data_ptr<T>(), momentum ? g_cm.data_ptr<T>() : nullptr,
                      momentum ? g_cs.data_ptr<T>() : nullptr);
   });
