@@ -395,17 +395,19 @@ class ChunkScan(torch.autograd.Function):
     def _backward(ctx, g_reads, g_errors, g_scale, _g_surprise, *g_state):
         activation, depth, momentum, capped, compiled = ctx.meta
         coef, limit, decay, carry_m, carry_s, scale_all, x, errors = ctx.saved_tensors
-        g_w = [t.clone() for t in g_state[:depth]]  # d/d(weights after the chunk being walked)
-        g_m = [t.clone() for t in g_state[depth:]]
+        # d/d(weights, momenta after the chunk being walked): this walk's own copies (the native walk copies them itself
+        # unless an unfinished chunk's read adds into them first)
+        own = ctx.native is None or ctx.has_tail
+        g_w = [t.clone() if own else t for t in g_state[:depth]]
+        g_m = [t.clone() if own else t for t in g_state[depth:]]
         nk = ctx.nk
         g_tail = None
         if ctx.has_tail:
             weights, hs, grads = ctx.tail
             g_tail = _mlp_backward(weights, hs, grads, g_reads[:, nk], g_w, activation)
         if ctx.native is not None:
-            g_x, g_err, g_coef_hat, g_decay, g_carry_m, g_carry_s, g_w, g_m = chunk_native.scan_backward(
+            g_x, g_v, g_coef_hat, g_decay, g_carry_m, g_carry_s, g_w, g_m = chunk_native.scan_backward(
                 x, coef, scale_all, decay, carry_m, carry_s, errors, ctx.native, g_reads[:, :nk], g_errors, g_w, g_m)
-            g_v = -g_err
         else:
             lists = [[] for _ in range(6)]  # g_x, g_v, g_coef, g_decay, g_carry_m, g_carry_s, last chunk first
             scan = _compiled_scans()[1] if compiled else _scan_backward

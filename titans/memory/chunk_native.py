@@ -107,14 +107,14 @@ def scan_backward(x: Tensor, coef: Tensor, scale: Tensor, decay: Tensor, carry_m
                   carry_s: Tensor | None, errors: Tensor, saved: list[Tensor], g_reads: Tensor, g_errors: Tensor,
                   g_w: list[Tensor], g_m: list[Tensor]) -> tuple:
     """The backward walk (`chunk_fused._scan_backward` over all chunks, in reverse). g_reads, g_errors
-    `[g, k, C, d]`; g_w, g_m: d/d(state after the last chunk). Returns d/dx `[g, k, 2C, d]`, d/d errors
-    `[g, k, C, d]`, d/d(capped coef) `[g, k, C, 2]`, d/d decay, carry_m, carry_s `[g, k]` (None without momentum) and
-    d/d(state before the first chunk)."""
+    `[g, k, C, d]`; g_w, g_m: d/d(state after the last chunk), not modified. Returns d/dx `[g, k, 2C, d]`, d/dv
+    (= −d/d errors) `[g, k, C, d]`, d/d(capped coef) `[g, k, C, 2]`, d/d decay, carry_m, carry_s `[g, k]` (None
+    without momentum) and d/d(state before the first chunk)."""
     depth = len(g_w)
     out = torch.ops.titans_chunk_scan.scan_backward(
         x, coef, scale, decay, carry_m, carry_s, errors, saved, g_reads.contiguous(), g_errors.contiguous(),
         [t.contiguous() for t in g_w], [t.contiguous() for t in g_m])
-    g_x, g_err, g_coef, g_decay, g_cm, g_cs = out[:6]
+    g_x, g_v, g_coef, g_decay, g_cm, g_cs = out[:6]
     if carry_m is None:
         g_cm = g_cs = None
-    return g_x, g_err, g_coef, g_decay, g_cm, g_cs, out[6:6 + depth], out[6 + depth:]
+    return g_x, g_v, g_coef, g_decay, g_cm, g_cs, out[6:6 + depth], out[6 + depth:]

@@ -439,7 +439,7 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
                           std::vector<const T*> Ssave, std::vector<const T*> Zsave, std::vector<const T*> Sigsave,
                           std::vector<const T*> Hsave, std::vector<const T*> Psave, std::vector<const T*> WTsave,
                           const T* g_reads,
-                          const T* g_errors, std::vector<T*> gW, std::vector<T*> gM, T* g_x, T* g_err, T* g_coef,
+                          const T* g_errors, std::vector<T*> gW, std::vector<T*> gM, T* g_x, T* g_v, T* g_coef,
                           T* g_decay, T* g_carry_m, T* g_carry_s) {
   const i64 G = D.G, K = D.K, C = D.C, L = D.L, d = D.dims[0], C2 = 2 * C, md = D.max_dim();
   std::vector<std::vector<T>> delta(L), gdelta(L), ghkT(L), gzx(L);
@@ -562,14 +562,15 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
         gemm<T>(o, o2, C, mbuf.data(), 1, o, delta[l + 1].data(), o2, gw[l + 1], o2, true);
       }
       // e = out − v, δ_{L−1} = 2e; the MLP's backward from [d/d reads | d/d errors]
-      T* GE = g_err + idx * C * d;
+      T* GV = g_v + idx * C * d;
       const T* gE = g_errors + idx * C * d;
       const T* gR = g_reads + idx * C * d;
       IVDEP
       for (i64 e = 0; e < C * d; ++e) {
-        GE[e] = gE[e] + T(2) * gdelta[L - 1][e];
+        const T ge = gE[e] + T(2) * gdelta[L - 1][e];  // d/d e
+        GV[e] = -ge;
         gz[e] = gR[e];
-        gz[C * d + e] = GE[e];
+        gz[C * d + e] = ge;
       }
       for (int l = L - 1; l >= 0; --l) {
         const i64 i = D.in(l), o = D.out(l);
@@ -692,7 +693,8 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, c
 }
 
 // saved: what scan_forward returned after the state (the per-chunk tensors); g_w, g_m: d/d(state after the last
-// chunk). Returns [d/dx (g, k, 2C, d), d/d errors (g, k, C, d), d/d(capped coef) (g, k, C, 2), d/d decay (g, k),
+// chunk). Returns [d/dx (g, k, 2C, d), d/dv = −d/d errors (g, k, C, d), d/d(capped coef) (g, k, C, 2),
+// d/d decay (g, k),
 // d/d carry_m, d/d carry_s (g, k; empty without momentum), d/dW_l, d/dS_l before the first chunk].
 std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& coef, const at::Tensor& scale,
                                       const at::Tensor& decay, const c10::optional<at::Tensor>& carry_m,
@@ -716,7 +718,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& coe
   const bool momentum = carry_m.has_value() && carry_m->defined();
   const i64 G = D.G, K = D.K, C = D.C, d = D.dims[0];
   auto opt = x.options();
-  at::Tensor g_x = at::empty({G, K, 2 * C, d}, opt), g_err = at::empty({G, K, C, d}, opt);
+  at::Tensor g_x = at::empty({G, K, 2 * C, d}, opt), g_v = at::empty({G, K, C, d}, opt);
   at::Tensor g_coef = at::empty({G, K, C, 2}, opt), g_decay = at::empty({G, K}, opt);
   at::Tensor g_cm = momentum ? at::empty({G, K}, opt) : at::empty({0}, opt);
   at::Tensor g_cs = momentum ? at::empty({G, K}, opt) : at::empty({0}, opt);
@@ -736,11 +738,12 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& coe
                      ptr_or_null<T>(carry_m), ptr_or_null<T>(carry_s), errors.data_ptr<T>(), cptrs(0, L),
                      cptrs(L, L), cptrs(2 * L, L - 1), cptrs(3 * L - 1, L - 1), cptrs(4 * L - 2, L - 1),
                      cptrs(5 * L - 3, L - 1), cptrs(6 * L - 4, L - 1), g_reads.data_ptr<T>(),
-                     g_errors.data_ptr<T>(), ptrs<T>(gW), ptrs<T>(gM), g_x.data_ptr<T>(), g_err.data_ptr<T>(), g_coef.data_ptr<T>(),
+                     g_errors.data_ptr<T>(), ptrs<T>(gW), ptrs<T>(gM), g_x.data_ptr<T>(), g_v.data_ptr<T>(),
+                     g_coef.data_ptr<T>(),
                      g_decay.data_ptr<T>(), momentum ? g_cm.data_ptr<T>() : nullptr,
                      momentum ? g_cs.data_ptr<T>() : nullptr);
   });
-  std::vector<at::Tensor> out{g_x, g_err, g_coef, g_decay, g_cm, g_cs};
+  std::vector<at::Tensor> out{g_x, g_v, g_coef, g_decay, g_cm, g_cs};
   out.insert(out.end(), gW.begin(), gW.end());
   out.insert(out.end(), gM.begin(), gM.end());
   return out;
