@@ -26,10 +26,11 @@ from torch import Tensor
 NATIVE = True
 
 # largest state per (sample, head) and layer, in elements, that the native loops take (i·o of the biggest layer):
-# above it the state (1 MB per layer and head at Qwen3-0.6B's 256 x 1024) streams from memory and the library's
-# matmuls beat the plain loops. Measured (docs/performance.md, one thread, memory fwd + bwd, native vs Python loop):
-# 32 x 128 1.7x, 64 x 256 1.2-1.4x, 128 x 512 1.04-1.08x, 256 x 1024 0.81-0.90x
-MAX_STATE = 128 * 512
+# above it the matmuls are large enough for the library's (MKL) blocking to pay, and the state (1 MB per layer and
+# head at Qwen3-0.6B's 256 x 1024) streams from memory. Measured (docs/performance.md, one thread, the memory's
+# forward + backward, native / Python loop): 32 x 128 1.7x, 64 x 256 1.16-1.44x, 128 x 512 0.93-1.08x (parity: the
+# Python loop), 256 x 1024 0.81-0.90x
+MAX_STATE = 64 * 256
 
 _SOURCE = Path(__file__).parent / "csrc" / "chunk_scan.cpp"
 _FLAGS = ["-O3", "-march=native", "-std=c++17"]
