@@ -20,7 +20,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 // the elementwise loops below read and write distinct buffers; without this GCC cannot prove it and keeps them scalar
@@ -598,6 +600,67 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The buffers a forward keeps for its backward (the state at every chunk start: megabytes per call) come from a
+// small pool: glibc hands freed blocks of that size back to the system, so each call would fault its pages in
+// afresh (~1 µs a 4 KB page; in a training step the forward walk took twice its time alone). A block returns to
+// the pool when its tensor's storage is freed (after the backward, or when the graph is dropped), so nothing is
+// reused while a saved view still points into it; at most kPoolBytes stay pooled, the rest is freed.
+constexpr size_t kPoolBytes = size_t(256) << 20;
+
+struct Pool {
+  std::mutex mutex;
+  std::vector<std::pair<size_t, void*>> blocks;  // (bytes, pointer) of free blocks
+  size_t bytes = 0;
+};
+
+static Pool& pool() {
+  static Pool* p = new Pool();  // never destroyed: tensors may be freed during interpreter shutdown
+  return *p;
+}
+
+static void pool_release(size_t bytes, void* ptr) {
+  Pool& p = pool();
+  {
+    std::lock_guard<std::mutex> lock(p.mutex);
+    if (p.bytes + bytes <= kPoolBytes) {
+      p.blocks.emplace_back(bytes, ptr);
+      p.bytes += bytes;
+      return;
+    }
+  }
+  std::free(ptr);
+}
+
+// an uninitialised 1-d tensor of n elements from the pool (the smallest free block that fits and wastes at most
+// half of itself, else a new one)
+static at::Tensor pooled_empty(i64 n, const at::TensorOptions& opt) {
+  const size_t want = static_cast<size_t>(std::max<i64>(n, 1)) * c10::elementSize(opt.dtype().toScalarType());
+  void* ptr = nullptr;
+  size_t got = 0;
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    size_t best = p.blocks.size();
+    for (size_t j = 0; j < p.blocks.size(); ++j) {
+      const size_t b = p.blocks[j].first;
+      if (b >= want && b <= 2 * want && (best == p.blocks.size() || b < p.blocks[best].first)) best = j;
+    }
+    if (best < p.blocks.size()) {
+      got = p.blocks[best].first;
+      ptr = p.blocks[best].second;
+      p.blocks.erase(p.blocks.begin() + static_cast<std::ptrdiff_t>(best));
+      p.bytes -= got;
+    }
+  }
+  if (ptr == nullptr) {
+    got = (want + 63) / 64 * 64;
+    ptr = std::aligned_alloc(64, got);
+    TORCH_CHECK(ptr != nullptr, "titans_chunk_scan: out of memory allocating ", got, " bytes");
+  }
+  return at::from_blob(ptr, {n}, [got](void* q) { pool_release(got, q); }, opt);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // The ops (torch.ops.titans_chunk_scan.*): tensors in, tensors out; shapes and dtypes are checked by the caller
 // (titans/memory/chunk_native.py), the checks here are internal invariants.
 
@@ -640,14 +703,13 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, c
   at::Tensor kappa = capped ? at::empty({G, K, C}, opt) : at::empty({0}, opt);
   at::Tensor total = capped ? at::empty({G, K}, opt) : at::empty({0}, opt);
   std::vector<at::Tensor> W, S, Wsave, Ssave, Z, Sig, H, P, WT;
-  // what the backward keeps, as views of one allocation: one block of pages to fault in per call rather than one per
-  // tensor (glibc gives large blocks back to the system on free, so every call faults its buffers in afresh)
+    // what the backward keeps, as views of one pooled block (`pooled_empty`)
   i64 kept = 0;
   for (i64 l = 0; l < D.L; ++l) {
     const i64 n = D.size(l);
     kept += (momentum ? 2 : 1) * n + (l >= 1 ? n : 0) + (l < D.L - 1 ? (3 * 2 * C + C) * D.dims[l + 1] : 0);
   }
-  at::Tensor arena = at::empty({keep ? G * K * kept : 0}, opt);
+  at::Tensor arena = keep ? pooled_empty(G * K * kept, opt) : at::empty({0}, opt);
   i64 offset = 0;
   auto take = [&](at::IntArrayRef shape) {
     i64 n = 1;
