@@ -151,3 +151,18 @@ def test_failed_build_warns_once_and_keeps_the_python_loop(monkeypatch):
         warnings.simplefilter("error")
         assert not chunk_native.available()
         make()(torch.randn(1, 8, 16, dtype=torch.float64))
+
+
+def test_native_backward_twice_with_retained_graph(monkeypatch):
+    """A second backward through the same graph (retain_graph) reads the kept buffers again: they are not consumed,
+    and the pool does not hand them out while the graph holds them."""
+    monkeypatch.setattr(chunk_native, "NATIVE", True)
+    meta, args = op_inputs(2, 3, 4, 5, 7, momentum=True, capped=True, tail=True)
+    outs = ChunkScan.apply(meta, *args)
+    loss = outs[0].pow(2).sum() + outs[4].sum()
+    leaves = [a for a in args if a is not None]
+    first = torch.autograd.grad(loss, leaves, retain_graph=True)
+    ChunkScan.apply(meta, *args)[0].sum().backward()  # another call in between, its buffers from the pool
+    second = torch.autograd.grad(loss, leaves)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

@@ -17,9 +17,12 @@ The backward differentiates all of it, including through δ (second-order terms:
 normaliser without gradient as in `titans.memory.chunk.curvature`.
 
 Layout: `_chunk_forward` / `_chunk_backward` are one chunk's arithmetic, `_scan_forward` / `_scan_backward` loop them
-over a run of chunks, `ChunkScan` is the autograd op around the loops. With `MemoryConfig.compile_scan` the two loops
-run under torch.compile (inductor) in blocks of `COMPILE_BLOCK` chunks: each block one generated C++ function with
-the matmuls as library calls, instead of ~25 (forward) and ~60 (backward) dispatched ops per chunk.
+over a run of chunks, `ChunkScan` is the autograd op around the loops. Where `titans.memory.chunk_native.supported`
+(SiLU, depth ≥ 2, float32/64 on the CPU, a small state; the default) the two loops run as C++ instead, each walk one
+call with no ATen op inside (`csrc/chunk_scan.cpp`; these Python loops are its reference). With
+`MemoryConfig.compile_scan` the two loops run under torch.compile (inductor) in blocks of `COMPILE_BLOCK` chunks: each
+block one generated C++ function with the matmuls as library calls, instead of ~25 (forward) and ~60 (backward)
+dispatched ops per chunk.
 
 einops glossary: g = (batch head) groups, k = chunks, c = chunk tokens, d = head_dim, i/o = layer in/out.
 """
