@@ -8,13 +8,15 @@
 //
 // Layout (all contiguous, row-major): g = (batch head) groups, k = chunks, C = chunk tokens, d = head_dim,
 // layer l maps dims[l] -> dims[l+1] (dims[0] = dims[L] = d), W_l and S_l are [g, dims[l], dims[l+1]].
-// The groups are independent recurrences, so each walk runs group by group, its state in the caller's cache.
+// The groups are independent recurrences, so each walk runs group by group, its state in the caller's cache (the groups
+// split between torch's intra-op threads when there are several).
 //
 // The small matmuls (2C x 32 x 128 on the tiny model) are register-blocked loops over GCC/Clang vector types:
 // each block keeps MR rows x NV vectors of C in registers across the whole inner dimension. No fast-math: the same
 // IEEE arithmetic as the Python op up to the order of the sums (tests compare at 1e-10 in float64).
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -303,134 +305,137 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
                          std::vector<T*> Zsave, std::vector<T*> Sigsave, std::vector<T*> Hsave,
                          std::vector<T*> Psave, std::vector<T*> WTsave) {
   const i64 G = D.G, K = D.K, C = D.C, L = D.L, d = D.dims[0], C2 = 2 * C, md = D.max_dim();
-  // scratch of one chunk (used when the backward keeps nothing, and for what it recomputes)
-  std::vector<std::vector<T>> zb(L), sb(L), hb(L), pb(L), delta(L);
-  for (int l = 0; l < L - 1; ++l) {
-    zb[l].resize(C2 * D.out(l));
-    sb[l].resize(C2 * D.out(l));
-    hb[l].resize(C2 * D.out(l));
-    pb[l].resize(C * D.out(l));
-  }
-  for (int l = 0; l < L; ++l) delta[l].resize(C * D.out(l));
-  std::vector<T> wt(md * md), rhs(C * 2 * md), sums(md * 2 * md), dsq(L * C), hsq(L * C), sq(C);
-  std::vector<const T*> h(L);
-  for (i64 g = 0; g < G; ++g) {
-    std::vector<T*> w(L), s(L);
-    for (int l = 0; l < L; ++l) {
-      w[l] = W[l] + g * D.size(l);
-      s[l] = S[l] + g * D.size(l);
+  // the groups are independent: with more than one intra-op thread they are split between the threads
+  at::parallel_for(0, G, 1, [&](i64 g_begin, i64 g_end) {
+    // scratch of one chunk (used when the backward keeps nothing, and for what it recomputes)
+    std::vector<std::vector<T>> zb(L), sb(L), hb(L), pb(L), delta(L);
+    for (int l = 0; l < L - 1; ++l) {
+      zb[l].resize(C2 * D.out(l));
+      sb[l].resize(C2 * D.out(l));
+      hb[l].resize(C2 * D.out(l));
+      pb[l].resize(C * D.out(l));
     }
-    for (i64 k = 0; k < K; ++k) {
-      const i64 idx = g * K + k;
-      const T* X = x + idx * C2 * d;
-      // the MLP on [queries | keys]: z_l = h_l W_l, h_{l+1} = z_l·σ(z_l)
-      h[0] = X;
-      std::vector<T*> z(L), sg(L), p(L);
-      for (int l = 0; l < L - 1; ++l) {
-        const i64 o = D.out(l), n = C2 * o;
-        z[l] = keep ? Zsave[l] + idx * n : zb[l].data();
-        sg[l] = keep ? Sigsave[l] + idx * n : sb[l].data();
-        T* hn = keep ? Hsave[l] + idx * n : hb[l].data();
-        p[l] = keep ? Psave[l] + idx * C * o : pb[l].data();
-        gemm<T>(C2, o, D.in(l), h[l], D.in(l), 1, w[l], o, z[l], o, false);
-        silu_forward<T>(n, z[l], sg[l], hn);
-        h[l + 1] = hn;
+    for (int l = 0; l < L; ++l) delta[l].resize(C * D.out(l));
+    std::vector<T> wt(md * md), rhs(C * 2 * md), sums(md * 2 * md), dsq(L * C), hsq(L * C), sq(C);
+    std::vector<const T*> h(L);
+    for (i64 g = g_begin; g < g_end; ++g) {
+      std::vector<T*> w(L), s(L);
+      for (int l = 0; l < L; ++l) {
+        w[l] = W[l] + g * D.size(l);
+        s[l] = S[l] + g * D.size(l);
       }
-      // the last layer: reads on the query rows, errors M(k) − v on the key rows
-      const i64 il = D.in(L - 1);
-      T* R = reads + idx * C * d;
-      T* E = errors + idx * C * d;
-      gemm<T>(C, d, il, h[L - 1], il, 1, w[L - 1], d, R, d, false);
-      gemm<T>(C, d, il, h[L - 1] + C * il, il, 1, w[L - 1], d, E, d, false);
-      const T* Vc = v + idx * C * d;
-      IVDEP
-      for (i64 e = 0; e < C * d; ++e) {
-        E[e] -= Vc[e];
-        delta[L - 1][e] = T(2) * E[e];  // dℓ/dM(k) of Eq. 12
-      }
-      // δ_{l-1} = (δ_l W_lᵀ) ⊙ act'(z_{l-1}) on the key rows
-      for (int l = L - 1; l >= 1; --l) {
-        const i64 i = D.in(l), o = D.out(l);
-        T* wtl = keep ? WTsave[l - 1] + idx * D.size(l) : wt.data();  // W_lᵀ, kept for the backward's d/d h_l
-        transpose<T>(i, o, w[l], wtl);
-        gemm<T>(C, i, o, delta[l].data(), o, 1, wtl, i, p[l - 1], i, false);
-        const T* sk = sg[l - 1] + C * i;
-        const T* hk = h[l] + C * i;
+      for (i64 k = 0; k < K; ++k) {
+        const i64 idx = g * K + k;
+        const T* X = x + idx * C2 * d;
+        // the MLP on [queries | keys]: z_l = h_l W_l, h_{l+1} = z_l·σ(z_l)
+        h[0] = X;
+        std::vector<T*> z(L), sg(L), p(L);
+        for (int l = 0; l < L - 1; ++l) {
+          const i64 o = D.out(l), n = C2 * o;
+          z[l] = keep ? Zsave[l] + idx * n : zb[l].data();
+          sg[l] = keep ? Sigsave[l] + idx * n : sb[l].data();
+          T* hn = keep ? Hsave[l] + idx * n : hb[l].data();
+          p[l] = keep ? Psave[l] + idx * C * o : pb[l].data();
+          gemm<T>(C2, o, D.in(l), h[l], D.in(l), 1, w[l], o, z[l], o, false);
+          silu_forward<T>(n, z[l], sg[l], hn);
+          h[l + 1] = hn;
+        }
+        // the last layer: reads on the query rows, errors M(k) − v on the key rows
+        const i64 il = D.in(L - 1);
+        T* R = reads + idx * C * d;
+        T* E = errors + idx * C * d;
+        gemm<T>(C, d, il, h[L - 1], il, 1, w[L - 1], d, R, d, false);
+        gemm<T>(C, d, il, h[L - 1] + C * il, il, 1, w[L - 1], d, E, d, false);
+        const T* Vc = v + idx * C * d;
         IVDEP
-        for (i64 e = 0; e < C * i; ++e) delta[l - 1][e] = p[l - 1][e] * silu_grad(sk[e], hk[e]);
-      }
-      // ‖∇ℓ_t‖² = Σ_l ‖h_l‖²‖δ_l‖² on the key rows
-      for (int l = 0; l < L; ++l) {
-        const i64 i = D.in(l), o = D.out(l);
-        const T* hk = h[l] + C * i;
-        for (i64 j = 0; j < C; ++j) {
-          dsq[l * C + j] = dot<T>(o, delta[l].data() + j * o, delta[l].data() + j * o);
-          hsq[l * C + j] = dot<T>(i, hk + j * i, hk + j * i);
+        for (i64 e = 0; e < C * d; ++e) {
+          E[e] -= Vc[e];
+          delta[L - 1][e] = T(2) * E[e];  // dℓ/dM(k) of Eq. 12
         }
-      }
-      for (i64 j = 0; j < C; ++j) {
-        T acc = hsq[j] * dsq[j];
-        for (int l = 1; l < L; ++l) acc = acc + hsq[l * C + j] * dsq[l * C + j];
-        sq[j] = acc;
-        surprise[idx * C + j] = acc;
-      }
-      T scl = T(1);
-      if (capped) {  // titans.memory.chunk.cap_steps: scale = min(1, limit / Σ_j weight_j κ_j)
-        T total = 0;
-        for (i64 j = 0; j < C; ++j) {
-          const T kap = sq[j] / std::max(dsq[(L - 1) * C + j], T(1e-30));
-          kappa_out[idx * C + j] = kap;
-          total += weight[idx * C + j] * kap;
-        }
-        total_out[idx] = total;
-        const T ratio = limit[idx] / std::max(total, T(1e-12));
-        scl = ratio > T(1) ? T(1) : ratio;
-      }
-      scale_out[idx] = scl;
-      const T* cf = coef + idx * C * 2;
-      const T dec = decay[idx];
-      const T cm = momentum ? carry_m[idx] : T(0), cs = momentum ? carry_s[idx] : T(0);
-      // W_l' = A·W_l + c_S·S_l − h_lᵀ(û ⊙ δ_l),  S_l' = E·S_l − h_lᵀ(ŝ ⊙ δ_l)
-      for (int l = 0; l < L; ++l) {
-        const i64 i = D.in(l), o = D.out(l);
-        for (i64 j = 0; j < C; ++j) {
-          const T c0 = cf[2 * j] * scl, c1 = cf[2 * j + 1] * scl;
+        // δ_{l-1} = (δ_l W_lᵀ) ⊙ act'(z_{l-1}) on the key rows
+        for (int l = L - 1; l >= 1; --l) {
+          const i64 i = D.in(l), o = D.out(l);
+          T* wtl = keep ? WTsave[l - 1] + idx * D.size(l) : wt.data();  // W_lᵀ, kept for the backward's d/d h_l
+          transpose<T>(i, o, w[l], wtl);
+          gemm<T>(C, i, o, delta[l].data(), o, 1, wtl, i, p[l - 1], i, false);
+          const T* sk = sg[l - 1] + C * i;
+          const T* hk = h[l] + C * i;
           IVDEP
-          for (i64 e = 0; e < o; ++e) {
-            rhs[j * 2 * o + e] = delta[l][j * o + e] * c0;
-            rhs[j * 2 * o + o + e] = delta[l][j * o + e] * c1;
+          for (i64 e = 0; e < C * i; ++e) delta[l - 1][e] = p[l - 1][e] * silu_grad(sk[e], hk[e]);
+        }
+        // ‖∇ℓ_t‖² = Σ_l ‖h_l‖²‖δ_l‖² on the key rows
+        for (int l = 0; l < L; ++l) {
+          const i64 i = D.in(l), o = D.out(l);
+          const T* hk = h[l] + C * i;
+          for (i64 j = 0; j < C; ++j) {
+            dsq[l * C + j] = dot<T>(o, delta[l].data() + j * o, delta[l].data() + j * o);
+            hsq[l * C + j] = dot<T>(i, hk + j * i, hk + j * i);
           }
         }
-        gemm<T>(i, 2 * o, C, h[l] + C * i, 1, i, rhs.data(), 2 * o, sums.data(), 2 * o, false);
-        T* wl = w[l];
-        T* sl = s[l];
-        T* ws = keep ? Wsave[l] + idx * D.size(l) : nullptr;  // the chunk-start state, for the backward
-        T* ss = keep && momentum ? Ssave[l] + idx * D.size(l) : nullptr;
-        for (i64 a = 0; a < i; ++a) {
-          const T* sw = sums.data() + a * 2 * o;
-          const T* sm = sw + o;
-          T* wr = wl + a * o;
-          T* sr = sl + a * o;
-          if (ws) std::memcpy(ws + a * o, wr, o * sizeof(T));
-          if (ss) std::memcpy(ss + a * o, sr, o * sizeof(T));
-          if (momentum) {
+        for (i64 j = 0; j < C; ++j) {
+          T acc = hsq[j] * dsq[j];
+          for (int l = 1; l < L; ++l) acc = acc + hsq[l * C + j] * dsq[l * C + j];
+          sq[j] = acc;
+          surprise[idx * C + j] = acc;
+        }
+        T scl = T(1);
+        if (capped) {  // titans.memory.chunk.cap_steps: scale = min(1, limit / Σ_j weight_j κ_j)
+          T total = 0;
+          for (i64 j = 0; j < C; ++j) {
+            const T kap = sq[j] / std::max(dsq[(L - 1) * C + j], T(1e-30));
+            kappa_out[idx * C + j] = kap;
+            total += weight[idx * C + j] * kap;
+          }
+          total_out[idx] = total;
+          const T ratio = limit[idx] / std::max(total, T(1e-12));
+          scl = ratio > T(1) ? T(1) : ratio;
+        }
+        scale_out[idx] = scl;
+        const T* cf = coef + idx * C * 2;
+        const T dec = decay[idx];
+        const T cm = momentum ? carry_m[idx] : T(0), cs = momentum ? carry_s[idx] : T(0);
+        // W_l' = A·W_l + c_S·S_l − h_lᵀ(û ⊙ δ_l),  S_l' = E·S_l − h_lᵀ(ŝ ⊙ δ_l)
+        for (int l = 0; l < L; ++l) {
+          const i64 i = D.in(l), o = D.out(l);
+          for (i64 j = 0; j < C; ++j) {
+            const T c0 = cf[2 * j] * scl, c1 = cf[2 * j + 1] * scl;
             IVDEP
-            for (i64 b = 0; b < o; ++b) {
-              const T wv = wr[b], mv = sr[b];
-              wr[b] = (sw[b] + dec * wv) + cm * mv;
-              sr[b] = sm[b] + cs * mv;
+            for (i64 e = 0; e < o; ++e) {
+              rhs[j * 2 * o + e] = delta[l][j * o + e] * c0;
+              rhs[j * 2 * o + o + e] = delta[l][j * o + e] * c1;
             }
-          } else {
-            IVDEP
-            for (i64 b = 0; b < o; ++b) {
-              wr[b] = sw[b] + dec * wr[b];
-              sr[b] = sm[b];
+          }
+          gemm<T>(i, 2 * o, C, h[l] + C * i, 1, i, rhs.data(), 2 * o, sums.data(), 2 * o, false);
+          T* wl = w[l];
+          T* sl = s[l];
+          T* ws = keep ? Wsave[l] + idx * D.size(l) : nullptr;  // the chunk-start state, for the backward
+          T* ss = keep && momentum ? Ssave[l] + idx * D.size(l) : nullptr;
+          for (i64 a = 0; a < i; ++a) {
+            const T* sw = sums.data() + a * 2 * o;
+            const T* sm = sw + o;
+            T* wr = wl + a * o;
+            T* sr = sl + a * o;
+            if (ws) std::memcpy(ws + a * o, wr, o * sizeof(T));
+            if (ss) std::memcpy(ss + a * o, sr, o * sizeof(T));
+            if (momentum) {
+              IVDEP
+              for (i64 b = 0; b < o; ++b) {
+                const T wv = wr[b], mv = sr[b];
+                wr[b] = (sw[b] + dec * wv) + cm * mv;
+                sr[b] = sm[b] + cs * mv;
+              }
+            } else {
+              IVDEP
+              for (i64 b = 0; b < o; ++b) {
+                wr[b] = sw[b] + dec * wr[b];
+                sr[b] = sm[b];
+              }
             }
           }
         }
       }
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -444,159 +449,162 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
                           const T* g_errors, std::vector<T*> gW, std::vector<T*> gM, T* g_x, T* g_v, T* g_coef,
                           T* g_decay, T* g_carry_m, T* g_carry_s) {
   const i64 G = D.G, K = D.K, C = D.C, L = D.L, d = D.dims[0], C2 = 2 * C, md = D.max_dim();
-  std::vector<std::vector<T>> delta(L), gdelta(L), ghkT(L), gzx(L);
-  for (int l = 0; l < L; ++l) {
-    delta[l].resize(C * D.out(l));
-    gdelta[l].resize(C * D.out(l));
-    ghkT[l].resize(D.in(l) * C);
-    gzx[l].resize(C * D.out(l));
-  }
-  std::vector<T> grw(C * md), grm(C * md), rhsT(2 * md * C), wt(md * md), gz(C2 * md), gh(C2 * md), mbuf(C * md),
-      c0(C), c1(C);
-  std::vector<const T*> h(L);
-  for (i64 g = 0; g < G; ++g) {
-    std::vector<T*> gw(L), gm(L);
+  // the groups are independent: with more than one intra-op thread they are split between the threads
+  at::parallel_for(0, G, 1, [&](i64 g_begin, i64 g_end) {
+    std::vector<std::vector<T>> delta(L), gdelta(L), ghkT(L), gzx(L);
     for (int l = 0; l < L; ++l) {
-      gw[l] = gW[l] + g * D.size(l);
-      gm[l] = gM[l] + g * D.size(l);
+      delta[l].resize(C * D.out(l));
+      gdelta[l].resize(C * D.out(l));
+      ghkT[l].resize(D.in(l) * C);
+      gzx[l].resize(C * D.out(l));
     }
-    for (i64 k = K - 1; k >= 0; --k) {
-      const i64 idx = g * K + k;
-      std::vector<const T*> w(L), s(L), z(L), sg(L), p(L);
-      h[0] = x + idx * C2 * d;
+    std::vector<T> grw(C * md), grm(C * md), rhsT(2 * md * C), wt(md * md), gz(C2 * md), gh(C2 * md), mbuf(C * md),
+        c0(C), c1(C);
+    std::vector<const T*> h(L);
+    for (i64 g = g_begin; g < g_end; ++g) {
+      std::vector<T*> gw(L), gm(L);
       for (int l = 0; l < L; ++l) {
-        w[l] = Wsave[l] + idx * D.size(l);
-        s[l] = momentum ? Ssave[l] + idx * D.size(l) : nullptr;
+        gw[l] = gW[l] + g * D.size(l);
+        gm[l] = gM[l] + g * D.size(l);
       }
-      for (int l = 0; l < L - 1; ++l) {
-        const i64 o = D.out(l);
-        z[l] = Zsave[l] + idx * C2 * o;
-        sg[l] = Sigsave[l] + idx * C2 * o;
-        h[l + 1] = Hsave[l] + idx * C2 * o;
-        p[l] = Psave[l] + idx * C * o;
-      }
-      // the forward's δ_l, again from what it kept
-      const T* E = errors + idx * C * d;
-      IVDEP
-      for (i64 e = 0; e < C * d; ++e) delta[L - 1][e] = T(2) * E[e];
-      for (int l = L - 1; l >= 1; --l) {
-        const i64 i = D.in(l);
-        const T* sk = sg[l - 1] + C * i;
-        const T* hk = h[l] + C * i;
+      for (i64 k = K - 1; k >= 0; --k) {
+        const i64 idx = g * K + k;
+        std::vector<const T*> w(L), s(L), z(L), sg(L), p(L);
+        h[0] = x + idx * C2 * d;
+        for (int l = 0; l < L; ++l) {
+          w[l] = Wsave[l] + idx * D.size(l);
+          s[l] = momentum ? Ssave[l] + idx * D.size(l) : nullptr;
+        }
+        for (int l = 0; l < L - 1; ++l) {
+          const i64 o = D.out(l);
+          z[l] = Zsave[l] + idx * C2 * o;
+          sg[l] = Sigsave[l] + idx * C2 * o;
+          h[l + 1] = Hsave[l] + idx * C2 * o;
+          p[l] = Psave[l] + idx * C * o;
+        }
+        // the forward's δ_l, again from what it kept
+        const T* E = errors + idx * C * d;
         IVDEP
-        for (i64 e = 0; e < C * i; ++e) delta[l - 1][e] = p[l - 1][e] * silu_grad(sk[e], hk[e]);
-      }
-      const T scl = scale[idx];
-      for (i64 j = 0; j < C; ++j) {
-        c0[j] = coef[idx * C * 2 + 2 * j] * scl;
-        c1[j] = coef[idx * C * 2 + 2 * j + 1] * scl;
-      }
-      T* gcoef = g_coef + idx * C * 2;
-      IVDEP
-      for (i64 e = 0; e < 2 * C; ++e) gcoef[e] = 0;
-      // the update: W' = A·W + c_S·S + h_kᵀ(−û δ), S' = E·S + h_kᵀ(−ŝ δ)
-      for (int l = 0; l < L; ++l) {
-        const i64 i = D.in(l), o = D.out(l);
-        const T* hk = h[l] + C * i;
-        gemm<T>(C, o, i, hk, i, 1, gw[l], o, grw.data(), o, false);  // d/d rhs_w = h_k gW'
-        gemm<T>(C, o, i, hk, i, 1, gm[l], o, grm.data(), o, false);  // d/d rhs_m = h_k gS'
+        for (i64 e = 0; e < C * d; ++e) delta[L - 1][e] = T(2) * E[e];
+        for (int l = L - 1; l >= 1; --l) {
+          const i64 i = D.in(l);
+          const T* sk = sg[l - 1] + C * i;
+          const T* hk = h[l] + C * i;
+          IVDEP
+          for (i64 e = 0; e < C * i; ++e) delta[l - 1][e] = p[l - 1][e] * silu_grad(sk[e], hk[e]);
+        }
+        const T scl = scale[idx];
         for (i64 j = 0; j < C; ++j) {
-          const T* dj = delta[l].data() + j * o;
-          const T* rw = grw.data() + j * o;
-          const T* rm = grm.data() + j * o;
-          T* gd = gdelta[l].data() + j * o;
-          gcoef[2 * j] += dot<T>(o, rw, dj);
-          gcoef[2 * j + 1] += dot<T>(o, rm, dj);
-          IVDEP
-          for (i64 e = 0; e < o; ++e) gd[e] = rw[e] * c0[j] + rm[e] * c1[j];
-          IVDEP
-          for (i64 e = 0; e < o; ++e) {
-            rhsT[e * C + j] = dj[e] * c0[j];
-            rhsT[(o + e) * C + j] = dj[e] * c1[j];
+          c0[j] = coef[idx * C * 2 + 2 * j] * scl;
+          c1[j] = coef[idx * C * 2 + 2 * j + 1] * scl;
+        }
+        T* gcoef = g_coef + idx * C * 2;
+        IVDEP
+        for (i64 e = 0; e < 2 * C; ++e) gcoef[e] = 0;
+        // the update: W' = A·W + c_S·S + h_kᵀ(−û δ), S' = E·S + h_kᵀ(−ŝ δ)
+        for (int l = 0; l < L; ++l) {
+          const i64 i = D.in(l), o = D.out(l);
+          const T* hk = h[l] + C * i;
+          gemm<T>(C, o, i, hk, i, 1, gw[l], o, grw.data(), o, false);  // d/d rhs_w = h_k gW'
+          gemm<T>(C, o, i, hk, i, 1, gm[l], o, grm.data(), o, false);  // d/d rhs_m = h_k gS'
+          for (i64 j = 0; j < C; ++j) {
+            const T* dj = delta[l].data() + j * o;
+            const T* rw = grw.data() + j * o;
+            const T* rm = grm.data() + j * o;
+            T* gd = gdelta[l].data() + j * o;
+            gcoef[2 * j] += dot<T>(o, rw, dj);
+            gcoef[2 * j + 1] += dot<T>(o, rm, dj);
+            IVDEP
+            for (i64 e = 0; e < o; ++e) gd[e] = rw[e] * c0[j] + rm[e] * c1[j];
+            IVDEP
+            for (i64 e = 0; e < o; ++e) {
+              rhsT[e * C + j] = dj[e] * c0[j];
+              rhsT[(o + e) * C + j] = dj[e] * c1[j];
+            }
+          }
+          // d/d h_k = rhs_w gW'ᵀ + rhs_m gS'ᵀ, as its transpose [i x C] (no transpose of the state-sized gradients)
+          gemm<T>(i, C, o, gw[l], o, 1, rhsT.data(), C, ghkT[l].data(), C, false);
+          gemm<T>(i, C, o, gm[l], o, 1, rhsT.data() + o * C, C, ghkT[l].data(), C, true);
+        }
+        // the decay and momentum carries: d/dA = ⟨gW', W⟩, d/dc_S = ⟨gW', S⟩, d/dE = ⟨gS', S⟩; then gW = A·gW',
+        // gS = c_S·gW' + E·gS' (zero without momentum)
+        const T dec = decay[idx];
+        const T cm = momentum ? carry_m[idx] : T(0), cs = momentum ? carry_s[idx] : T(0);
+        T sd = 0, scm = 0, scs = 0;
+        for (int l = 0; l < L; ++l) {
+          T* gwl = gw[l];
+          T* gml = gm[l];
+          const T* wl = w[l];
+          const i64 n = D.size(l);
+          if (momentum) {
+            const T* sl = s[l];
+            T dots[3];
+            carry_backward<T>(n, gwl, gml, wl, sl, dec, cm, cs, dots);
+            sd += dots[0];
+            scm += dots[1];
+            scs += dots[2];
+          } else {
+            sd += dot<T>(n, gwl, wl);
+            IVDEP
+            for (i64 e = 0; e < n; ++e) gml[e] = 0;
+            IVDEP
+            for (i64 e = 0; e < n; ++e) gwl[e] *= dec;
           }
         }
-        // d/d h_k = rhs_w gW'ᵀ + rhs_m gS'ᵀ, as its transpose [i x C] (no transpose of the state-sized gradients)
-        gemm<T>(i, C, o, gw[l], o, 1, rhsT.data(), C, ghkT[l].data(), C, false);
-        gemm<T>(i, C, o, gm[l], o, 1, rhsT.data() + o * C, C, ghkT[l].data(), C, true);
-      }
-      // the decay and momentum carries: d/dA = ⟨gW', W⟩, d/dc_S = ⟨gW', S⟩, d/dE = ⟨gS', S⟩; then gW = A·gW',
-      // gS = c_S·gW' + E·gS' (zero without momentum)
-      const T dec = decay[idx];
-      const T cm = momentum ? carry_m[idx] : T(0), cs = momentum ? carry_s[idx] : T(0);
-      T sd = 0, scm = 0, scs = 0;
-      for (int l = 0; l < L; ++l) {
-        T* gwl = gw[l];
-        T* gml = gm[l];
-        const T* wl = w[l];
-        const i64 n = D.size(l);
+        g_decay[idx] = sd;
         if (momentum) {
-          const T* sl = s[l];
-          T dots[3];
-          carry_backward<T>(n, gwl, gml, wl, sl, dec, cm, cs, dots);
-          sd += dots[0];
-          scm += dots[1];
-          scs += dots[2];
-        } else {
-          sd += dot<T>(n, gwl, wl);
-          IVDEP
-          for (i64 e = 0; e < n; ++e) gml[e] = 0;
-          IVDEP
-          for (i64 e = 0; e < n; ++e) gwl[e] *= dec;
+          g_carry_m[idx] = scm;
+          g_carry_s[idx] = scs;
         }
-      }
-      g_decay[idx] = sd;
-      if (momentum) {
-        g_carry_m[idx] = scm;
-        g_carry_s[idx] = scs;
-      }
-      // δ_l = p_l ⊙ act'(z_l), p_l = δ_{l+1} W_{l+1}ᵀ: forward through the layers
-      for (int l = 0; l < L - 1; ++l) {
-        const i64 o = D.out(l), o2 = D.out(l + 1);
-        const T* sk = sg[l] + C * o;
-        const T* hk = h[l + 1] + C * o;
-        const T* zk = z[l] + C * o;
-        IVDEP
-        for (i64 e = 0; e < C * o; ++e) {
-          mbuf[e] = gdelta[l][e] * silu_grad(sk[e], hk[e]);
-          gzx[l][e] = gdelta[l][e] * p[l][e] * silu_grad2(sk[e], zk[e]);
+        // δ_l = p_l ⊙ act'(z_l), p_l = δ_{l+1} W_{l+1}ᵀ: forward through the layers
+        for (int l = 0; l < L - 1; ++l) {
+          const i64 o = D.out(l), o2 = D.out(l + 1);
+          const T* sk = sg[l] + C * o;
+          const T* hk = h[l + 1] + C * o;
+          const T* zk = z[l] + C * o;
+          IVDEP
+          for (i64 e = 0; e < C * o; ++e) {
+            mbuf[e] = gdelta[l][e] * silu_grad(sk[e], hk[e]);
+            gzx[l][e] = gdelta[l][e] * p[l][e] * silu_grad2(sk[e], zk[e]);
+          }
+          gemm<T>(C, o2, o, mbuf.data(), o, 1, w[l + 1], o2, gdelta[l + 1].data(), o2, true);
+          gemm<T>(o, o2, C, mbuf.data(), 1, o, delta[l + 1].data(), o2, gw[l + 1], o2, true);
         }
-        gemm<T>(C, o2, o, mbuf.data(), o, 1, w[l + 1], o2, gdelta[l + 1].data(), o2, true);
-        gemm<T>(o, o2, C, mbuf.data(), 1, o, delta[l + 1].data(), o2, gw[l + 1], o2, true);
-      }
-      // e = out − v, δ_{L−1} = 2e; the MLP's backward from [d/d reads | d/d errors]
-      T* GV = g_v + idx * C * d;
-      const T* gE = g_errors + idx * C * d;
-      const T* gR = g_reads + idx * C * d;
-      IVDEP
-      for (i64 e = 0; e < C * d; ++e) {
-        const T ge = gE[e] + T(2) * gdelta[L - 1][e];  // d/d e
-        GV[e] = -ge;
-        gz[e] = gR[e];
-        gz[C * d + e] = ge;
-      }
-      for (int l = L - 1; l >= 0; --l) {
-        const i64 i = D.in(l), o = D.out(l);
-        gemm<T>(i, o, C2, h[l], 1, i, gz.data(), o, gw[l], o, true);  // gW_l += h_lᵀ gz
-        const T* wtl = wt.data();  // W_lᵀ: the forward's for l ≥ 1
-        if (l == 0)
-          transpose<T>(i, o, w[l], wt.data());
-        else
-          wtl = WTsave[l - 1] + idx * D.size(l);
-        T* out = l == 0 ? g_x + idx * C2 * d : gh.data();
-        gemm<T>(C2, i, o, gz.data(), o, 1, wtl, i, out, i, false);  // d/d h_l = gz W_lᵀ
-        const T* gt = ghkT[l].data();
-        for (i64 j = 0; j < C; ++j)
-          for (i64 a = 0; a < i; ++a) out[(C + j) * i + a] += gt[a * C + j];
-        if (l == 0) break;
-        const T* zs = sg[l - 1];
-        const T* hh = h[l];
+        // e = out − v, δ_{L−1} = 2e; the MLP's backward from [d/d reads | d/d errors]
+        T* GV = g_v + idx * C * d;
+        const T* gE = g_errors + idx * C * d;
+        const T* gR = g_reads + idx * C * d;
         IVDEP
-        for (i64 e = 0; e < C2 * i; ++e) gz[e] = out[e] * silu_grad(zs[e], hh[e]);
-        IVDEP
-        for (i64 e = 0; e < C * i; ++e) gz[C * i + e] += gzx[l - 1][e];
+        for (i64 e = 0; e < C * d; ++e) {
+          const T ge = gE[e] + T(2) * gdelta[L - 1][e];  // d/d e
+          GV[e] = -ge;
+          gz[e] = gR[e];
+          gz[C * d + e] = ge;
+        }
+        for (int l = L - 1; l >= 0; --l) {
+          const i64 i = D.in(l), o = D.out(l);
+          gemm<T>(i, o, C2, h[l], 1, i, gz.data(), o, gw[l], o, true);  // gW_l += h_lᵀ gz
+          const T* wtl = wt.data();  // W_lᵀ: the forward's for l ≥ 1
+          if (l == 0)
+            transpose<T>(i, o, w[l], wt.data());
+          else
+            wtl = WTsave[l - 1] + idx * D.size(l);
+          T* out = l == 0 ? g_x + idx * C2 * d : gh.data();
+          gemm<T>(C2, i, o, gz.data(), o, 1, wtl, i, out, i, false);  // d/d h_l = gz W_lᵀ
+          const T* gt = ghkT[l].data();
+          for (i64 j = 0; j < C; ++j)
+            for (i64 a = 0; a < i; ++a) out[(C + j) * i + a] += gt[a * C + j];
+          if (l == 0) break;
+          const T* zs = sg[l - 1];
+          const T* hh = h[l];
+          IVDEP
+          for (i64 e = 0; e < C2 * i; ++e) gz[e] = out[e] * silu_grad(zs[e], hh[e]);
+          IVDEP
+          for (i64 e = 0; e < C * i; ++e) gz[C * i + e] += gzx[l - 1][e];
+        }
       }
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
