@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 // the elementwise loops below read and write distinct buffers; without this GCC cannot prove it and keeps them scalar
@@ -190,10 +191,55 @@ static inline void carry_backward(i64 n, T* __restrict gw, T* __restrict gm, con
   dots[2] = sc;
 }
 
-// out[c x r] = in[r x c]ᵀ
+#if defined(__AVX512F__)
+// One n x n tile (n = the vector width) transposed in registers: log2(n) butterfly stages, each swapping one bit of
+// the row index with the same bit of the column index through two-source shuffles (vpermt2ps/pd).
+template <typename T>
+static inline void transpose_tile(const T* __restrict in, i64 ldi, T* __restrict out, i64 ldo) {
+  using V = typename Vec<T>::type;
+  constexpr int n = Vec<T>::n;
+  using I = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
+  typedef I VI __attribute__((vector_size(kVecBytes)));
+  struct Masks {
+    VI lo[n], hi[n];
+    Masks() {
+      for (int bit = 1; bit < n; bit <<= 1) {
+        for (int c = 0; c < n; ++c) {
+          lo[bit][c] = (c & bit) ? n + (c ^ bit) : c;
+          hi[bit][c] = (c & bit) ? n + c : (c ^ bit);
+        }
+      }
+    }
+  };
+  static const Masks m;
+  V row[n];
+  for (int i = 0; i < n; ++i) std::memcpy(&row[i], in + i * ldi, sizeof(V));
+  for (int bit = n / 2; bit >= 1; bit >>= 1) {
+    for (int i = 0; i < n; ++i) {
+      if (i & bit) continue;
+      const V a = row[i], b = row[i | bit];
+      row[i] = __builtin_shuffle(a, b, m.lo[bit]);
+      row[i | bit] = __builtin_shuffle(a, b, m.hi[bit]);
+    }
+  }
+  for (int i = 0; i < n; ++i) std::memcpy(out + i * ldo, &row[i], sizeof(V));
+}
+#endif
+
+// out[c x r] = in[r x c]ᵀ (in tiles of the vector width where AVX-512 has two-source shuffles)
 template <typename T>
 static void transpose(i64 r, i64 c, const T* __restrict in, T* __restrict out) {
-  for (i64 a = 0; a < r; ++a)
+  i64 a0 = 0;
+#if defined(__AVX512F__)
+  constexpr int n = Vec<T>::n;
+  for (; a0 + n <= r; a0 += n) {
+    i64 b0 = 0;
+    for (; b0 + n <= c; b0 += n) transpose_tile<T>(in + a0 * c + b0, c, out + b0 * r + a0, r);
+    for (i64 a = a0; a < a0 + n; ++a)
+      for (i64 b = b0; b < c; ++b) out[b * r + a] = in[a * c + b];
+  }
+#endif
+  for (i64 a = a0; a < r; ++a)
     for (i64 b = 0; b < c; ++b) out[b * r + a] = in[a * c + b];
 }
 
@@ -458,8 +504,8 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
       ghkT[l].resize(D.in(l) * C);
       gzx[l].resize(C * D.out(l));
     }
-    std::vector<T> grw(C * md), grm(C * md), rhsT(2 * md * C), wt(md * md), gz(C2 * md), gh(C2 * md), mbuf(C * md),
-        c0(C), c1(C);
+    std::vector<T> grw(C * md), grm(C * md), rhs(C * 2 * md), rhsT(2 * md * C), ghk(C * md), wt(md * md),
+        gz(C2 * md), gh(C2 * md), mbuf(C * md), c0(C), c1(C);
     std::vector<const T*> h(L);
     for (i64 g = g_begin; g < g_end; ++g) {
       std::vector<T*> gw(L), gm(L);
@@ -516,12 +562,14 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
             gcoef[2 * j + 1] += dot<T>(o, rm, dj);
             IVDEP
             for (i64 e = 0; e < o; ++e) gd[e] = rw[e] * c0[j] + rm[e] * c1[j];
+            T* rr = rhs.data() + j * 2 * o;
             IVDEP
             for (i64 e = 0; e < o; ++e) {
-              rhsT[e * C + j] = dj[e] * c0[j];
-              rhsT[(o + e) * C + j] = dj[e] * c1[j];
+              rr[e] = dj[e] * c0[j];
+              rr[o + e] = dj[e] * c1[j];
             }
           }
+          transpose<T>(C, 2 * o, rhs.data(), rhsT.data());
           // d/d h_k = rhs_w gW'ᵀ + rhs_m gS'ᵀ, as its transpose [i x C] (no transpose of the state-sized gradients)
           gemm<T>(i, C, o, gw[l], o, 1, rhsT.data(), C, ghkT[l].data(), C, false);
           gemm<T>(i, C, o, gm[l], o, 1, rhsT.data() + o * C, C, ghkT[l].data(), C, true);
@@ -591,9 +639,10 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
             wtl = WTsave[l - 1] + idx * D.size(l);
           T* out = l == 0 ? g_x + idx * C2 * d : gh.data();
           gemm<T>(C2, i, o, gz.data(), o, 1, wtl, i, out, i, false);  // d/d h_l = gz W_lᵀ
-          const T* gt = ghkT[l].data();
-          for (i64 j = 0; j < C; ++j)
-            for (i64 a = 0; a < i; ++a) out[(C + j) * i + a] += gt[a * C + j];
+          transpose<T>(i, C, ghkT[l].data(), ghk.data());  // d/d h_k of the update, [C x i]
+          T* ok = out + C * i;
+          IVDEP
+          for (i64 e = 0; e < C * i; ++e) ok[e] += ghk[e];
           if (l == 0) break;
           const T* zs = sg[l - 1];
           const T* hh = h[l];
