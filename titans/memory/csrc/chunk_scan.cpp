@@ -8,8 +8,8 @@
 //
 // Layout (all contiguous, row-major): g = (batch head) groups, k = chunks, C = chunk tokens, d = head_dim,
 // layer l maps dims[l] -> dims[l+1] (dims[0] = dims[L] = d), W_l and S_l are [g, dims[l], dims[l+1]].
-// The groups are independent recurrences, so each walk runs group by group, its state in the caller's cache (the groups
-// split between torch's intra-op threads when there are several).
+// The groups are independent recurrences, so each walk runs group by group, its state in the caller's cache (the
+// groups split between torch's intra-op threads when there are several).
 //
 // The small matmuls (2C x 32 x 128 on the tiny model) are register-blocked loops over GCC/Clang vector types:
 // each block keeps MR rows x NV vectors of C in registers across the whole inner dimension. No fast-math: the same
@@ -191,7 +191,7 @@ static inline void carry_backward(i64 n, T* __restrict gw, T* __restrict gm, con
   dots[2] = sc;
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(__clang__)  // __builtin_shuffle is GCC's
 // One n x n tile (n = the vector width) transposed in registers: log2(n) butterfly stages, each swapping one bit of
 // the row index with the same bit of the column index through two-source shuffles (vpermt2ps/pd).
 template <typename T>
@@ -230,7 +230,7 @@ static inline void transpose_tile(const T* __restrict in, i64 ldi, T* __restrict
 template <typename T>
 static void transpose(i64 r, i64 c, const T* __restrict in, T* __restrict out) {
   i64 a0 = 0;
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && !defined(__clang__)
   constexpr int n = Vec<T>::n;
   for (; a0 + n <= r; a0 += n) {
     i64 b0 = 0;
