@@ -364,6 +364,7 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
     for (int l = 0; l < L; ++l) delta[l].resize(C * D.out(l));
     std::vector<T> wt(md * md), rhs(C * 2 * md), sums(md * 2 * md), dsq(L * C), hsq(L * C), sq(C);
     std::vector<const T*> h(L);
+    std::vector<T*> z(L), sg(L), p(L);  // this chunk's z_l, σ(z_l), p_l
     for (i64 g = g_begin; g < g_end; ++g) {
       std::vector<T*> w(L), s(L);
       for (int l = 0; l < L; ++l) {
@@ -375,7 +376,6 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
         const T* X = x + idx * C2 * d;
         // the MLP on [queries | keys]: z_l = h_l W_l, h_{l+1} = z_l·σ(z_l)
         h[0] = X;
-        std::vector<T*> z(L), sg(L), p(L);
         for (int l = 0; l < L - 1; ++l) {
           const i64 o = D.out(l), n = C2 * o;
           z[l] = keep ? Zsave[l] + idx * n : zb[l].data();
@@ -506,7 +506,7 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
     }
     std::vector<T> grw(C * md), grm(C * md), rhs(C * 2 * md), rhsT(2 * md * C), ghk(C * md), wt(md * md),
         gz(C2 * md), gh(C2 * md), mbuf(C * md), c0(C), c1(C);
-    std::vector<const T*> h(L);
+    std::vector<const T*> h(L), w(L), s(L), z(L), sg(L), p(L);  // this chunk's kept tensors
     for (i64 g = g_begin; g < g_end; ++g) {
       std::vector<T*> gw(L), gm(L);
       for (int l = 0; l < L; ++l) {
@@ -515,7 +515,6 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
       }
       for (i64 k = K - 1; k >= 0; --k) {
         const i64 idx = g * K + k;
-        std::vector<const T*> w(L), s(L), z(L), sg(L), p(L);
         h[0] = x + idx * C2 * d;
         for (int l = 0; l < L; ++l) {
           w[l] = Wsave[l] + idx * D.size(l);
