@@ -15,9 +15,11 @@ compute (q/k/v/gate/output projections, a read of the memory MLP per token, and 
 forward, backward and weighted gradient sums on its keys) — see `nominal_flops`.
 
 Rows: `ours` (the deep memory's chunk loop as one autograd op with a hand-written backward,
-`titans.memory.chunk_fused`), `ours_autograd` (the same loop in plain ops differentiated by autograd,
-`titans.memory.chunk.FUSED = False`; its forward is the plain loop too) and `titans_pytorch`. The machine note
-in the JSON says whether other jobs shared the CPU.
+`titans.memory.chunk_fused`, its loops the C++ of `titans.memory.chunk_native` where the state is within
+`chunk_native.MAX_STATE`), `ours_pyscan` (the same op with its loops in Python, `chunk_native.NATIVE = False`),
+`ours_autograd` (the same loop in plain ops differentiated by autograd, `titans.memory.chunk.FUSED = False`; its
+forward is the plain loop too) and `titans_pytorch`. The machine note in the JSON says whether other jobs shared
+the CPU.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 
 from benchmarks.perf.machine import add_note_argument, load_average, machine_info
 from titans.io import write_json
-from titans.memory import MemoryConfig, NeuralMemory, chunk
+from titans.memory import MemoryConfig, NeuralMemory, chunk, chunk_native
 
 CONFIGS = [
     dict(name="dim512", dim=512, heads=4, head_dim=128, depth=2, expansion=4, chunk=64, T=2048, B=1),
@@ -83,33 +85,35 @@ def run_config(c: dict, repeats: int) -> dict:
     ours, peer = build(c)
     x = torch.randn(c["B"], c["T"], c["dim"])
 
-    def with_fused(fused: bool, fn):
+    def with_switches(fused: bool, native: bool, fn):
         def f():
-            chunk.FUSED, before = fused, chunk.FUSED
+            before = chunk.FUSED, chunk_native.NATIVE
+            chunk.FUSED, chunk_native.NATIVE = fused, native
             try:
                 fn()
             finally:
-                chunk.FUSED = before
+                chunk.FUSED, chunk_native.NATIVE = before
         return f
 
-    def forward(m, fused=True):
+    def forward(m, fused=True, native=True):
         def f():
             with torch.no_grad():
                 m(x)
-        return with_fused(fused, f)
+        return with_switches(fused, native, f)
 
-    def forward_backward(m, fused=True):
+    def forward_backward(m, fused=True, native=True):
         def f():
             m.zero_grad(set_to_none=True)
             m(x)[0].sum().backward()
-        return with_fused(fused, f)
+        return with_switches(fused, native, f)
 
     out = {"config": c, "params": {"ours": sum(p.numel() for p in ours.parameters()),
                                    "titans_pytorch": sum(p.numel() for p in peer.parameters())}}
     fwd_flops, fb_flops = nominal_flops(c)
     tokens = c["B"] * c["T"]
     for mode, make, flops in (("forward", forward, fwd_flops), ("forward_backward", forward_backward, fb_flops)):
-        fns = {"ours": make(ours), "ours_autograd": make(ours, False), "titans_pytorch": make(peer)}
+        fns = {"ours": make(ours), "ours_pyscan": make(ours, native=False), "ours_autograd": make(ours, False),
+               "titans_pytorch": make(peer)}
         for f in fns.values():  # warm-up
             f()
         times = {k: [] for k in fns}
@@ -122,8 +126,9 @@ def run_config(c: dict, repeats: int) -> dict:
             res[k] = {"seconds_median": med, "seconds_all": ts, "tokens_per_s": tokens / med,
                       "gflops": flops / med / 1e9}
         res["speedup_median"] = statistics.median([p / o for o, p in zip(times["ours"], times["titans_pytorch"])])
-        res["speedup_autograd_median"] = statistics.median(
-            [p / o for o, p in zip(times["ours_autograd"], times["titans_pytorch"])])
+        for row in ("pyscan", "autograd"):
+            res[f"speedup_{row}_median"] = statistics.median(
+                [p / o for o, p in zip(times[f"ours_{row}"], times["titans_pytorch"])])
         out[mode] = res
     return out
 
@@ -150,17 +155,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     results["machine"]["titans_pytorch"] = version("titans-pytorch")
     print(f"fp32 matmul peak (1024³): {peak:.0f} GFLOP/s on {torch.get_num_threads()} threads\n")
-    head = f"{'config':<8} {'mode':<17} {'ours tok/s':>11} {'autograd tok/s':>14} {'peer tok/s':>11} {'speedup':>8} " \
-           f"{'autograd':>9} {'ours GF/s':>10} {'% peak':>7} {'peer GF/s':>10}"
+    head = f"{'config':<8} {'mode':<17} {'ours tok/s':>11} {'pyscan tok/s':>12} {'autograd tok/s':>14} " \
+           f"{'peer tok/s':>11} {'speedup':>8} {'(pyscan)':>9} {'(autograd)':>10} {'ours GF/s':>10} {'% peak':>7} " \
+           f"{'peer GF/s':>10}"
     print(head)
     print("-" * len(head))
     for r in results["runs"]:
         for mode in ("forward", "forward_backward"):
             m = r[mode]
             print(f"{r['config']['name']:<8} {mode:<17} {m['ours']['tokens_per_s']:>11.0f} "
-                  f"{m['ours_autograd']['tokens_per_s']:>14.0f} "
+                  f"{m['ours_pyscan']['tokens_per_s']:>12.0f} {m['ours_autograd']['tokens_per_s']:>14.0f} "
                   f"{m['titans_pytorch']['tokens_per_s']:>11.0f} {m['speedup_median']:>7.2f}x "
-                  f"{m['speedup_autograd_median']:>8.2f}x "
+                  f"{m['speedup_pyscan_median']:>8.2f}x {m['speedup_autograd_median']:>9.2f}x "
                   f"{m['ours']['gflops']:>10.1f} {100 * m['ours']['gflops'] / peak:>6.1f}% "
                   f"{m['titans_pytorch']['gflops']:>10.1f}")
     print(f"\nwrote {write_json(args.out, results)}")

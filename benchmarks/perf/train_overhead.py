@@ -34,6 +34,8 @@ Rows:
                 `titans.memory.chunk_fused`, whose hand-written backward every other deep row uses)
     mag_plain_io  mag with the memory's input and output sides in plain ops differentiated by autograd (the path
                 before `titans.memory.fused_io`, which every other row whose switches allow it uses)
+    mag_pyscan  mag with the fused chunk op's loops in Python (`titans.memory.chunk_native.NATIVE = False`; every other
+                deep row runs them as the C++ loops of `titans.memory.chunk_native` where its size limit allows)
     *_compiled  mag and mag_proof with `memory.compile=true` (the memory's forward under torch.compile);
                 `warmup_s` of the first step at each (batch, T) includes compiling for its shapes
     mag_scancompiled  mag with `memory.compile_scan=true`: the fused chunk op's forward and backward loops under
@@ -88,6 +90,10 @@ AUTOGRAD_ROWS = {"mag_autograd"}
 # `titans.memory.fused_io`'s two ops
 ROWS["mag_plain_io"] = ROWS["mag"]
 PLAIN_IO_ROWS = {"mag_plain_io"}
+# the default MAG with the fused chunk op's Python loop (`titans.memory.chunk_native.NATIVE = False`: the default before
+# the C++ chunk scan of `titans.memory.chunk_native`, which the other deep rows within its size limit use)
+ROWS["mag_pyscan"] = ROWS["mag"]
+PYSCAN_ROWS = {"mag_pyscan"}
 # the same memory in both layers (what the CPU proof trained before it moved to one memory layer)
 ROWS["mag_proof_2l"] = (ROWS["mag_proof"][0], {k: v for k, v in ROWS["mag_proof"][1].items() if k != "memory_layers"})
 # the same rows with the memory's forward under torch.compile (memory.compile=true; compiled in the warm-up step)
@@ -106,7 +112,7 @@ MAG_TARGETS = {"qwen3_tiny": 2.5, "qwen3_0.6b_shape": 2.2}
 def target_for(row: str, model: str) -> float:
     """The step-time target of a row (× swa): the default MAG's per model (`MAG_TARGETS`), 1.5 for the others."""
     base = row.removesuffix("_compiled")
-    default_mag = ("mag", "mag_autograd", "mag_plain_io", "mag_scancompiled", "mag_allcompiled")
+    default_mag = ("mag", "mag_autograd", "mag_plain_io", "mag_pyscan", "mag_scancompiled", "mag_allcompiled")
     return MAG_TARGETS.get(model, OVERHEAD_TARGET) if base in default_mag else OVERHEAD_TARGET
 
 
@@ -170,7 +176,7 @@ class Stepper:
     """One row's model, `TitansLitModule` (outside a Trainer) and AdamW; `step(ids)` is one training step."""
 
     def __init__(self, model, segment_len: int, bptt_window: int, grad_clip: float = 1.0, lr: float = 1e-3,
-                 diagnostics: bool = False, fused: bool = True, fused_io: bool = True):
+                 diagnostics: bool = False, fused: bool = True, fused_io: bool = True, native: bool = True):
         from titans.training.module import BPTTConfig, TitansLitModule
 
         self.module = TitansLitModule(model, BPTTConfig(segment_len=segment_len, bptt_window=bptt_window,
@@ -182,18 +188,19 @@ class Stepper:
         self.diagnostics = diagnostics  # as DiagnosticsCallback asks on the steps that log
         self.fused = fused  # titans.memory.chunk.FUSED during this row's steps
         self.fused_io = fused_io  # titans.memory.neural_memory.FUSED_IO during them
+        self.native = native  # titans.memory.chunk_native.NATIVE during them
 
     def step(self, input_ids: torch.Tensor) -> tuple[float, float]:
         """(seconds, loss) of zero_grad + segments with backward + clip + optimizer step."""
-        from titans.memory import chunk, neural_memory
+        from titans.memory import chunk, chunk_native, neural_memory
         from titans.training.bptt import shift_targets
 
-        before = chunk.FUSED, neural_memory.FUSED_IO
-        chunk.FUSED, neural_memory.FUSED_IO = self.fused, self.fused_io
+        before = chunk.FUSED, neural_memory.FUSED_IO, chunk_native.NATIVE
+        chunk.FUSED, neural_memory.FUSED_IO, chunk_native.NATIVE = self.fused, self.fused_io, self.native
         try:
             return self._step(input_ids, shift_targets)
         finally:
-            chunk.FUSED, neural_memory.FUSED_IO = before
+            chunk.FUSED, neural_memory.FUSED_IO, chunk_native.NATIVE = before
 
     def _step(self, input_ids: torch.Tensor, shift_targets) -> tuple[float, float]:
         start = time.perf_counter()
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     steppers = {r: Stepper(build(r, args.freeze, args.model), args.segment_len, args.bptt_window,
                            diagnostics=args.diagnostics, fused=r not in AUTOGRAD_ROWS,
-                           fused_io=r not in PLAIN_IO_ROWS) for r in args.rows}
+                           fused_io=r not in PLAIN_IO_ROWS, native=r not in PYSCAN_ROWS) for r in args.rows}
     runs = []
     head = (f"{'T':>6} {'row':<18} {'s/step':>8} {'tokens/s':>9} {'vs swa':>7} {'FLOPs vs swa':>12} {'vs full':>8} "
             f"{'memory FLOPs':>12} {'params':>10}")

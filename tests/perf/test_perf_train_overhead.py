@@ -28,7 +28,8 @@ def test_bad_flags_name_the_flag():
 
 def test_tiny_run_writes_ratios(tmp_path):
     out = tmp_path / "t.json"
-    res = train_overhead.main(["--seq-lens", "64", "--rows", "swa", "mag_linear", "mag_autograd", "--repeats", "1",
+    res = train_overhead.main(["--seq-lens", "64", "--rows", "swa", "mag_linear", "mag_autograd", "mag_pyscan",
+                               "--repeats", "1",
                                "--segment-len", "32", "--batch", "1", "2", "--out", str(out)])
     rows = res["runs"][0]["rows"]
     assert rows["swa"]["step_s_median"] > 0 and rows["mag_linear"]["finite_losses"] == 1
@@ -40,9 +41,10 @@ def test_tiny_run_writes_ratios(tmp_path):
     assert rows["swa"]["memory_flop_share"] == 0 and 0 < rows["mag_linear"]["memory_flop_share"] < 1
     assert rows["mag_linear"]["flop_ratio_vs_swa"] == pytest.approx(1 / (1 - rows["mag_linear"]["memory_flop_share"]))
     assert cells["mag_linear@64"]["target"] == 1.5 and cells["mag_autograd@64"]["target"] == 2.5
-    from titans.memory import chunk
+    from titans.memory import chunk, chunk_native
 
     assert chunk.FUSED, "the mag_autograd row switches the fused chunk op off for its own steps only"
+    assert chunk_native.NATIVE, "the mag_pyscan row switches the native chunk scan off for its own steps only"
 
 
 def test_default_mag_target_is_per_model():

@@ -17,9 +17,12 @@ The backward differentiates all of it, including through δ (second-order terms:
 normaliser without gradient as in `titans.memory.chunk.curvature`.
 
 Layout: `_chunk_forward` / `_chunk_backward` are one chunk's arithmetic, `_scan_forward` / `_scan_backward` loop them
-over a run of chunks, `ChunkScan` is the autograd op around the loops. With `MemoryConfig.compile_scan` the two loops
-run under torch.compile (inductor) in blocks of `COMPILE_BLOCK` chunks: each block one generated C++ function with
-the matmuls as library calls, instead of ~25 (forward) and ~60 (backward) dispatched ops per chunk.
+over a run of chunks, `ChunkScan` is the autograd op around the loops. Where `titans.memory.chunk_native.supported`
+(SiLU, depth ≥ 2, float32/64 on the CPU, a small state; the default) the two loops run as C++ instead, each walk one
+call with no ATen op inside (`csrc/chunk_scan.cpp`; these Python loops are its reference). With
+`MemoryConfig.compile_scan` the two loops run under torch.compile (inductor) in blocks of `COMPILE_BLOCK` chunks: each
+block one generated C++ function with the matmuls as library calls, instead of ~25 (forward) and ~60 (backward)
+dispatched ops per chunk.
 
 einops glossary: g = (batch head) groups, k = chunks, c = chunk tokens, d = head_dim, i/o = layer in/out.
 """
@@ -31,6 +34,7 @@ import functools
 import torch
 from torch import Tensor
 
+from titans.memory import chunk_native
 from titans.memory.mlp import _act, _act_grad, _act_grad2
 
 
@@ -338,38 +342,48 @@ class ChunkScan(torch.autograd.Function):
         weights, moms = list(state[:depth]), list(state[depth:])
         g, nk, two_c, d = x.shape
         C = two_c // 2
-        key_sq = _sqnorm(x[:, :, C:])  # (g, k, c): ‖k_t‖², layer 0's input norm
         keep = any(ctx.needs_input_grad)
         compiled = compiled and keep
-        reads, errs, scales, surprise_sq, saved = [], [], [], [], []
-        if compiled:
-            scan, errors, sums_buf = _compiled_scans()[0], None, None
+        native = not compiled and chunk_native.supported(activation, depth, [x, q_tail, v, coef, weight, limit, decay,
+                                                                             carry_m, carry_s], [*weights, *moms])
+        ctx.cap = ctx.native = None
+        if native:  # the same loops in C++ (titans.memory.chunk_native), each walk one call
+            reads, errors, scale_all, surprise_sq, kappa, total, weights, moms, kept = chunk_native.scan_forward(
+                x, v, coef, weight, limit, decay, carry_m, carry_s, weights, moms, keep)
+            ctx.native, ctx.cap, saved = kept, (kappa, total), []
         else:
-            scan, errors = _scan_forward, x.new_empty(g, nk, C, d)
-            sums_buf = [w.new_empty(g, w.shape[1], 2 * w.shape[2]) for w in weights] if momentum else None
-        for block in _blocks(nk, compiled):
-            *lists, weights, moms = scan(
-                activation, depth, momentum, capped, *(_sl(t, block) for t in (x, v, coef, weight, limit, decay,
-                                                                                carry_m, carry_s, key_sq)),
-                weights, moms, keep, errors, sums_buf)
-            for acc, part in zip((reads, errs, scales, surprise_sq, saved), lists):
-                acc.extend(part)
+            key_sq = _sqnorm(x[:, :, C:])  # (g, k, c): ‖k_t‖², layer 0's input norm
+            reads, errs, scales, surprise_sq, saved = [], [], [], [], []
+            if compiled:
+                scan, errors, sums_buf = _compiled_scans()[0], None, None
+            else:
+                scan, errors = _scan_forward, x.new_empty(g, nk, C, d)
+                sums_buf = [w.new_empty(g, w.shape[1], 2 * w.shape[2]) for w in weights] if momentum else None
+            for block in _blocks(nk, compiled):
+                *lists, weights, moms = scan(
+                    activation, depth, momentum, capped, *(_sl(t, block) for t in (x, v, coef, weight, limit, decay,
+                                                                                    carry_m, carry_s, key_sq)),
+                    weights, moms, keep, errors, sums_buf)
+                for acc, part in zip((reads, errs, scales, surprise_sq, saved), lists):
+                    acc.extend(part)
+            reads = torch.stack(reads, dim=1)
+            if errors is None:
+                errors = torch.stack(errs, dim=1)
+            scale_all = torch.stack(scales, dim=1) if capped else x.new_ones(g, nk)
+            surprise_sq = torch.stack(surprise_sq, dim=1)
         tail = None
         if q_tail is not None:  # the unfinished chunk reads the last weights
             out, hs, grads = _mlp_forward(weights, q_tail, activation)
-            reads.append(out)
+            reads = torch.cat([reads, out.unsqueeze(1)], dim=1)
             tail = (weights, hs, grads)
-        reads = torch.stack(reads, dim=1)
-        if errors is None:
-            errors = torch.stack(errs, dim=1)
-        scale_all = torch.stack(scales, dim=1) if capped else x.new_ones(g, nk)
-        surprise_sq = torch.stack(surprise_sq, dim=1)
         ctx.mark_non_differentiable(surprise_sq)
         ctx.meta = (*meta[:4], compiled)
         ctx.saved = saved
+        ctx.nk = nk
         ctx.tail = tail
         ctx.has_tail = q_tail is not None
-        ctx.save_for_backward(coef, limit, decay, carry_m, carry_s, scale_all)
+        ctx.save_for_backward(coef, limit, decay, carry_m, carry_s, scale_all,
+                              *((x, errors) if native else (None, None)))
         moms = [m.contiguous() for m in moms]
         return (reads, errors, scale_all, surprise_sq, *weights, *moms)
 
@@ -383,36 +397,46 @@ class ChunkScan(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, g_reads, g_errors, g_scale, _g_surprise, *g_state):
         activation, depth, momentum, capped, compiled = ctx.meta
-        coef, limit, decay, carry_m, carry_s, scale_all = ctx.saved_tensors
-        g_w = [t.clone() for t in g_state[:depth]]  # d/d(weights after the chunk being walked)
-        g_m = [t.clone() for t in g_state[depth:]]
-        nk = len(ctx.saved)
+        coef, limit, decay, carry_m, carry_s, scale_all, x, errors = ctx.saved_tensors
+        # d/d(weights, momenta after the chunk being walked): this walk's own copies (the native walk copies them itself
+        # unless an unfinished chunk's read adds into them first)
+        own = ctx.native is None or ctx.has_tail
+        g_w = [t.clone() if own else t for t in g_state[:depth]]
+        g_m = [t.clone() if own else t for t in g_state[depth:]]
+        nk = ctx.nk
         g_tail = None
         if ctx.has_tail:
             weights, hs, grads = ctx.tail
             g_tail = _mlp_backward(weights, hs, grads, g_reads[:, nk], g_w, activation)
-        lists = [[] for _ in range(6)]  # g_x, g_v, g_coef, g_decay, g_carry_m, g_carry_s, last chunk first
-        scan = _compiled_scans()[1] if compiled else _scan_backward
-        for block in reversed(_blocks(nk, compiled)):
-            *parts, g_w, g_m = scan(activation, depth, momentum, ctx.saved[block], g_w, g_m,
-                                    *(_sl(t, block) for t in (g_reads, g_errors, decay, carry_m, carry_s)))
-            for acc, part in zip(lists, parts):
-                acc.extend(part)
-        g_x, g_v, g_coef, g_decay, g_carry_m, g_carry_s = lists
-        g_x = torch.stack(g_x[::-1], dim=1)
-        g_v = -torch.stack(g_v[::-1], dim=1)
-        g_coef_hat = torch.stack(g_coef[::-1], dim=1)  # (g, k, C, 2): d/d(capped coef)
-        g_decay = torch.stack(g_decay[::-1], dim=1)
-        if momentum:
-            g_carry_m, g_carry_s = torch.stack(g_carry_m[::-1], dim=1), torch.stack(g_carry_s[::-1], dim=1)
+        if ctx.native is not None:
+            g_x, g_v, g_coef_hat, g_decay, g_carry_m, g_carry_s, g_w, g_m = chunk_native.scan_backward(
+                x, coef, scale_all, decay, carry_m, carry_s, errors, ctx.native, g_reads[:, :nk], g_errors, g_w, g_m)
         else:
-            g_carry_m = g_carry_s = None
+            lists = [[] for _ in range(6)]  # g_x, g_v, g_coef, g_decay, g_carry_m, g_carry_s, last chunk first
+            scan = _compiled_scans()[1] if compiled else _scan_backward
+            for block in reversed(_blocks(nk, compiled)):
+                *parts, g_w, g_m = scan(activation, depth, momentum, ctx.saved[block], g_w, g_m,
+                                        *(_sl(t, block) for t in (g_reads, g_errors, decay, carry_m, carry_s)))
+                for acc, part in zip(lists, parts):
+                    acc.extend(part)
+            g_x, g_v, g_coef, g_decay, g_carry_m, g_carry_s = lists
+            g_x = torch.stack(g_x[::-1], dim=1)
+            g_v = -torch.stack(g_v[::-1], dim=1)
+            g_coef_hat = torch.stack(g_coef[::-1], dim=1)  # (g, k, C, 2): d/d(capped coef)
+            g_decay = torch.stack(g_decay[::-1], dim=1)
+            if momentum:
+                g_carry_m, g_carry_s = torch.stack(g_carry_m[::-1], dim=1), torch.stack(g_carry_s[::-1], dim=1)
+            else:
+                g_carry_m = g_carry_s = None
         # the cap, all chunks at once: coef_hat = coef·scale, scale = min(1, limit / max(total, 1e-12))
         g_coef = g_coef_hat * scale_all[..., None, None]
         g_weight = g_limit = None
         if capped:
-            kappa = torch.stack([s[7] for s in ctx.saved], dim=1)  # (g, k, C)
-            total = torch.stack([s[8] for s in ctx.saved], dim=1)  # (g, k)
+            if ctx.cap is not None:
+                kappa, total = ctx.cap  # (g, k, C), (g, k)
+            else:
+                kappa = torch.stack([s[7] for s in ctx.saved], dim=1)
+                total = torch.stack([s[8] for s in ctx.saved], dim=1)
             g_scale_all = (g_coef_hat * coef).sum((-2, -1)) + g_scale
             clamped = total.clamp_min(1e-12)
             g_ratio = g_scale_all * (limit / clamped <= 1.0)  # clamp(max=1) passes where ratio ≤ 1
