@@ -325,10 +325,8 @@ class NeuralMemory(nn.Module):
             q = q if q.dtype == dtype else q.to(dtype)
             if c.qk_center:
                 q = q - self.qk_mean[0].to(dtype).repeat(B, 1)[:, None, :]  # (h, d) -> ((b h), 1, d)
-            if c.qk_features == "pairs":
-                q = pair_features(q)
-            elif c.qk_features == "bilinear":
-                q = bilinear_features(q.view(B, H, T, -1), self.qk_feature_maps.to(dtype)).flatten(0, 1)
+            if c.qk_features != "none":
+                q = self._qk_features(q.view(B, H, T, -1)).flatten(0, 1)
             if c.qk_l2_norm:
                 q = q * torch.rsqrt(torch.linalg.vecdot(q, q).unsqueeze(-1).clamp_min(1e-24))
             w = [weights[nm].flatten(0, 1) for nm in self.memory_model.names]  # ((b h), i, o)
@@ -452,10 +450,7 @@ class NeuralMemory(nn.Module):
             qk, v = qkv.split([2, 1])
             if c.qk_center:
                 qk = self._center(qk)
-            if c.qk_features == "pairs":
-                qk = pair_features(qk)
-            elif c.qk_features == "bilinear":
-                qk = bilinear_features(qk, self.qk_feature_maps.to(qk.dtype))
+            qk = self._qk_features(qk)
             if c.qk_l2_norm:  # = F.normalize(eps=1e-12), as one multiply (its backward has no divisions)
                 qk = qk * torch.rsqrt(qk.pow(2).sum(-1, keepdim=True).clamp_min(1e-24))
             q, k = qk.unbind(0)  # (b, h, n, d) each
@@ -472,6 +467,14 @@ class NeuralMemory(nn.Module):
                 and not c.tie_keys and c.nonfinite != "skip"
                 and x.dtype == self.state_dtype and not torch.is_autocast_enabled(x.device.type)
                 and not torch.compiler.is_compiling())
+
+    def _qk_features(self, x: Tensor) -> Tensor:
+        """`MemoryConfig.qk_features` on queries and/or keys `[..., H, n, d]` (identity for "none")."""
+        if self.config.qk_features == "pairs":
+            return pair_features(x)
+        if self.config.qk_features == "bilinear":
+            return bilinear_features(x, self.qk_feature_maps.to(x.dtype))
+        return x
 
     def _center(self, qk: Tensor) -> Tensor:
         """`qk` `[2, B, H, n, d]` minus the running means (`qk_center`). In training mode the means first move
