@@ -29,10 +29,10 @@ demo: $(STAMP)
 	$(PY) -m experiments.cpu_proof --variants mag --out outputs/demo --train-dir outputs/demo/train
 
 # every variant of the CPU proof (mag mal mac swa titans_pytorch) trained as `make demo` trains MAG, then every cell
-# of results/cpu_proof/summary.json (5 tasks at 1K-4K, 40 samples; pass keys at 16K-32K, 20; MAG to 1M tokens; MAG on
-# ten untrained variations at 1K/4K, 20).
-# Hours on one core: ~7-25 min of training per variant (the peer ~50 idle, hours beside other jobs), ~40 min of
-# evaluation (the 1M-token cell ~10 min).
+# of results/cpu_proof/summary.json (5 tasks at 1K-4K, 40 samples; pass keys at 16K-32K, 20; MAG to 1M tokens and its
+# hash hops and code pass keys at 16K-32K, 20; every memory variant on ten untrained variations at 1K/4K, 20).
+# Hours on one core: ~13-40 min of training per variant beside other jobs (the peer ~50 idle, hours beside other
+# jobs), ~75 min of evaluation (the 1M-token cell ~15 min).
 PROOF := $(PY) -m experiments.cpu_proof --out results/cpu_proof --train-dir outputs/proof
 proof: $(STAMP)
 	$(PROOF) --variants mag mal mac swa titans_pytorch --samples 40 \
@@ -40,7 +40,9 @@ proof: $(STAMP)
 	$(PROOF) --variants mag mal mac --samples 20 --no-heatmap --tasks passkey passkey_essay --lengths 16384 32768
 	$(PROOF) --variants mag --samples 20 --no-heatmap --tasks passkey --lengths 65536
 	$(PROOF) --variants mag --samples 10 --no-heatmap --tasks passkey --lengths 1048576
-	$(PROOF) --variants mag --samples 20 --no-heatmap --lengths 1024 4096 --tasks variations  # experiments/cpu_proof.py VARIATIONS
+	$(PROOF) --variants mag --samples 20 --no-heatmap --tasks hashhop hashhop_essay hashhop_pairs8 passkey_code \
+		--lengths 16384 32768
+	$(PROOF) --variants mag mal mac --samples 20 --no-heatmap --lengths 1024 4096 --tasks variations  # cpu_proof.py VARIATIONS
 
 test: $(STAMP)
 	$(PY) -m pytest -q

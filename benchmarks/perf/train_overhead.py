@@ -27,7 +27,8 @@ Rows:
     mag_mem1    mag with its memory in decoder layer 1 only (`memory_layers: [1]`; layer 0 sliding window only)
     mag_proof   what the CPU proof trains: mag_linear without momentum, one head of 256 in chunks of 4 with
                 gates that see the key (gate_keys), max_lr 0.5, min_lr 0.005, conv kernel 16,
-                qk_init induction, identity_init false, gate_bias_init 0, memory in layer 0 only
+                qk_init induction with keys tied to queries (tie_keys), bilinear key features (qk_features),
+                identity_init false, gate_bias_init 0, memory in layer 0 only
                 (`memory_layers: [0]`; layer 1 is sliding-window attention without memory)
     mag_proof_2l  mag_proof with its memory in both layers (the CPU proof before it moved to one memory layer)
     mag_autograd  mag with the deep memory's chunk loop differentiated by autograd op by op (the path before
@@ -79,7 +80,7 @@ ROWS = {
                                "memory": {"heads": 1, "head_dim": 256, "depth": 1, "chunk_size": 4, "momentum": False,
                                           "max_lr": 0.5, "min_lr": 0.005,
                                           "conv_kernel": 16, "qk_init": "induction", "forget_bias_init": -12.0,
-                                          "gate_keys": True}}),
+                                          "gate_keys": True, "tie_keys": True, "qk_features": "bilinear"}}),
 }
 # the default MAG with the deep memory's chunk loop differentiated op by op by autograd
 # (`titans.memory.chunk.FUSED = False`) instead of `titans.memory.chunk_fused.ChunkScan`'s hand-written backward

@@ -63,3 +63,20 @@ def test_qwen3_06b_shape_memory_costs_about_a_layer(tmp_path, capsys):
     mag = res["runs"][0]["rows"]["mag"]
     assert 1.8 < mag["flop_ratio_vs_swa"] < 2.0 and mag["trainable_params"] > 4e7
     assert re.search(r"^mag@32: \d+\.\d\dx the swa step time; target <= 2\.2x", capsys.readouterr().out, re.M)
+
+
+def test_mag_proof_row_is_the_shipped_cpu_proof_memory():
+    """The `mag_proof` row times what conf/experiment/cpu_proof_mag.yaml trains: every memory key it sets agrees."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        shipped = OmegaConf.to_container(compose(config_name="train", overrides=["experiment=cpu_proof_mag"]).memory)
+    row = train_overhead.ROWS["mag_proof"][1]
+    assert {k: shipped["memory"][k] for k in row["memory"]} == row["memory"]
+    assert {k: shipped[k] for k in row if k != "memory"} == {k: v for k, v in row.items() if k != "memory"}
+    # and nothing the shipped memory sets is left at another value in the row
+    assert not {k for k, v in shipped["memory"].items()
+                if k not in row["memory"] and k in ("tie_keys", "qk_features", "gate_keys", "min_lr", "head_dim")}
