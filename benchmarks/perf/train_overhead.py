@@ -25,11 +25,10 @@ Rows:
     mag         conf/memory/mag.yaml (window 64, 4 heads, depth 2, chunk 16, memory in both layers)
     mag_linear  mag with memory.depth=1 (linear memory: the `titans.memory.linear` fast path)
     mag_mem1    mag with its memory in decoder layer 1 only (`memory_layers: [1]`; layer 0 sliding window only)
-    mag_proof   what the CPU proof trains: mag_linear without momentum, one head of 256 in chunks of 4 with
-                gates that see the key (gate_keys), max_lr 0.5, min_lr 0.005, conv kernel 16,
-                qk_init induction with keys tied to queries (tie_keys), bilinear key features (qk_features),
-                identity_init false, gate_bias_init 0, memory in layer 0 only
-                (`memory_layers: [0]`; layer 1 is sliding-window attention without memory)
+    mag_proof   what the CPU proof trains, composed from conf/experiment/cpu_proof_mag.yaml (as `train.py
+                experiment=cpu_proof_mag` composes it, so the row follows the shipped file): a linear memory,
+                one head of 256 in chunks of 4, tied keys with bilinear features, memory in layer 0 only
+    mac_proof   the same for conf/experiment/cpu_proof_mac.yaml (MAC, 64-token segments, 16 long-term tokens)
     mag_proof_2l  mag_proof with its memory in both layers (the CPU proof before it moved to one memory layer)
     mag_autograd  mag with the deep memory's chunk loop differentiated by autograd op by op (the path before
                 `titans.memory.chunk_fused`, whose hand-written backward every other deep row uses)
@@ -75,12 +74,9 @@ ROWS = {
     "mag": ("mag.yaml", {"window": 64}),
     "mag_linear": ("mag.yaml", {"window": 64, "memory": {"depth": 1}}),
     "mag_mem1": ("mag.yaml", {"window": 64, "memory_layers": [1]}),
-    # what the CPU proof trains (conf/experiment/cpu_proof_mag.yaml): memory in layer 0 only
-    "mag_proof": ("mag.yaml", {"window": 64, "memory_layers": [0], "identity_init": False, "gate_bias_init": 0.0,
-                               "memory": {"heads": 1, "head_dim": 256, "depth": 1, "chunk_size": 4, "momentum": False,
-                                          "max_lr": 0.5, "min_lr": 0.005,
-                                          "conv_kernel": 16, "qk_init": "induction", "forget_bias_init": -12.0,
-                                          "gate_keys": True, "tie_keys": True, "qk_features": "bilinear"}}),
+    # what the CPU proof trains: the memory composed from its experiment file, so the row cannot drift from it
+    "mag_proof": ("experiment:cpu_proof_mag", {}),
+    "mac_proof": ("experiment:cpu_proof_mac", {}),
 }
 # the default MAG with the deep memory's chunk loop differentiated op by op by autograd
 # (`titans.memory.chunk.FUSED = False`) instead of `titans.memory.chunk_fused.ChunkScan`'s hand-written backward
@@ -96,7 +92,7 @@ PLAIN_IO_ROWS = {"mag_plain_io"}
 ROWS["mag_pyscan"] = ROWS["mag"]
 PYSCAN_ROWS = {"mag_pyscan"}
 # the same memory in both layers (what the CPU proof trained before it moved to one memory layer)
-ROWS["mag_proof_2l"] = (ROWS["mag_proof"][0], {k: v for k, v in ROWS["mag_proof"][1].items() if k != "memory_layers"})
+ROWS["mag_proof_2l"] = ("experiment:cpu_proof_mag", {"memory_layers": None})
 # the same rows with the memory's forward under torch.compile (memory.compile=true; compiled in the warm-up step)
 ROWS.update({f"{name}_compiled": (conf, {**over, "memory": {**over.get("memory", {}), "compile": True}})
              for name, (conf, over) in list(ROWS.items()) if name in ("mag", "mag_proof")})
@@ -156,6 +152,23 @@ def model_names() -> list[str]:
     return sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
 
 
+def memory_conf(conf: str):
+    """A row's base memory config: `conf/memory/<conf>`, or `experiment:<name>` — the `memory` that
+    `train.py experiment=<name>` composes (defaults and the experiment's overrides)."""
+    from omegaconf import OmegaConf
+
+    if not conf.startswith("experiment:"):
+        return OmegaConf.load(ROOT / "conf/memory" / conf)
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        composed = compose(config_name="train", overrides=[f"experiment={conf.removeprefix('experiment:')}"])
+    GlobalHydra.instance().clear()
+    return composed.memory
+
+
 def build(row: str, freeze: str = "none", model: str = "qwen3_tiny"):
     """The `conf/model/<model>.yaml` Qwen3 for one row (see module docstring), in train mode."""
     from omegaconf import OmegaConf
@@ -167,7 +180,7 @@ def build(row: str, freeze: str = "none", model: str = "qwen3_tiny"):
     if model not in model_names():
         raise ValueError(f"--model {model!r}: allowed a conf/model file, one of {model_names()}")
     conf, overrides = ROWS[row]
-    memory_cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/memory" / conf), overrides)
+    memory_cfg = OmegaConf.merge(memory_conf(conf), overrides)
     built, _ = build_model(OmegaConf.load(MODEL_DIR / f"{model}.yaml"), memory_cfg,
                            freeze=None if freeze == "default" else freeze)
     return built.train()

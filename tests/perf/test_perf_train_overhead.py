@@ -65,18 +65,21 @@ def test_qwen3_06b_shape_memory_costs_about_a_layer(tmp_path, capsys):
     assert re.search(r"^mag@32: \d+\.\d\dx the swa step time; target <= 2\.2x", capsys.readouterr().out, re.M)
 
 
-def test_mag_proof_row_is_the_shipped_cpu_proof_memory():
-    """The `mag_proof` row times what conf/experiment/cpu_proof_mag.yaml trains: every memory key it sets agrees."""
+def test_proof_rows_are_the_shipped_cpu_proof_memories():
+    """`mag_proof` / `mac_proof` time what conf/experiment/cpu_proof_{mag,mac}.yaml train: the row's model carries
+    the TitansConfig that the training's composition builds (so an edit of the experiment file moves the row)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        shipped = OmegaConf.to_container(compose(config_name="train", overrides=["experiment=cpu_proof_mag"]).memory)
-    row = train_overhead.ROWS["mag_proof"][1]
-    assert {k: shipped["memory"][k] for k in row["memory"]} == row["memory"]
-    assert {k: shipped[k] for k in row if k != "memory"} == {k: v for k, v in row.items() if k != "memory"}
-    # and nothing the shipped memory sets is left at another value in the row
-    assert not {k for k, v in shipped["memory"].items()
-                if k not in row["memory"] and k in ("tie_keys", "qk_features", "gate_keys", "min_lr", "head_dim")}
+    from titans.training.builders import build_model
+
+    for variant in ("mag", "mac"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"experiment=cpu_proof_{variant}"])
+        GlobalHydra.instance().clear()
+        shipped, _ = build_model(cfg.model, cfg.memory, freeze="none")
+        row = train_overhead.build(f"{variant}_proof")
+        assert row.config.titans == shipped.config.titans
+        assert row.config.titans["variant"] == variant and row.config.titans["memory_layers"] == [0]
+    assert train_overhead.build("mag_proof_2l").config.titans["memory_layers"] in (None, "all")
