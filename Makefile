@@ -79,6 +79,8 @@ bench: $(STAMP)  # the tables of docs/performance.md (deep memory speed, decodin
 	$(PY) benchmarks/perf/train_overhead.py --model qwen3_0.6b_shape --seq-lens 512 --batch 1 --rows swa mag \
 		--repeats 3 --out results/perf/train_overhead_0.6b_shape_native.json
 	$(PY) benchmarks/perf/memory_throughput.py --repeats 5 --out results/perf/memory_throughput_native.json
+	$(PY) benchmarks/perf/train_overhead.py --seq-lens 2048 --batch 1 --rows swa mag mag_pyscan mag_proof mac_proof \
+		--repeats 9 --out results/perf/train_overhead_ninth.json
 	$(PY) benchmarks/perf/memory_compiled.py --repeats 5 --calls 5
 	$(PY) benchmarks/perf/profile_step.py --row swa --out results/perf/profile_swa.json
 	$(PY) benchmarks/perf/profile_step.py --row mag --out results/perf/profile_mag.json
