@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 # test-time learning in a bare memory (seconds), then the CPU proof for MAG: train a tiny Qwen3 with a
-# 64-token window (~9 min on both cores of an idle 2-core machine), evaluate pass key / hash hop at
+# 64-token window (~10-11 min on both cores of an idle 2-core machine), evaluate pass key / hash hop at
 # 1K-4K, print the table, write the heatmap and curves under outputs/demo (`make proof`: every variant, every cell).
 # DEMO_THREADS: torch threads for the demo's training (2: both cores, ~1.6x faster per step than 1; on a machine
 # busy with other jobs use DEMO_THREADS=1 — threads that contend for a core stall each other). make proof trains
