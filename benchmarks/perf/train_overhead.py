@@ -159,14 +159,9 @@ def memory_conf(conf: str):
 
     if not conf.startswith("experiment:"):
         return OmegaConf.load(ROOT / "conf/memory" / conf)
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from benchmarks.peers.step_time import compose
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        composed = compose(config_name="train", overrides=[f"experiment={conf.removeprefix('experiment:')}"])
-    GlobalHydra.instance().clear()
-    return composed.memory
+    return compose(conf.removeprefix("experiment:")).memory
 
 
 def build(row: str, freeze: str = "none", model: str = "qwen3_tiny"):
