@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not chunk_native.available(),
 
 
 def op_inputs(g: int, k: int, C: int, d: int, hid: int, momentum: bool, capped: bool, tail: bool, depth: int = 2,
-              dtype=torch.float64, seed: int = 0) -> tuple:
+              dtype=torch.float64, seed: int = 0, big_limit: float = 100.0) -> tuple:
     """Random `ChunkScan` inputs (meta, then the tensors), all requiring grad; with the cap, a small limit (it binds) in
     about half the chunks and a large one (it does not) in the others."""
     torch.manual_seed(seed)
@@ -28,7 +28,7 @@ def op_inputs(g: int, k: int, C: int, d: int, hid: int, momentum: bool, capped: 
     state = [torch.randn(g, i, o, **t) * 0.4 for i, o in zip(dims, dims[1:])]
     state += [torch.randn(g, i, o, **t) * 0.05 for i, o in zip(dims, dims[1:])]
     coef = -torch.rand(g, k, C, 2, **t) * 0.3
-    limit = torch.where(torch.rand(g, k) < 0.5, 0.02, 100.0).to(dtype)
+    limit = torch.where(torch.rand(g, k) < 0.5, 0.02, big_limit).to(dtype)
     args = [torch.randn(g, k, 2 * C, d, **t), torch.randn(g, C, d, **t) if tail else None, torch.randn(g, k, C, d, **t),
             coef, torch.rand(g, k, C, **t) if capped else None, limit if capped else None,
             0.5 + 0.4 * torch.rand(g, k, **t),
@@ -56,25 +56,38 @@ OP_CASES = [
     pytest.param(dict(momentum=False, capped=True), id="cap-no-momentum"),
     pytest.param(dict(momentum=False, capped=False, tail=True), id="plain-unfinished-chunk"),
     pytest.param(dict(momentum=True, capped=True, tail=True, depth=3), id="depth3"),
+    # a state of several row tiles with remainders (`tile_rows`: 8 rows of 2100, 1256 rows of 13)
+    # (states of ~1e9 where the cap does not bind: sums of 2100 terms in another order differ at ~3e-10 relative)
+    pytest.param(dict(momentum=True, capped=True, d=13, hid=2100, big_limit=1e6, rtol=1e-9), id="row-tiles"),
+    pytest.param(dict(momentum=False, capped=True, tail=True, d=13, hid=2100, big_limit=1e6, rtol=1e-9),
+                 id="row-tiles-no-momentum"),
 ]
 
+# the walks' two forms of δ W_lᵀ and gz W_lᵀ: through a transposed copy of W_l (states up to `SMALL_STATE`, kept for
+# the backward) and as (W_l δᵀ)ᵀ (larger states)
+PATHS = [pytest.param(chunk_native.SMALL_STATE, id="transposed"), pytest.param(0, id="untransposed")]
 
+
+@pytest.mark.parametrize("small_state", PATHS)
 @pytest.mark.parametrize("kw", OP_CASES)
-def test_native_op_equals_the_python_op(kw, monkeypatch):
+def test_native_op_equals_the_python_op(kw, small_state, monkeypatch):
     """Reads (the unfinished chunk's too), errors, scale, surprise², the state after the last chunk and the gradients
     of every input, native vs the Python loop, in float64, over several chunks, sizes that leave vector remainders
-    (d 5, hidden 19) and, with the cap, chunks where it binds beside chunks where it does not."""
-    kw = dict(tail=False, depth=2) | kw
-    meta, args = op_inputs(3, 4, 5, 5, 19, **kw)
+    (d 5, hidden 19) and, with the cap, chunks where it binds beside chunks where it does not; both forms of the
+    state's transposed products."""
+    monkeypatch.setattr(chunk_native, "SMALL_STATE", small_state)
+    kw = dict(tail=False, depth=2, d=5, hid=19) | kw
+    rtol = kw.pop("rtol", 1e-10)
+    meta, args = op_inputs(3, 4, 5, **kw)
     outs_n, grads_n = op_run(meta, args, True, monkeypatch)
     outs_p, grads_p = op_run(meta, args, False, monkeypatch)
     if kw["capped"]:
         scale = outs_p[2]
         assert (scale < 1).any() and (scale == 1).any(), "the cap must bind in some chunks and not in others"
     for got, want in zip(outs_n, outs_p):
-        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=rtol)
     for got, want in zip(grads_n, grads_p):
-        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=rtol)
 
 
 MEMORY_CASES = [
@@ -87,10 +100,12 @@ MEMORY_CASES = [
 ]
 
 
+@pytest.mark.parametrize("small_state", PATHS)
 @pytest.mark.parametrize("kw", MEMORY_CASES)
-def test_native_scan_equals_the_python_op_in_a_memory(kw, monkeypatch):
+def test_native_scan_equals_the_python_op_in_a_memory(kw, small_state, monkeypatch):
     """Whole memory calls: outputs, state, aux and every parameter's gradient, across calls that leave buffered
     tokens and an unfinished chunk (pieces 5 + 8 of chunk 4)."""
+    monkeypatch.setattr(chunk_native, "SMALL_STATE", small_state)
     mem = make(**kw)
     x = torch.randn(2, 13, 16, dtype=torch.float64)
     monkeypatch.setattr(chunk_native, "NATIVE", False)
@@ -164,5 +179,24 @@ def test_native_backward_twice_with_retained_graph(monkeypatch):
     first = torch.autograd.grad(loss, leaves, retain_graph=True)
     ChunkScan.apply(meta, *args)[0].sum().backward()  # another call in between, its buffers from the pool
     second = torch.autograd.grad(loss, leaves)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_pool_reuses_freed_blocks_and_trims(monkeypatch):
+    """The kept buffers and state-sized outputs of a call return to the pool when freed (`trim_pool` then frees
+    them: bytes > 0, and nothing on a second trim); calls after a trim allocate afresh and give the same results."""
+    monkeypatch.setattr(chunk_native, "NATIVE", True)
+    meta, args = op_inputs(2, 3, 4, 5, 7, momentum=True, capped=True, tail=False)
+    leaves = [a for a in args if a is not None]
+
+    def call():
+        outs = ChunkScan.apply(meta, *args)
+        return torch.autograd.grad(outs[0].pow(2).sum() + outs[4].sum(), leaves)
+
+    first = call()
+    assert chunk_native.trim_pool() > 0
+    assert chunk_native.trim_pool() == 0
+    second = call()
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b, atol=0, rtol=0)

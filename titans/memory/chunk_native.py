@@ -25,12 +25,17 @@ from torch import Tensor
 # the native scan where `supported`; False = the Python loop of `titans.memory.chunk_fused` everywhere
 NATIVE = True
 
-# largest state per (sample, head) and layer, in elements, that the native loops take (i·o of the biggest layer):
-# above it the matmuls are large enough for the library's (MKL) blocking to pay, and the state (1 MB per layer and
-# head at Qwen3-0.6B's 256 x 1024) streams from memory. Measured (docs/performance.md, one thread, the memory's
-# forward + backward, native / Python loop): 32 x 128 1.7x, 64 x 256 1.16-1.44x, 128 x 512 0.93-1.08x (parity: the
-# Python loop), 256 x 1024 0.81-0.90x
-MAX_STATE = 64 * 256
+# largest state per (sample, head) and layer, in elements, that the native loops take (i·o of the biggest layer). The
+# walks stream a large state in row tiles and keep each chunk's state in the pooled buffers the backward reads (see the
+# C++ file), so the native scan beats the Python loop with MKL's matmuls at every size measured (docs/performance.md,
+# one thread, the memory's forward + backward, native / Python loop): 32 x 128 ~1.7x, 128 x 512 1.56x, 256 x 1024
+# (Qwen3-0.6B's MAG) 1.76x. The limit is Qwen3-1.7B's 512 x 2048, not a measured crossover: beyond it, untried
+MAX_STATE = 512 * 2048
+
+# above this many state elements per layer and head the walks compute δ W_lᵀ and gz W_lᵀ as (W_l δᵀ)ᵀ, (W_l gzᵀ)ᵀ (two
+# small transposes) instead of transposing W_l (and keeping W_lᵀ for the backward): fewer passes over a state that
+# streams from memory. At or below it the transposed copy is cheap and its products are faster
+SMALL_STATE = 64 * 256
 
 _SOURCE = Path(__file__).parent / "csrc" / "chunk_scan.cpp"
 _FLAGS = ["-O3", "-march=native", "-std=c++17"]
@@ -98,7 +103,8 @@ def scan_forward(x: Tensor, v: Tensor, coef: Tensor, weight: Tensor | None, limi
     depth = len(weights)
     out = torch.ops.titans_chunk_scan.scan_forward(
         x.contiguous(), v.contiguous(), coef.contiguous(), _c(weight), _c(limit), decay.contiguous(), _c(carry_m),
-        _c(carry_s), [w.contiguous() for w in weights], [m.contiguous() for m in moms], keep)
+        _c(carry_s), [w.contiguous() for w in weights], [m.contiguous() for m in moms], keep,
+        max(w.shape[-2] * w.shape[-1] for w in weights) > SMALL_STATE)
     reads, errors, scale, surprise_sq, kappa, total = out[:6]
     new_w, new_m, saved = out[6:6 + depth], out[6 + depth:6 + 2 * depth], out[6 + 2 * depth:]
     return reads, errors, scale, surprise_sq, kappa, total, new_w, new_m, saved
@@ -119,3 +125,12 @@ def scan_backward(x: Tensor, coef: Tensor, scale: Tensor, decay: Tensor, carry_m
     if carry_m is None:
         g_cm = g_cs = None
     return g_x, g_v, g_coef, g_decay, g_cm, g_cs, out[6:6 + depth], out[6 + depth:]
+
+
+def trim_pool() -> int:
+    """Frees the blocks the native forward keeps pooled for reuse (the chunk-start states a backward reads: a training
+    step's worth, up to the peak its calls held at once) and returns the bytes freed; 0 when the extension is not
+    loaded. For a process that stops training and wants the memory back; the next training call pools again."""
+    if not (_LOADED and _LOADED[0]):
+        return 0
+    return int(torch.ops.titans_chunk_scan.pool_trim())

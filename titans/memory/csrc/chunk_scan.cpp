@@ -341,13 +341,30 @@ struct Dims {
   i64 max_dim() const { return *std::max_element(dims.begin(), dims.end()); }
 };
 
+// rows of a state tile that the update walks together: ~16K elements a row block (64 KB of float; the tile's W, S and
+// their gradients stay in L2 between the products that read it), a multiple of the register block; a small state
+// (the tiny model's 32 x 128) is one tile
+static inline i64 tile_rows(i64 cols) {
+  constexpr i64 kTileElems = 16384;
+  return std::max<i64>(kRows, kTileElems / std::max<i64>(cols, 1) / kRows * kRows);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Forward: `_scan_forward` over all chunks of every group.
+//
+// Where the state streams from memory (Qwen3-0.6B's 256 x 1024 per layer and head: 1 MB, beyond the caches), each
+// chunk touches it as few times as it can: the MLP reads W_l once per product, the update runs in row tiles of
+// `tile_rows` (its right-hand sides h_kᵀ(û δ) for a tile computed into a small buffer and applied while the tile's
+// W and S rows are in cache, instead of a state-sized sums buffer written and read back), and with `keep` the state
+// lives in the kept buffers: chunk k reads its slot and writes chunk k+1's (no copy of the chunk-start state).
+// `large`: p_l = δ_l W_lᵀ as (W_l δ_lᵀ)ᵀ — two small transposes instead of a state-sized one (and W_lᵀ is not kept;
+// the backward does the same); small states keep the transposed copy, whose products are faster there.
 template <typename T>
-static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, const T* x, const T* v, const T* coef,
-                         const T* weight, const T* limit, const T* decay, const T* carry_m, const T* carry_s,
-                         std::vector<T*> W, std::vector<T*> S, T* reads, T* errors, T* scale_out, T* surprise,
-                         T* kappa_out, T* total_out, std::vector<T*> Wsave, std::vector<T*> Ssave,
+static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, bool large, const T* x, const T* v,
+                         const T* coef, const T* weight, const T* limit, const T* decay, const T* carry_m,
+                         const T* carry_s, std::vector<const T*> Win, std::vector<const T*> Sin, std::vector<T*> W,
+                         std::vector<T*> S, T* reads, T* errors, T* scale_out,
+                         T* surprise, T* kappa_out, T* total_out, std::vector<T*> Wsave, std::vector<T*> Ssave,
                          std::vector<T*> Zsave, std::vector<T*> Sigsave, std::vector<T*> Hsave,
                          std::vector<T*> Psave, std::vector<T*> WTsave) {
   const i64 G = D.G, K = D.K, C = D.C, L = D.L, d = D.dims[0], C2 = 2 * C, md = D.max_dim();
@@ -362,9 +379,13 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
       pb[l].resize(C * D.out(l));
     }
     for (int l = 0; l < L; ++l) delta[l].resize(C * D.out(l));
-    std::vector<T> wt(md * md), rhs(C * 2 * md), sums(md * 2 * md), dsq(L * C), hsq(L * C), sq(C);
+    i64 sums_n = 0;
+    for (int l = 0; l < L; ++l) sums_n = std::max(sums_n, tile_rows(D.out(l)) * 2 * D.out(l));
+    std::vector<T> wt(large ? 0 : md * md), rhs(C * 2 * md), sums(sums_n), dsq(L * C), hsq(L * C), sq(C),
+        out2(C2 * d), deltaT(large ? md * C : 0), pT(large ? md * C : 0);
     std::vector<const T*> h(L);
     std::vector<T*> z(L), sg(L), p(L);  // this chunk's z_l, σ(z_l), p_l
+    std::vector<T*> cw(L), cs(L), nw(L), ns(L);  // the state at the chunk start, and where the update writes it
     for (i64 g = g_begin; g < g_end; ++g) {
       std::vector<T*> w(L), s(L);
       for (int l = 0; l < L; ++l) {
@@ -373,6 +394,25 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
       }
       for (i64 k = 0; k < K; ++k) {
         const i64 idx = g * K + k;
+        const bool last = k + 1 == K;
+        for (int l = 0; l < L; ++l) {
+          const i64 n = D.size(l);
+          if (keep) {  // chunk k's state in its kept slot (the first copied there from the call's input)
+            cw[l] = Wsave[l] + idx * n;
+            if (k == 0) std::memcpy(cw[l], Win[l] + g * n, n * sizeof(T));
+            nw[l] = last ? w[l] : cw[l] + n;
+            if (momentum) {
+              cs[l] = Ssave[l] + idx * n;
+              if (k == 0) std::memcpy(cs[l], Sin[l] + g * n, n * sizeof(T));
+              ns[l] = last ? s[l] : cs[l] + n;
+            } else {
+              cs[l] = ns[l] = s[l];
+            }
+          } else {  // in place
+            cw[l] = nw[l] = w[l];
+            cs[l] = ns[l] = s[l];
+          }
+        }
         const T* X = x + idx * C2 * d;
         // the MLP on [queries | keys]: z_l = h_l W_l, h_{l+1} = z_l·σ(z_l)
         h[0] = X;
@@ -382,28 +422,35 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
           sg[l] = keep ? Sigsave[l] + idx * n : sb[l].data();
           T* hn = keep ? Hsave[l] + idx * n : hb[l].data();
           p[l] = keep ? Psave[l] + idx * C * o : pb[l].data();
-          gemm<T>(C2, o, D.in(l), h[l], D.in(l), 1, w[l], o, z[l], o, false);
+          gemm<T>(C2, o, D.in(l), h[l], D.in(l), 1, cw[l], o, z[l], o, false);
           silu_forward<T>(n, z[l], sg[l], hn);
           h[l + 1] = hn;
         }
-        // the last layer: reads on the query rows, errors M(k) − v on the key rows
+        // the last layer, one product over both halves: reads on the query rows, errors M(k) − v on the key rows
         const i64 il = D.in(L - 1);
         T* R = reads + idx * C * d;
         T* E = errors + idx * C * d;
-        gemm<T>(C, d, il, h[L - 1], il, 1, w[L - 1], d, R, d, false);
-        gemm<T>(C, d, il, h[L - 1] + C * il, il, 1, w[L - 1], d, E, d, false);
+        gemm<T>(C2, d, il, h[L - 1], il, 1, cw[L - 1], d, out2.data(), d, false);
+        std::memcpy(R, out2.data(), C * d * sizeof(T));
         const T* Vc = v + idx * C * d;
+        const T* Ok = out2.data() + C * d;
         IVDEP
         for (i64 e = 0; e < C * d; ++e) {
-          E[e] -= Vc[e];
+          E[e] = Ok[e] - Vc[e];
           delta[L - 1][e] = T(2) * E[e];  // dℓ/dM(k) of Eq. 12
         }
         // δ_{l-1} = (δ_l W_lᵀ) ⊙ act'(z_{l-1}) on the key rows
         for (int l = L - 1; l >= 1; --l) {
           const i64 i = D.in(l), o = D.out(l);
-          T* wtl = keep ? WTsave[l - 1] + idx * D.size(l) : wt.data();  // W_lᵀ, kept for the backward's d/d h_l
-          transpose<T>(i, o, w[l], wtl);
-          gemm<T>(C, i, o, delta[l].data(), o, 1, wtl, i, p[l - 1], i, false);
+          if (large) {  // pᵀ = W_l δ_lᵀ
+            transpose<T>(C, o, delta[l].data(), deltaT.data());
+            gemm<T>(i, C, o, cw[l], o, 1, deltaT.data(), C, pT.data(), C, false);
+            transpose<T>(i, C, pT.data(), p[l - 1]);
+          } else {
+            T* wtl = keep ? WTsave[l - 1] + idx * D.size(l) : wt.data();  // W_lᵀ, kept for the backward's d/d h_l
+            transpose<T>(i, o, cw[l], wtl);
+            gemm<T>(C, i, o, delta[l].data(), o, 1, wtl, i, p[l - 1], i, false);
+          }
           const T* sk = sg[l - 1] + C * i;
           const T* hk = h[l] + C * i;
           IVDEP
@@ -439,10 +486,10 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
         scale_out[idx] = scl;
         const T* cf = coef + idx * C * 2;
         const T dec = decay[idx];
-        const T cm = momentum ? carry_m[idx] : T(0), cs = momentum ? carry_s[idx] : T(0);
-        // W_l' = A·W_l + c_S·S_l − h_lᵀ(û ⊙ δ_l),  S_l' = E·S_l − h_lᵀ(ŝ ⊙ δ_l)
+        const T cm = momentum ? carry_m[idx] : T(0), csc = momentum ? carry_s[idx] : T(0);
+        // W_l' = A·W_l + c_S·S_l − h_lᵀ(û ⊙ δ_l),  S_l' = E·S_l − h_lᵀ(ŝ ⊙ δ_l), in row tiles
         for (int l = 0; l < L; ++l) {
-          const i64 i = D.in(l), o = D.out(l);
+          const i64 i = D.in(l), o = D.out(l), rt = tile_rows(o);
           for (i64 j = 0; j < C; ++j) {
             const T c0 = cf[2 * j] * scl, c1 = cf[2 * j + 1] * scl;
             IVDEP
@@ -451,30 +498,27 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, c
               rhs[j * 2 * o + o + e] = delta[l][j * o + e] * c1;
             }
           }
-          gemm<T>(i, 2 * o, C, h[l] + C * i, 1, i, rhs.data(), 2 * o, sums.data(), 2 * o, false);
-          T* wl = w[l];
-          T* sl = s[l];
-          T* ws = keep ? Wsave[l] + idx * D.size(l) : nullptr;  // the chunk-start state, for the backward
-          T* ss = keep && momentum ? Ssave[l] + idx * D.size(l) : nullptr;
-          for (i64 a = 0; a < i; ++a) {
-            const T* sw = sums.data() + a * 2 * o;
-            const T* sm = sw + o;
-            T* wr = wl + a * o;
-            T* sr = sl + a * o;
-            if (ws) std::memcpy(ws + a * o, wr, o * sizeof(T));
-            if (ss) std::memcpy(ss + a * o, sr, o * sizeof(T));
-            if (momentum) {
-              IVDEP
-              for (i64 b = 0; b < o; ++b) {
-                const T wv = wr[b], mv = sr[b];
-                wr[b] = (sw[b] + dec * wv) + cm * mv;
-                sr[b] = sm[b] + cs * mv;
-              }
-            } else {
-              IVDEP
-              for (i64 b = 0; b < o; ++b) {
-                wr[b] = sw[b] + dec * wr[b];
-                sr[b] = sm[b];
+          for (i64 a0 = 0; a0 < i; a0 += rt) {
+            const i64 m = std::min(rt, i - a0);
+            gemm<T>(m, 2 * o, C, h[l] + C * i + a0, 1, i, rhs.data(), 2 * o, sums.data(), 2 * o, false);
+            for (i64 a = a0; a < a0 + m; ++a) {
+              const T* sw = sums.data() + (a - a0) * 2 * o;
+              const T* sm = sw + o;
+              const T* wr = cw[l] + a * o;  // the source and destination rows are the same row in place
+              const T* sr = cs[l] + a * o;
+              T* wd = nw[l] + a * o;
+              T* sd = ns[l] + a * o;
+              if (momentum) {
+                IVDEP
+                for (i64 b = 0; b < o; ++b) {
+                  const T wv = wr[b], mv = sr[b];
+                  wd[b] = (sw[b] + dec * wv) + cm * mv;
+                  sd[b] = sm[b] + csc * mv;
+                }
+              } else {
+                IVDEP
+                for (i64 b = 0; b < o; ++b) wd[b] = sw[b] + dec * wr[b];
+                if (last || !keep) std::memcpy(sd, sm, o * sizeof(T));  // S does not carry: only the last counts
               }
             }
           }
@@ -504,15 +548,37 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
       ghkT[l].resize(D.in(l) * C);
       gzx[l].resize(C * D.out(l));
     }
-    std::vector<T> grw(C * md), grm(C * md), rhs(C * 2 * md), rhsT(2 * md * C), ghk(C * md), wt(md * md),
-        gz(C2 * md), gh(C2 * md), mbuf(C * md), c0(C), c1(C);
+    // large: the forward kept no W_lᵀ (it computed p_l as (W_l δ_lᵀ)ᵀ); d/d h_l is computed the same way
+    const bool large = L > 1 && WTsave[0] == nullptr;
+    std::vector<T> grw(C * md), grm(C * md), rhs(C * 2 * md), rhsT(2 * md * C), ghk(C * md), wt(large ? 0 : md * md),
+        gz(C2 * md), gh(C2 * md), mbuf(C * md), c0(C), c1(C), gzT(large ? md * C2 : 0), outT(large ? md * C2 : 0);
     std::vector<const T*> h(L), w(L), s(L), z(L), sg(L), p(L);  // this chunk's kept tensors
+    // the weight gradients' rank-2C (and rank-C) updates of a chunk, gW_l += h_lᵀ gz_l (+ m_{l-1}ᵀ δ_l), wait for the
+    // next chunk walked (the one before it), which adds them tile by tile in its pass over gW (`add_pending`) instead
+    // of a pass of their own over a state-sized gradient
+    std::vector<std::vector<T>> pend_gz(L), pend_m(L), pend_d(L);
+    std::vector<const T*> pend_h(L, nullptr);
+    for (int l = 0; l < L; ++l) {
+      pend_gz[l].resize(C2 * D.out(l));
+      if (l >= 1) {
+        pend_m[l].resize(C * D.in(l));
+        pend_d[l].resize(C * D.out(l));
+      }
+    }
+    bool pending = false;
+    // rows [a0, a0 + m) of gW_l += the pending updates
+    auto add_pending = [&](int l, T* gwl, i64 a0, i64 m) {
+      const i64 i = D.in(l), o = D.out(l);
+      gemm<T>(m, o, C2, pend_h[l] + a0, 1, i, pend_gz[l].data(), o, gwl + a0 * o, o, true);
+      if (l >= 1) gemm<T>(m, o, C, pend_m[l].data() + a0, 1, i, pend_d[l].data(), o, gwl + a0 * o, o, true);
+    };
     for (i64 g = g_begin; g < g_end; ++g) {
       std::vector<T*> gw(L), gm(L);
       for (int l = 0; l < L; ++l) {
         gw[l] = gW[l] + g * D.size(l);
         gm[l] = gM[l] + g * D.size(l);
       }
+      pending = false;
       for (i64 k = K - 1; k >= 0; --k) {
         const i64 idx = g * K + k;
         h[0] = x + idx * C2 * d;
@@ -546,12 +612,53 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
         T* gcoef = g_coef + idx * C * 2;
         IVDEP
         for (i64 e = 0; e < 2 * C; ++e) gcoef[e] = 0;
-        // the update: W' = A·W + c_S·S + h_kᵀ(−û δ), S' = E·S + h_kᵀ(−ŝ δ)
+        // the update: W' = A·W + c_S·S + h_kᵀ(−û δ), S' = E·S + h_kᵀ(−ŝ δ). One pass over each layer's state
+        // gradients in row tiles: d/d rhs = h_k [gW' | gS'] (summed over the tiles), d/d h_k = rhs [gW' | gS']ᵀ (as
+        // its transpose, a tile's rows each), then the decay and momentum carries — d/dA = ⟨gW', W⟩,
+        // d/dc_S = ⟨gW', S⟩, d/dE = ⟨gS', S⟩; gW = A·gW', gS = c_S·gW' + E·gS' (zero without momentum) — in place
+        // while the tile is in cache
+        const T dec = decay[idx];
+        const T cm = momentum ? carry_m[idx] : T(0), cs = momentum ? carry_s[idx] : T(0);
+        T sd = 0, scm = 0, scs = 0;
         for (int l = 0; l < L; ++l) {
-          const i64 i = D.in(l), o = D.out(l);
+          const i64 i = D.in(l), o = D.out(l), rt = tile_rows(o);
           const T* hk = h[l] + C * i;
-          gemm<T>(C, o, i, hk, i, 1, gw[l], o, grw.data(), o, false);  // d/d rhs_w = h_k gW'
-          gemm<T>(C, o, i, hk, i, 1, gm[l], o, grm.data(), o, false);  // d/d rhs_m = h_k gS'
+          for (i64 j = 0; j < C; ++j) {
+            const T* dj = delta[l].data() + j * o;
+            T* rr = rhs.data() + j * 2 * o;
+            IVDEP
+            for (i64 e = 0; e < o; ++e) {
+              rr[e] = dj[e] * c0[j];
+              rr[o + e] = dj[e] * c1[j];
+            }
+          }
+          transpose<T>(C, 2 * o, rhs.data(), rhsT.data());
+          for (i64 a0 = 0; a0 < i; a0 += rt) {
+            const i64 m = std::min(rt, i - a0);
+            T* gwt = gw[l] + a0 * o;
+            T* gmt = gm[l] + a0 * o;
+            if (pending) add_pending(l, gw[l], a0, m);  // the later chunk's weight-gradient updates, this tile
+            gemm<T>(C, o, m, hk + a0, i, 1, gwt, o, grw.data(), o, a0 > 0);  // d/d rhs_w = h_k gW'
+            gemm<T>(C, o, m, hk + a0, i, 1, gmt, o, grm.data(), o, a0 > 0);  // d/d rhs_m = h_k gS'
+            T* gh_t = ghkT[l].data() + a0 * C;
+            gemm<T>(m, C, o, gwt, o, 1, rhsT.data(), C, gh_t, C, false);
+            gemm<T>(m, C, o, gmt, o, 1, rhsT.data() + o * C, C, gh_t, C, true);
+            const T* wt_ = w[l] + a0 * o;
+            const i64 n = m * o;
+            if (momentum) {
+              T dots[3];
+              carry_backward<T>(n, gwt, gmt, wt_, s[l] + a0 * o, dec, cm, cs, dots);
+              sd += dots[0];
+              scm += dots[1];
+              scs += dots[2];
+            } else {
+              sd += dot<T>(n, gwt, wt_);
+              IVDEP
+              for (i64 e = 0; e < n; ++e) gmt[e] = 0;
+              IVDEP
+              for (i64 e = 0; e < n; ++e) gwt[e] *= dec;
+            }
+          }
           for (i64 j = 0; j < C; ++j) {
             const T* dj = delta[l].data() + j * o;
             const T* rw = grw.data() + j * o;
@@ -561,41 +668,6 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
             gcoef[2 * j + 1] += dot<T>(o, rm, dj);
             IVDEP
             for (i64 e = 0; e < o; ++e) gd[e] = rw[e] * c0[j] + rm[e] * c1[j];
-            T* rr = rhs.data() + j * 2 * o;
-            IVDEP
-            for (i64 e = 0; e < o; ++e) {
-              rr[e] = dj[e] * c0[j];
-              rr[o + e] = dj[e] * c1[j];
-            }
-          }
-          transpose<T>(C, 2 * o, rhs.data(), rhsT.data());
-          // d/d h_k = rhs_w gW'ᵀ + rhs_m gS'ᵀ, as its transpose [i x C] (no transpose of the state-sized gradients)
-          gemm<T>(i, C, o, gw[l], o, 1, rhsT.data(), C, ghkT[l].data(), C, false);
-          gemm<T>(i, C, o, gm[l], o, 1, rhsT.data() + o * C, C, ghkT[l].data(), C, true);
-        }
-        // the decay and momentum carries: d/dA = ⟨gW', W⟩, d/dc_S = ⟨gW', S⟩, d/dE = ⟨gS', S⟩; then gW = A·gW',
-        // gS = c_S·gW' + E·gS' (zero without momentum)
-        const T dec = decay[idx];
-        const T cm = momentum ? carry_m[idx] : T(0), cs = momentum ? carry_s[idx] : T(0);
-        T sd = 0, scm = 0, scs = 0;
-        for (int l = 0; l < L; ++l) {
-          T* gwl = gw[l];
-          T* gml = gm[l];
-          const T* wl = w[l];
-          const i64 n = D.size(l);
-          if (momentum) {
-            const T* sl = s[l];
-            T dots[3];
-            carry_backward<T>(n, gwl, gml, wl, sl, dec, cm, cs, dots);
-            sd += dots[0];
-            scm += dots[1];
-            scs += dots[2];
-          } else {
-            sd += dot<T>(n, gwl, wl);
-            IVDEP
-            for (i64 e = 0; e < n; ++e) gml[e] = 0;
-            IVDEP
-            for (i64 e = 0; e < n; ++e) gwl[e] *= dec;
           }
         }
         g_decay[idx] = sd;
@@ -615,7 +687,9 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
             gzx[l][e] = gdelta[l][e] * p[l][e] * silu_grad2(sk[e], zk[e]);
           }
           gemm<T>(C, o2, o, mbuf.data(), o, 1, w[l + 1], o2, gdelta[l + 1].data(), o2, true);
-          gemm<T>(o, o2, C, mbuf.data(), 1, o, delta[l + 1].data(), o2, gw[l + 1], o2, true);
+          // gW_{l+1} += mᵀ δ_{l+1}: pending (add_pending)
+          std::memcpy(pend_m[l + 1].data(), mbuf.data(), C * o * sizeof(T));
+          std::memcpy(pend_d[l + 1].data(), delta[l + 1].data(), C * o2 * sizeof(T));
         }
         // e = out − v, δ_{L−1} = 2e; the MLP's backward from [d/d reads | d/d errors]
         T* GV = g_v + idx * C * d;
@@ -630,14 +704,22 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
         }
         for (int l = L - 1; l >= 0; --l) {
           const i64 i = D.in(l), o = D.out(l);
-          gemm<T>(i, o, C2, h[l], 1, i, gz.data(), o, gw[l], o, true);  // gW_l += h_lᵀ gz
-          const T* wtl = wt.data();  // W_lᵀ: the forward's for l ≥ 1
-          if (l == 0)
-            transpose<T>(i, o, w[l], wt.data());
-          else
-            wtl = WTsave[l - 1] + idx * D.size(l);
+          // gW_l += h_lᵀ gz: pending (add_pending)
+          pend_h[l] = h[l];
+          std::memcpy(pend_gz[l].data(), gz.data(), C2 * o * sizeof(T));
           T* out = l == 0 ? g_x + idx * C2 * d : gh.data();
-          gemm<T>(C2, i, o, gz.data(), o, 1, wtl, i, out, i, false);  // d/d h_l = gz W_lᵀ
+          if (large) {  // d/d h_l = (W_l gzᵀ)ᵀ: two small transposes, not a state-sized one
+            transpose<T>(C2, o, gz.data(), gzT.data());
+            gemm<T>(i, C2, o, w[l], o, 1, gzT.data(), C2, outT.data(), C2, false);
+            transpose<T>(i, C2, outT.data(), out);
+          } else {
+            const T* wtl = wt.data();  // W_lᵀ: the forward's for l ≥ 1
+            if (l == 0)
+              transpose<T>(i, o, w[l], wt.data());
+            else
+              wtl = WTsave[l - 1] + idx * D.size(l);
+            gemm<T>(C2, i, o, gz.data(), o, 1, wtl, i, out, i, false);  // d/d h_l = gz W_lᵀ
+          }
           transpose<T>(i, C, ghkT[l].data(), ghk.data());  // d/d h_k of the update, [C x i]
           T* ok = out + C * i;
           IVDEP
@@ -650,23 +732,30 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
           IVDEP
           for (i64 e = 0; e < C * i; ++e) gz[C * i + e] += gzx[l - 1][e];
         }
+        pending = true;
       }
+      if (pending)  // the first chunk's updates: no earlier chunk's pass to carry them
+        for (int l = 0; l < L; ++l) add_pending(l, gw[l], 0, D.in(l));
     }
   });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The buffers a forward keeps for its backward (the state at every chunk start: megabytes per call) come from a
-// small pool: glibc hands freed blocks of that size back to the system, so each call would fault its pages in
-// afresh (~1 µs a 4 KB page; in a training step the forward walk took twice its time alone). A block returns to
-// the pool when its tensor's storage is freed (after the backward, or when the graph is dropped), so nothing is
-// reused while a saved view still points into it; at most kPoolBytes stay pooled, the rest is freed.
-constexpr size_t kPoolBytes = size_t(256) << 20;
+// The buffers a forward keeps for its backward (the state at every chunk start: megabytes per call; at Qwen3-0.6B's
+// shapes ~130 MB per memory call, and a training step holds several calls' at once) come from a pool: glibc hands
+// freed blocks of that size back to the system, so each call would fault its pages in afresh (~1 µs a 4 KB page; in a
+// training step the forward walk took twice its time alone, and at Qwen3-0.6B's shapes the step 3.8x the swa step
+// instead of 2.2x). A block returns to the pool when its tensor's storage is freed (after the backward, or when the
+// graph is dropped), so nothing is reused while a saved view still points into it. The pool keeps freed blocks up to
+// the peak of bytes its blocks held live at once (at least kPoolFloor): what the process already needed at one time,
+// so the pool does not raise the peak by more than itself; `pool_trim` frees every pooled block.
+constexpr size_t kPoolFloor = size_t(256) << 20;
 
 struct Pool {
   std::mutex mutex;
   std::vector<std::pair<size_t, void*>> blocks;  // (bytes, pointer) of free blocks
-  size_t bytes = 0;
+  size_t bytes = 0;                              // pooled (free) bytes
+  size_t live = 0, peak = 0;                     // bytes handed out and not yet released, and their peak
 };
 
 static Pool& pool() {
@@ -678,13 +767,32 @@ static void pool_release(size_t bytes, void* ptr) {
   Pool& p = pool();
   {
     std::lock_guard<std::mutex> lock(p.mutex);
-    if (p.bytes + bytes <= kPoolBytes) {
+    p.live -= bytes;
+    if (p.bytes + bytes <= std::max(kPoolFloor, p.peak)) {
       p.blocks.emplace_back(bytes, ptr);
       p.bytes += bytes;
       return;
     }
   }
   std::free(ptr);
+}
+
+// frees every pooled block; returns the bytes freed (torch.ops.titans_chunk_scan.pool_trim)
+int64_t pool_trim() {
+  std::vector<std::pair<size_t, void*>> blocks;
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    blocks.swap(p.blocks);
+    p.bytes = 0;
+    p.peak = p.live;
+  }
+  int64_t freed = 0;
+  for (auto& b : blocks) {
+    freed += static_cast<int64_t>(b.first);
+    std::free(b.second);
+  }
+  return freed;
 }
 
 // an uninitialised 1-d tensor of n elements from the pool (the smallest free block that fits and wastes at most
@@ -713,7 +821,25 @@ static at::Tensor pooled_empty(i64 n, const at::TensorOptions& opt) {
     ptr = std::aligned_alloc(64, got);
     TORCH_CHECK(ptr != nullptr, "titans_chunk_scan: out of memory allocating ", got, " bytes");
   }
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    p.live += got;
+    p.peak = std::max(p.peak, p.live);
+  }
   return at::from_blob(ptr, {n}, [got](void* q) { pool_release(got, q); }, opt);
+}
+
+// the state-sized outputs (the state after the walk, its gradient before it: megabytes at Qwen3-0.6B's shapes, faulted
+// in afresh from glibc each call) from the pool too
+static at::Tensor pooled_like(const at::Tensor& t) {
+  return pooled_empty(t.numel(), t.options()).view(t.sizes());
+}
+
+static at::Tensor pooled_copy(const at::Tensor& t) {
+  at::Tensor out = pooled_like(t);
+  out.copy_(t);
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -732,6 +858,13 @@ static Dims dims_of(const at::Tensor& x, const std::vector<at::Tensor>& weights)
 }
 
 template <typename T>
+static std::vector<const T*> cptrs_of(const std::vector<at::Tensor>& ts) {
+  std::vector<const T*> out;
+  for (const auto& t : ts) out.push_back(t.data_ptr<T>());
+  return out;
+}
+
+template <typename T>
 static std::vector<T*> ptrs(std::vector<at::Tensor>& ts) {
   std::vector<T*> out;
   for (auto& t : ts) out.push_back(t.defined() && t.numel() ? t.data_ptr<T>() : nullptr);
@@ -741,12 +874,12 @@ static std::vector<T*> ptrs(std::vector<at::Tensor>& ts) {
 // Returns [reads (g, k, C, d), errors (g, k, C, d), scale (g, k), surprise² (g, k, C), κ (g, k, C), total (g, k),
 // W_0..W_{L-1}, S_0..S_{L-1} after the last chunk, then with keep: per chunk W_l, S_l (empty without momentum) at
 // the chunk start (g, k, i, o), z_l, σ(z_l), act(z_l) (g, k, 2C, o) and p_l (g, k, C, o) of the hidden layers, and
-// W_lᵀ (g, k, o, i) of the layers after the first].
+// W_lᵀ (g, k, o, i) of the layers after the first (empty with `large`: see forward_impl)].
 std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, const at::Tensor& coef,
                                      const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& limit,
                                      const at::Tensor& decay, const c10::optional<at::Tensor>& carry_m,
                                      const c10::optional<at::Tensor>& carry_s, at::TensorList weights,
-                                     at::TensorList moms, bool keep) {
+                                     at::TensorList moms, bool keep, bool large) {
   std::vector<at::Tensor> w0(weights.begin(), weights.end());
   const Dims D = dims_of(x, w0);
   const bool momentum = carry_m.has_value() && carry_m->defined();
@@ -763,7 +896,7 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, c
   i64 kept = 0;
   for (i64 l = 0; l < D.L; ++l) {
     const i64 n = D.size(l);
-    kept += (momentum ? 2 : 1) * n + (l >= 1 ? n : 0) + (l < D.L - 1 ? (3 * 2 * C + C) * D.dims[l + 1] : 0);
+    kept += (momentum ? 2 : 1) * n + (l >= 1 && !large ? n : 0) + (l < D.L - 1 ? (3 * 2 * C + C) * D.dims[l + 1] : 0);
   }
   at::Tensor arena = keep ? pooled_empty(G * K * kept, opt) : at::empty({0}, opt);
   i64 offset = 0;
@@ -774,9 +907,15 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, c
     offset += n;
     return t;
   };
+  // the walk updates W, S in place without keep; with it the state lives in the kept buffers (the input copied into
+  // the first chunk's slot) and W, S receive the last chunk's update
+  const bool in_place = !keep || K == 0;
+  std::vector<at::Tensor> w_in, s_in;
   for (i64 l = 0; l < D.L; ++l) {
-    W.push_back(weights[l].clone(at::MemoryFormat::Contiguous));
-    S.push_back(moms[l].clone(at::MemoryFormat::Contiguous));
+    w_in.push_back(weights[l].contiguous());
+    s_in.push_back(moms[l].contiguous());
+    W.push_back(in_place ? pooled_copy(w_in.back()) : pooled_like(w_in.back()));
+    S.push_back(in_place ? pooled_copy(s_in.back()) : pooled_like(s_in.back()));
     const i64 i = D.dims[l], o = D.dims[l + 1];
     Wsave.push_back(keep ? take({G, K, i, o}) : at::Tensor());
     Ssave.push_back(keep && momentum ? take({G, K, i, o}) : at::Tensor());
@@ -786,14 +925,15 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, c
       H.push_back(keep ? take({G, K, 2 * C, o}) : at::Tensor());
       P.push_back(keep ? take({G, K, C, o}) : at::Tensor());
     }
-    if (l >= 1) WT.push_back(keep ? take({G, K, o, i}) : at::Tensor());
+    if (l >= 1) WT.push_back(keep && !large ? take({G, K, o, i}) : at::Tensor());
   }
   TORCH_CHECK(offset == (keep ? G * K * kept : 0), "scan_forward: kept buffers");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "titans_chunk_scan_forward", [&] {
-    forward_impl<scalar_t>(D, momentum, capped, keep, x.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+    forward_impl<scalar_t>(D, momentum, capped, keep, large, x.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                            coef.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(weight), ptr_or_null<scalar_t>(limit),
                            decay.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(carry_m),
-                           ptr_or_null<scalar_t>(carry_s), ptrs<scalar_t>(W), ptrs<scalar_t>(S),
+                           ptr_or_null<scalar_t>(carry_s), cptrs_of<scalar_t>(w_in), cptrs_of<scalar_t>(s_in),
+                           ptrs<scalar_t>(W), ptrs<scalar_t>(S),
                            reads.data_ptr<scalar_t>(), errors.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
                            surprise.data_ptr<scalar_t>(), capped ? kappa.data_ptr<scalar_t>() : nullptr,
                            capped ? total.data_ptr<scalar_t>() : nullptr, ptrs<scalar_t>(Wsave),
@@ -842,8 +982,8 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& coe
   at::Tensor g_cs = momentum ? at::empty({G, K}, opt) : at::empty({0}, opt);
   std::vector<at::Tensor> gW, gM;
   for (i64 l = 0; l < L; ++l) {
-    gW.push_back(g_w[l].clone(at::MemoryFormat::Contiguous));
-    gM.push_back(g_m[l].clone(at::MemoryFormat::Contiguous));
+    gW.push_back(pooled_copy(g_w[l]));
+    gM.push_back(pooled_copy(g_m[l]));
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "titans_chunk_scan_backward", [&] {
     using T = scalar_t;
@@ -872,4 +1012,5 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& x, const at::Tensor& coe
 TORCH_LIBRARY(titans_chunk_scan, m) {
   m.def("scan_forward", &titans_chunk_scan::scan_forward);
   m.def("scan_backward", &titans_chunk_scan::scan_backward);
+  m.def("pool_trim", &titans_chunk_scan::pool_trim);
 }
