@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo proof test test-slow lint bench clean
+.PHONY: install demo proof test test-slow lint bench bench-targets clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,7 +61,10 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-bench: $(STAMP)  # the tables of docs/performance.md (deep memory speed, decoding); ~25 min on 2 CPU cores
+bench-targets: $(STAMP)  # every speed target in one run, one table (results/perf/targets.json); ~12 min
+	$(PY) benchmarks/perf/targets.py
+
+bench: bench-targets  # the tables of docs/performance.md (deep memory speed, decoding); ~40 min on 2 CPU cores
 	$(PY) benchmarks/perf/memory_throughput.py
 	$(PY) benchmarks/perf/decode.py --lengths 1K 16K 64K 1M --out results/perf/decode.json
 	$(PY) benchmarks/perf/train_overhead.py --seq-lens 2048 --batch 1 --rows swa mag mag_autograd mag_linear \

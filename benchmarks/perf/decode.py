@@ -61,6 +61,27 @@ def _fast_paths(on: bool) -> None:
 
 
 @torch.no_grad()
+def warm_up(model, args: argparse.Namespace) -> None:
+    """Streams a short context and decodes `--warmup-tokens` from it (both paths of MAG's memory), discarded: a fresh
+    process runs its first ~0.3 s slower (code and allocator pages faulted in), which a 1K context's 64 decoded tokens
+    (~0.1 s) would measure instead of the steady state."""
+    from titans.streaming import stream
+
+    for fast in (False, True):
+        _fast_paths(fast)
+        try:
+            cache, logits = stream(model, streaming.make_ids(256, args.seed + 1), args.segment_len,
+                                   return_logits=True)
+            token = logits.argmax(-1, keepdim=True)
+            for _ in range(args.warmup_tokens):
+                out = model(token, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                cache = output_cache(out)
+        finally:
+            _fast_paths(True)
+
+
+@torch.no_grad()
 def run_length(length: int, args: argparse.Namespace) -> dict:
     """One context length in this process: stream, then decode every row interleaved."""
     from titans.streaming import stream
@@ -74,6 +95,7 @@ def run_length(length: int, args: argparse.Namespace) -> dict:
     if "full" in rows:
         models["full"] = streaming.build("full", args.window)
     for name, model in models.items():
+        warm_up(model, args)
         start = time.perf_counter()
         cache, logits = stream(model, ids, args.segment_len, return_logits=True)
         stream_s[name] = time.perf_counter() - start
@@ -113,7 +135,8 @@ def run_length(length: int, args: argparse.Namespace) -> dict:
 
 def run_subprocess(length: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(length), "--rows", *args.rows,
-           "--decode-tokens", str(args.decode_tokens), "--block", str(args.block),
+           "--decode-tokens", str(args.decode_tokens), "--warmup-tokens", str(args.warmup_tokens),
+           "--block", str(args.block),
            "--segment-len", str(args.segment_len), "--window", str(args.window),
            "--full-max-length", str(args.full_max_length), "--seed", str(args.seed), "--threads", str(args.threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
@@ -149,6 +172,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lengths", nargs="+", default=["1K", "16K", "64K", "1M"], help="context lengths, e.g. 1K")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"of {list(ROWS)}")
     parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--warmup-tokens", type=int, default=32,
+                        help="tokens decoded (and discarded) after a short warm-up context, per model, first")
     parser.add_argument("--block", type=int, default=16, help="tokens a row decodes before the next row's turn")
     parser.add_argument("--segment-len", type=int, default=2048, help="tokens per forward call of the context")
     parser.add_argument("--window", type=int, default=64, help="MAG attention window")
@@ -164,6 +189,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [r for r in args.rows if r not in ROWS]
     if bad:
         raise ValueError(f"--rows {bad}: allowed {list(ROWS)}")
+    if args.warmup_tokens < 0:
+        raise ValueError(f"--warmup-tokens {args.warmup_tokens}: allowed an int >= 0")
     for flag, value in (("--decode-tokens", args.decode_tokens), ("--block", args.block),
                         ("--segment-len", args.segment_len),
                         ("--window", args.window), ("--threads", args.threads)):

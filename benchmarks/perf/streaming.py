@@ -9,7 +9,10 @@ What is measured, per (model, length) cell:
   tokens per forward call under `no_grad`, carrying the cache (MAG: the window's KV + the memory state,
   which keeps learning; full attention: Hugging Face's `DynamicCache`, every key). Wall-clock time of
   the whole call; short contexts are streamed again (fresh cache each time) until `--min-time-s` has
-  passed and the median is reported. One short warm-up stream runs first (lazy initialisation).
+  passed and the median is reported. A short warm-up stream and a few decoded tokens run first, again until
+  `--warmup-s` has passed (a fresh process's first ~0.3 s run slower: lazy initialisation, code and allocator
+  pages faulted in; with one warm-up stream the 1K cell measured that: 14K tok/s and 3.4 ms/token against 21-24K
+  and 1.5-1.8 ms warm, in the tenth session).
 - **decode latency**: after the context, `--decode-tokens` greedy steps, one token per forward call from
   the cache; the median (and mean, max) ms per token. MAG's memory writes a chunk every `chunk_size`
   tokens, so a few steps are slower than the median.
@@ -141,7 +144,7 @@ def cache_bytes(cache) -> int:
 
 @torch.no_grad()
 def measure(model, length: int, segment_len: int, decode_tokens: int, seed: int = 0, min_time_s: float = 0.0,
-            max_repeats: int = 5, prepared_mask: bool = False) -> dict:
+            max_repeats: int = 100, prepared_mask: bool = False, warmup_s: float = 0.0) -> dict:
     """Stream `length` random byte ids through `model`, then decode greedily; timings of both.
 
     Returns tokens/s (median over repeats of the whole stream), the decode ms/token (median, mean,
@@ -152,7 +155,20 @@ def measure(model, length: int, segment_len: int, decode_tokens: int, seed: int 
     extra = {"attention_mask": EMPTY_MASKS} if prepared_mask else {}
     stream = functools.partial(stream, **extra)  # the mag_ftz_nomask row: an empty prepared mask on every call
     ids = make_ids(length, seed)
-    stream(model, make_ids(min(length, 2 * segment_len, 1024), seed + 1), segment_len)  # warm-up
+    # warm-up: a fresh process runs its first ~0.3 s slower (code and allocator pages faulted in), which a 1K stream
+    # (~0.05 s) and its decoded tokens would measure instead of the steady state; so a short stream and a few
+    # decoded tokens, again until `warmup_s` has passed
+    warm_ids = make_ids(min(length, 2 * segment_len, 1024), seed + 1)
+    warm_start = time.perf_counter()
+    while True:
+        cache, logits = stream(model, warm_ids, segment_len, return_logits=True)
+        token = logits.argmax(-1, keepdim=True)
+        for _ in range(min(decode_tokens, 16)):
+            out = model(token, **cache_kwargs(cache), use_cache=True, logits_to_keep=1, **extra)
+            cache = output_cache(out)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        if time.perf_counter() - warm_start >= warmup_s:
+            break
     times: list[float] = []
     while True:
         start = time.perf_counter()
@@ -203,7 +219,7 @@ def run_cell_here(model_name: str, length: int, args: argparse.Namespace) -> dic
     torch.set_flush_denormal(ftz)  # process-global; back to torch's default (off) below: tests run cells in process
     try:
         res = measure(model, length, args.segment_len, args.decode_tokens, args.seed, args.min_time_s,
-                      prepared_mask=prepared_mask)
+                      prepared_mask=prepared_mask, warmup_s=args.warmup_s)
     finally:
         torch.set_flush_denormal(False)
     return {**res, "rss_after_build_mb": rss_built, "peak_rss_mb": peak_rss_mb()}
@@ -214,6 +230,7 @@ def run_cell_subprocess(model_name: str, length: int, args: argparse.Namespace) 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", model_name, str(length),
            "--segment-len", str(args.segment_len), "--decode-tokens", str(args.decode_tokens),
            "--window", str(args.window), "--seed", str(args.seed), "--min-time-s", str(args.min_time_s),
+           "--warmup-s", str(args.warmup_s),
            "--threads", str(args.threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -322,6 +339,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=300.0, help="skip cells estimated to stream longer")
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="kill a cell after this × --budget-s")
     parser.add_argument("--min-time-s", type=float, default=3.0, help="repeat short streams up to this long")
+    parser.add_argument("--warmup-s", type=float, default=1.0,
+                        help="stream a short context and decode a few tokens, again, for this long first")
     add_note_argument(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -340,7 +359,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag, value in (("--segment-len", args.segment_len), ("--window", args.window), ("--threads", args.threads)):
         if value <= 0:
             raise ValueError(f"{flag} {value}: allowed an int > 0")
-    for flag, value in (("--decode-tokens", args.decode_tokens), ("--min-time-s", args.min_time_s)):
+    for flag, value in (("--decode-tokens", args.decode_tokens), ("--min-time-s", args.min_time_s),
+                        ("--warmup-s", args.warmup_s)):
         if value < 0:
             raise ValueError(f"{flag} {value}: allowed >= 0")
     for flag, value in (("--budget-s", args.budget_s), ("--timeout-factor", args.timeout_factor)):

@@ -8,7 +8,9 @@ compiled with `torch.utils.cpp_extension.load` at first use (g++ and ninja; ~30 
 `TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`). `ChunkScan` calls it where `supported` says so
 (`NATIVE` on, SiLU between layers, depth ≥ 2, float32/float64 on the CPU, state at most `MAX_STATE` elements per
 head, the eager loop rather than `compile_scan`'s); everything else, or a failed build (one warning naming why),
-keeps the Python loop. Tests: `tests/memory/test_chunk_native.py` holds reads, state and every gradient to the Python
+keeps the Python loop. The buffers the forward keeps for the backward (every chunk-start state) and the state-sized
+outputs come from a pool in the extension that keeps freed blocks up to the peak its blocks held live
+(`trim_pool` frees them). Tests: `tests/memory/test_chunk_native.py` holds reads, state and every gradient to the Python
 op in float64.
 """
 
