@@ -54,7 +54,8 @@ def commands(args: argparse.Namespace, tmp: Path) -> dict[str, list[tuple[str, l
                                         ("qwen3_0.6b_shape", 512, args.repeats_06b))]
     out["memory"] = [("memory", py + [str(PERF / "memory_throughput.py"), "--repeats", str(args.repeats_memory),
                                       "--out", str(tmp / "memory.json"), *note])]
-    out["decode"] = [("decode", py + [str(PERF / "decode.py"), "--rows", "mag", "--lengths", *args.decode_lengths,
+    out["decode"] = [("decode", py + [str(PERF / "decode.py"), "--rows", "mag", "--decode-tokens", "256",
+                                      "--lengths", *args.decode_lengths,
                                       "--out", str(tmp / "decode.json"), *note])]
     out["streaming"] = [("streaming", py + [str(PERF / "streaming.py"), "--models", "mag", "--lengths",
                                             *args.stream_lengths, "--out", str(tmp / "streaming.json"), *note])]
