@@ -34,10 +34,14 @@ NATIVE = True
 # (Qwen3-0.6B's MAG) 1.76x. The limit is Qwen3-1.7B's 512 x 2048, not a measured crossover: beyond it, untried
 MAX_STATE = 512 * 2048
 
-# above this many state elements per layer and head the walks compute δ W_lᵀ and gz W_lᵀ as (W_l δᵀ)ᵀ, (W_l gzᵀ)ᵀ (two
-# small transposes) instead of transposing W_l (and keeping W_lᵀ for the backward): fewer passes over a state that
-# streams from memory. At or below it the transposed copy is cheap and its products are faster
+# above this many state elements per layer and head, with chunks of at most UNTRANSPOSED_MAX_CHUNK tokens, the walks
+# compute δ W_lᵀ and gz W_lᵀ as (W_l δᵀ)ᵀ, (W_l gzᵀ)ᵀ (two small transposes) instead of transposing W_l once a chunk
+# (and keeping W_lᵀ for the backward): the transpose is a state-sized pass per chunk against products of chunk-size
+# rows. Measured (the scan alone, forward / backward ms, untransposed vs transposed): 256 x 1024, chunk 16: 59 / 95 vs
+# 68 / 120; 128 x 512, chunk 16: 46 / 71 vs 51 / 75; with chunks of 64 the transposed form is as fast or faster
+# (256 x 1024: 69 / 141 vs 71 / 138; 128 x 512: 135 / 272 vs 138 / 246; 64 x 256: 39 / 75 vs 38 / 72)
 SMALL_STATE = 64 * 256
+UNTRANSPOSED_MAX_CHUNK = 16
 
 _SOURCE = Path(__file__).parent / "csrc" / "chunk_scan.cpp"
 _FLAGS = ["-O3", "-march=native", "-std=c++17"]
@@ -106,7 +110,7 @@ def scan_forward(x: Tensor, v: Tensor, coef: Tensor, weight: Tensor | None, limi
     out = torch.ops.titans_chunk_scan.scan_forward(
         x.contiguous(), v.contiguous(), coef.contiguous(), _c(weight), _c(limit), decay.contiguous(), _c(carry_m),
         _c(carry_s), [w.contiguous() for w in weights], [m.contiguous() for m in moms], keep,
-        max(w.shape[-2] * w.shape[-1] for w in weights) > SMALL_STATE)
+        x.shape[2] // 2 <= UNTRANSPOSED_MAX_CHUNK and max(w.shape[-2] * w.shape[-1] for w in weights) > SMALL_STATE)
     reads, errors, scale, surprise_sq, kappa, total = out[:6]
     new_w, new_m, saved = out[6:6 + depth], out[6 + depth:6 + 2 * depth], out[6 + 2 * depth:]
     return reads, errors, scale, surprise_sq, kappa, total, new_w, new_m, saved

@@ -341,8 +341,8 @@ struct Dims {
   i64 max_dim() const { return *std::max_element(dims.begin(), dims.end()); }
 };
 
-// rows of a state tile that the update walks together: ~16K elements a row block (64 KB of float; the tile's W, S and
-// their gradients stay in L2 between the products that read it), a multiple of the register block; a small state
+// rows of a state tile that the forward's update walks together: ~16K elements a row block (64 KB of float: its
+// right-hand sides and the tile's W and S rows in cache together), a multiple of the register block; a small state
 // (the tiny model's 32 x 128) is one tile
 static inline i64 tile_rows(i64 cols) {
   constexpr i64 kTileElems = 16384;
@@ -553,32 +553,12 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
     std::vector<T> grw(C * md), grm(C * md), rhs(C * 2 * md), rhsT(2 * md * C), ghk(C * md), wt(large ? 0 : md * md),
         gz(C2 * md), gh(C2 * md), mbuf(C * md), c0(C), c1(C), gzT(large ? md * C2 : 0), outT(large ? md * C2 : 0);
     std::vector<const T*> h(L), w(L), s(L), z(L), sg(L), p(L);  // this chunk's kept tensors
-    // the weight gradients' rank-2C (and rank-C) updates of a chunk, gW_l += h_lᵀ gz_l (+ m_{l-1}ᵀ δ_l), wait for the
-    // next chunk walked (the one before it), which adds them tile by tile in its pass over gW (`add_pending`) instead
-    // of a pass of their own over a state-sized gradient
-    std::vector<std::vector<T>> pend_gz(L), pend_m(L), pend_d(L);
-    std::vector<const T*> pend_h(L, nullptr);
-    for (int l = 0; l < L; ++l) {
-      pend_gz[l].resize(C2 * D.out(l));
-      if (l >= 1) {
-        pend_m[l].resize(C * D.in(l));
-        pend_d[l].resize(C * D.out(l));
-      }
-    }
-    bool pending = false;
-    // rows [a0, a0 + m) of gW_l += the pending updates
-    auto add_pending = [&](int l, T* gwl, i64 a0, i64 m) {
-      const i64 i = D.in(l), o = D.out(l);
-      gemm<T>(m, o, C2, pend_h[l] + a0, 1, i, pend_gz[l].data(), o, gwl + a0 * o, o, true);
-      if (l >= 1) gemm<T>(m, o, C, pend_m[l].data() + a0, 1, i, pend_d[l].data(), o, gwl + a0 * o, o, true);
-    };
     for (i64 g = g_begin; g < g_end; ++g) {
       std::vector<T*> gw(L), gm(L);
       for (int l = 0; l < L; ++l) {
         gw[l] = gW[l] + g * D.size(l);
         gm[l] = gM[l] + g * D.size(l);
       }
-      pending = false;
       for (i64 k = K - 1; k >= 0; --k) {
         const i64 idx = g * K + k;
         h[0] = x + idx * C2 * d;
@@ -612,16 +592,16 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
         T* gcoef = g_coef + idx * C * 2;
         IVDEP
         for (i64 e = 0; e < 2 * C; ++e) gcoef[e] = 0;
-        // the update: W' = A·W + c_S·S + h_kᵀ(−û δ), S' = E·S + h_kᵀ(−ŝ δ). One pass over each layer's state
-        // gradients in row tiles: d/d rhs = h_k [gW' | gS'] (summed over the tiles), d/d h_k = rhs [gW' | gS']ᵀ (as
-        // its transpose, a tile's rows each), then the decay and momentum carries — d/dA = ⟨gW', W⟩,
-        // d/dc_S = ⟨gW', S⟩, d/dE = ⟨gS', S⟩; gW = A·gW', gS = c_S·gW' + E·gS' (zero without momentum) — in place
-        // while the tile is in cache
+        // the update: W' = A·W + c_S·S + h_kᵀ(−û δ), S' = E·S + h_kᵀ(−ŝ δ): d/d rhs = h_k [gW' | gS'], d/d h_k =
+        // rhs [gW' | gS']ᵀ (as its transpose), then the decay and momentum carries — d/dA = ⟨gW', W⟩,
+        // d/dc_S = ⟨gW', S⟩, d/dE = ⟨gS', S⟩; gW = A·gW', gS = c_S·gW' + E·gS' (zero without momentum) — in place.
+        // Whole-state products: in row tiles (to keep a tile in cache between them) the backward was 5-10% slower,
+        // the products' inner dimension cut to a tile's rows
         const T dec = decay[idx];
         const T cm = momentum ? carry_m[idx] : T(0), cs = momentum ? carry_s[idx] : T(0);
         T sd = 0, scm = 0, scs = 0;
         for (int l = 0; l < L; ++l) {
-          const i64 i = D.in(l), o = D.out(l), rt = tile_rows(o);
+          const i64 i = D.in(l), o = D.out(l), n = D.size(l);
           const T* hk = h[l] + C * i;
           for (i64 j = 0; j < C; ++j) {
             const T* dj = delta[l].data() + j * o;
@@ -633,31 +613,24 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
             }
           }
           transpose<T>(C, 2 * o, rhs.data(), rhsT.data());
-          for (i64 a0 = 0; a0 < i; a0 += rt) {
-            const i64 m = std::min(rt, i - a0);
-            T* gwt = gw[l] + a0 * o;
-            T* gmt = gm[l] + a0 * o;
-            if (pending) add_pending(l, gw[l], a0, m);  // the later chunk's weight-gradient updates, this tile
-            gemm<T>(C, o, m, hk + a0, i, 1, gwt, o, grw.data(), o, a0 > 0);  // d/d rhs_w = h_k gW'
-            gemm<T>(C, o, m, hk + a0, i, 1, gmt, o, grm.data(), o, a0 > 0);  // d/d rhs_m = h_k gS'
-            T* gh_t = ghkT[l].data() + a0 * C;
-            gemm<T>(m, C, o, gwt, o, 1, rhsT.data(), C, gh_t, C, false);
-            gemm<T>(m, C, o, gmt, o, 1, rhsT.data() + o * C, C, gh_t, C, true);
-            const T* wt_ = w[l] + a0 * o;
-            const i64 n = m * o;
-            if (momentum) {
-              T dots[3];
-              carry_backward<T>(n, gwt, gmt, wt_, s[l] + a0 * o, dec, cm, cs, dots);
-              sd += dots[0];
-              scm += dots[1];
-              scs += dots[2];
-            } else {
-              sd += dot<T>(n, gwt, wt_);
-              IVDEP
-              for (i64 e = 0; e < n; ++e) gmt[e] = 0;
-              IVDEP
-              for (i64 e = 0; e < n; ++e) gwt[e] *= dec;
-            }
+          gemm<T>(C, o, i, hk, i, 1, gw[l], o, grw.data(), o, false);  // d/d rhs_w = h_k gW'
+          gemm<T>(C, o, i, hk, i, 1, gm[l], o, grm.data(), o, false);  // d/d rhs_m = h_k gS'
+          gemm<T>(i, C, o, gw[l], o, 1, rhsT.data(), C, ghkT[l].data(), C, false);
+          gemm<T>(i, C, o, gm[l], o, 1, rhsT.data() + o * C, C, ghkT[l].data(), C, true);
+          if (momentum) {
+            T dots[3];
+            carry_backward<T>(n, gw[l], gm[l], w[l], s[l], dec, cm, cs, dots);
+            sd += dots[0];
+            scm += dots[1];
+            scs += dots[2];
+          } else {
+            T* gwl = gw[l];
+            T* gml = gm[l];
+            sd += dot<T>(n, gwl, w[l]);
+            IVDEP
+            for (i64 e = 0; e < n; ++e) gml[e] = 0;
+            IVDEP
+            for (i64 e = 0; e < n; ++e) gwl[e] *= dec;
           }
           for (i64 j = 0; j < C; ++j) {
             const T* dj = delta[l].data() + j * o;
@@ -687,9 +660,7 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
             gzx[l][e] = gdelta[l][e] * p[l][e] * silu_grad2(sk[e], zk[e]);
           }
           gemm<T>(C, o2, o, mbuf.data(), o, 1, w[l + 1], o2, gdelta[l + 1].data(), o2, true);
-          // gW_{l+1} += mᵀ δ_{l+1}: pending (add_pending)
-          std::memcpy(pend_m[l + 1].data(), mbuf.data(), C * o * sizeof(T));
-          std::memcpy(pend_d[l + 1].data(), delta[l + 1].data(), C * o2 * sizeof(T));
+          gemm<T>(o, o2, C, mbuf.data(), 1, o, delta[l + 1].data(), o2, gw[l + 1], o2, true);
         }
         // e = out − v, δ_{L−1} = 2e; the MLP's backward from [d/d reads | d/d errors]
         T* GV = g_v + idx * C * d;
@@ -704,9 +675,7 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
         }
         for (int l = L - 1; l >= 0; --l) {
           const i64 i = D.in(l), o = D.out(l);
-          // gW_l += h_lᵀ gz: pending (add_pending)
-          pend_h[l] = h[l];
-          std::memcpy(pend_gz[l].data(), gz.data(), C2 * o * sizeof(T));
+          gemm<T>(i, o, C2, h[l], 1, i, gz.data(), o, gw[l], o, true);  // gW_l += h_lᵀ gz
           T* out = l == 0 ? g_x + idx * C2 * d : gh.data();
           if (large) {  // d/d h_l = (W_l gzᵀ)ᵀ: two small transposes, not a state-sized one
             transpose<T>(C2, o, gz.data(), gzT.data());
@@ -732,10 +701,7 @@ static void backward_impl(const Dims& D, bool momentum, const T* x, const T* coe
           IVDEP
           for (i64 e = 0; e < C * i; ++e) gz[C * i + e] += gzx[l - 1][e];
         }
-        pending = true;
       }
-      if (pending)  // the first chunk's updates: no earlier chunk's pass to carry them
-        for (int l = 0; l < L; ++l) add_pending(l, gw[l], 0, D.in(l));
     }
   });
 }
