@@ -125,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), help=f"of {list(SECTIONS)}")
     parser.add_argument("--repeats-tiny", type=int, default=9)
-    parser.add_argument("--repeats-0.6b", dest="repeats_06b", type=int, default=5)
+    parser.add_argument("--repeats-0.6b", dest="repeats_06b", type=int, default=9)
     parser.add_argument("--repeats-memory", type=int, default=5)
     parser.add_argument("--decode-lengths", nargs="+", default=["1K", "16K", "64K", "1M"])
     parser.add_argument("--stream-lengths", nargs="+", default=["1K", "16K", "1M"])
