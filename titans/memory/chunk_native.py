@@ -28,10 +28,11 @@ from torch import Tensor
 NATIVE = True
 
 # largest state per (sample, head) and layer, in elements, that the native loops take (i·o of the biggest layer). The
-# walks stream a large state in row tiles and keep each chunk's state in the pooled buffers the backward reads (see the
-# C++ file), so the native scan beats the Python loop with MKL's matmuls at every size measured (docs/performance.md,
-# one thread, the memory's forward + backward, native / Python loop): 32 x 128 ~1.7x, 128 x 512 1.56x, 256 x 1024
-# (Qwen3-0.6B's MAG) 1.76x. The limit is Qwen3-1.7B's 512 x 2048, not a measured crossover: beyond it, untried
+# forward keeps each chunk's state in the pooled buffers the backward reads and updates a large state in row tiles
+# (see the C++ file), so the native scan beats the Python loop with MKL's matmuls at every size measured
+# (docs/performance.md, one thread, the memory's forward + backward, native / Python loop, this work's versions):
+# 32 x 128 ~1.7x, 128 x 512 1.56x, 256 x 1024 (Qwen3-0.6B's MAG) 1.76x. The limit is Qwen3-1.7B's 512 x 2048, not a
+# measured crossover: beyond it, untried
 MAX_STATE = 512 * 2048
 
 # above this many state elements per layer and head, with chunks of at most UNTRANSPOSED_MAX_CHUNK tokens, the walks
