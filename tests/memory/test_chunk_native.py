@@ -56,15 +56,16 @@ OP_CASES = [
     pytest.param(dict(momentum=False, capped=True), id="cap-no-momentum"),
     pytest.param(dict(momentum=False, capped=False, tail=True), id="plain-unfinished-chunk"),
     pytest.param(dict(momentum=True, capped=True, tail=True, depth=3), id="depth3"),
-    # a state of several row tiles with remainders (`tile_rows`: 8 rows of 2100, 1256 rows of 13)
+    # a state of several row tiles in the forward's update, with remainders (`tile_rows`: 8 rows of 2100, 1256 of 13)
     # (states of ~1e9 where the cap does not bind: sums of 2100 terms in another order differ at ~3e-10 relative)
     pytest.param(dict(momentum=True, capped=True, d=13, hid=2100, big_limit=1e6, rtol=1e-9), id="row-tiles"),
     pytest.param(dict(momentum=False, capped=True, tail=True, d=13, hid=2100, big_limit=1e6, rtol=1e-9),
                  id="row-tiles-no-momentum"),
 ]
 
-# the walks' two forms of δ W_lᵀ and gz W_lᵀ: through a transposed copy of W_l (states up to `SMALL_STATE`, kept for
-# the backward) and as (W_l δᵀ)ᵀ (larger states)
+# the walks' two forms of δ W_lᵀ and gz W_lᵀ: through a transposed copy of W_l (states up to `SMALL_STATE`, or chunks
+# above `UNTRANSPOSED_MAX_CHUNK`; kept for the backward) and as (W_l δᵀ)ᵀ (larger states in short chunks; every case
+# here has chunks of at most 5 tokens)
 PATHS = [pytest.param(chunk_native.SMALL_STATE, id="transposed"), pytest.param(0, id="untransposed")]
 
 
