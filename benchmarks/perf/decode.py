@@ -65,18 +65,10 @@ def warm_up(model, args: argparse.Namespace) -> None:
     """Streams a short context and decodes `--warmup-tokens` from it (both paths of MAG's memory), discarded: a fresh
     process runs its first ~0.3 s slower (code and allocator pages faulted in), which a 1K context's 64 decoded tokens
     (~0.1 s) would measure instead of the steady state."""
-    from titans.streaming import stream
-
     for fast in (False, True):
         _fast_paths(fast)
         try:
-            cache, logits = stream(model, streaming.make_ids(256, args.seed + 1), args.segment_len,
-                                   return_logits=True)
-            token = logits.argmax(-1, keepdim=True)
-            for _ in range(args.warmup_tokens):
-                out = model(token, **cache_kwargs(cache), use_cache=True, logits_to_keep=1)
-                token = out.logits[:, -1].argmax(-1, keepdim=True)
-                cache = output_cache(out)
+            streaming.warm_up(model, streaming.make_ids(256, args.seed + 1), args.segment_len, args.warmup_tokens)
         finally:
             _fast_paths(True)
 

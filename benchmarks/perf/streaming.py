@@ -143,6 +143,20 @@ def cache_bytes(cache) -> int:
 
 
 @torch.no_grad()
+def warm_up(model, ids: torch.Tensor, segment_len: int, decode_tokens: int, **extra) -> None:
+    """Streams `ids` and decodes `decode_tokens` greedily from the cache, discarded (the warm-up of `measure` and of
+    decode.py). `extra`: keyword arguments of every forward call (`stream`'s too)."""
+    from titans.streaming import stream
+
+    cache, logits = stream(model, ids, segment_len, return_logits=True, **extra)
+    token = logits.argmax(-1, keepdim=True)
+    for _ in range(decode_tokens):
+        out = model(token, **cache_kwargs(cache), use_cache=True, logits_to_keep=1, **extra)
+        cache = output_cache(out)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+
+
+@torch.no_grad()
 def measure(model, length: int, segment_len: int, decode_tokens: int, seed: int = 0, min_time_s: float = 0.0,
             max_repeats: int = 100, prepared_mask: bool = False, warmup_s: float = 0.0) -> dict:
     """Stream `length` random byte ids through `model`, then decode greedily; timings of both.
@@ -161,12 +175,7 @@ def measure(model, length: int, segment_len: int, decode_tokens: int, seed: int 
     warm_ids = make_ids(min(length, 2 * segment_len, 1024), seed + 1)
     warm_start = time.perf_counter()
     while True:
-        cache, logits = stream(model, warm_ids, segment_len, return_logits=True)
-        token = logits.argmax(-1, keepdim=True)
-        for _ in range(min(decode_tokens, 16)):
-            out = model(token, **cache_kwargs(cache), use_cache=True, logits_to_keep=1, **extra)
-            cache = output_cache(out)
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        warm_up(model, warm_ids, segment_len, min(decode_tokens, 16), **extra)
         if time.perf_counter() - warm_start >= warmup_s:
             break
     times: list[float] = []
