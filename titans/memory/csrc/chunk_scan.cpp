@@ -504,7 +504,7 @@ static void forward_impl(const Dims& D, bool momentum, bool capped, bool keep, b
             for (i64 a = a0; a < a0 + m; ++a) {
               const T* sw = sums.data() + (a - a0) * 2 * o;
               const T* sm = sw + o;
-              const T* wr = cw[l] + a * o;  // the source and destination rows are the same row in place
+              const T* wr = cw[l] + a * o;  // source and destination: the same rows when the walk runs in place
               const T* sr = cs[l] + a * o;
               T* wd = nw[l] + a * o;
               T* sd = ns[l] + a * o;
@@ -824,17 +824,15 @@ static Dims dims_of(const at::Tensor& x, const std::vector<at::Tensor>& weights)
 }
 
 template <typename T>
-static std::vector<const T*> cptrs_of(const std::vector<at::Tensor>& ts) {
-  std::vector<const T*> out;
-  for (const auto& t : ts) out.push_back(t.data_ptr<T>());
-  return out;
-}
-
-template <typename T>
 static std::vector<T*> ptrs(std::vector<at::Tensor>& ts) {
   std::vector<T*> out;
   for (auto& t : ts) out.push_back(t.defined() && t.numel() ? t.data_ptr<T>() : nullptr);
   return out;
+}
+
+template <typename T>
+static std::vector<const T*> const_ptrs(const std::vector<T*>& ps) {
+  return std::vector<const T*>(ps.begin(), ps.end());
 }
 
 // Returns [reads (g, k, C, d), errors (g, k, C, d), scale (g, k), surprise² (g, k, C), κ (g, k, C), total (g, k),
@@ -898,7 +896,8 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& x, const at::Tensor& v, c
     forward_impl<scalar_t>(D, momentum, capped, keep, large, x.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                            coef.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(weight), ptr_or_null<scalar_t>(limit),
                            decay.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(carry_m),
-                           ptr_or_null<scalar_t>(carry_s), cptrs_of<scalar_t>(w_in), cptrs_of<scalar_t>(s_in),
+                           ptr_or_null<scalar_t>(carry_s), const_ptrs(ptrs<scalar_t>(w_in)),
+                           const_ptrs(ptrs<scalar_t>(s_in)),
                            ptrs<scalar_t>(W), ptrs<scalar_t>(S),
                            reads.data_ptr<scalar_t>(), errors.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
                            surprise.data_ptr<scalar_t>(), capped ? kappa.data_ptr<scalar_t>() : nullptr,
