@@ -25,6 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from titans.io import write_json, write_text
+from titans.memory.malloc import keep_freed_memory
 from titans.training.builders import build_model, memory_options, to_plain
 from titans.training.checkpoint import load_model_weights
 
@@ -164,6 +165,12 @@ def evaluate(cfg) -> dict[str, Any]:
                          f"call while streaming the context, e.g. 512).")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed={seed!r} is not allowed; allowed: an int.")
+    keep_freed = cfg.get("malloc_keep_freed", True)
+    if not isinstance(keep_freed, bool):
+        raise ValueError(f"malloc_keep_freed={keep_freed!r} is not allowed; allowed: true (glibc keeps freed memory "
+                         f"for reuse, titans.memory.malloc) or false (glibc's default).")
+    if keep_freed:
+        keep_freed_memory()
     out = Path(cfg["paths"]["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))

@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import streaming  # noqa: E402  (build, make_ids, parse_length, label of the streaming benchmark)
 
-from benchmarks.perf.machine import add_note_argument, load_average, machine_info  # noqa: E402
+from benchmarks.perf.machine import add_malloc_argument, add_note_argument, apply_malloc, load_average, machine_info  # noqa: E402
 from titans.compat import cache_kwargs, output_cache  # noqa: E402
 from titans.io import write_json  # noqa: E402
 
@@ -79,6 +79,7 @@ def run_length(length: int, args: argparse.Namespace) -> dict:
     from titans.streaming import stream
 
     torch.set_num_threads(args.threads)
+    apply_malloc(args.malloc)
     rows = [r for r in args.rows if r != "full" or length <= args.full_max_length]
     ids = streaming.make_ids(length, args.seed)
     models, state, stream_s = {}, {}, {}
@@ -130,7 +131,8 @@ def run_subprocess(length: int, args: argparse.Namespace) -> dict:
            "--decode-tokens", str(args.decode_tokens), "--warmup-tokens", str(args.warmup_tokens),
            "--block", str(args.block),
            "--segment-len", str(args.segment_len), "--window", str(args.window),
-           "--full-max-length", str(args.full_max_length), "--seed", str(args.seed), "--threads", str(args.threads)]
+           "--full-max-length", str(args.full_max_length), "--seed", str(args.seed), "--threads", str(args.threads),
+           "--malloc", args.malloc]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=streaming.ROOT)
@@ -171,6 +173,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=64, help="MAG attention window")
     parser.add_argument("--full-max-length", default="64K", help="full attention only up to this context length")
     add_note_argument(parser)
+    add_malloc_argument(parser)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/perf/decode.json")
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None, in_process: bool = False) -> dict:
     results = {
         "benchmark": "decode",
         "command": "python benchmarks/perf/decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(args.threads, args.note, load_at_start),
+        "machine": machine_info(args.threads, args.note, load_at_start, malloc=args.malloc),
         "settings": {"model": "conf/model/qwen3_tiny.yaml (random init)", "window": args.window,
                      "segment_len": args.segment_len, "decode_tokens": args.decode_tokens, "rows": args.rows,
                      "full_max_length": args.full_max_length, "input": f"random byte ids, seed {args.seed}"},

@@ -12,11 +12,27 @@ import platform
 
 import torch
 
+from titans.memory.malloc import keep_freed_memory
+
 
 def add_note_argument(parser: argparse.ArgumentParser) -> None:
     """`--note TEXT`: the user's word on the run (e.g. what else ran), stored as machine.note."""
     parser.add_argument("--note", default=None,
                         help="machine.note in the JSON (what else ran; the load average is recorded anyway)")
+
+
+def add_malloc_argument(parser: argparse.ArgumentParser) -> None:
+    """`--malloc keep|default`: glibc keeps freed memory for reuse (as `train.py` and `evaluate.py` set it,
+    `titans.memory.malloc`), or glibc's default (freed blocks go back to the system; the next tensor faults its
+    pages in afresh). Recorded as machine.malloc."""
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep (default): glibc keeps freed memory, as train.py / evaluate.py set it; "
+                             "default: glibc's own behaviour")
+
+
+def apply_malloc(choice: str) -> str:
+    """Sets `--malloc` for this process; returns what holds ("default" where the C library is not glibc)."""
+    return "keep" if choice == "keep" and keep_freed_memory() else "default"
 
 
 def load_average() -> list[float] | None:

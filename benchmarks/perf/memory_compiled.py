@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from benchmarks.perf.machine import add_note_argument, load_average, machine_info
+from benchmarks.perf.machine import add_malloc_argument, add_note_argument, apply_malloc, load_average, machine_info
 from titans.io import write_json
 from titans.memory import MemoryConfig, NeuralMemory
 
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", default="results/perf/memory_compiled.json")
     add_note_argument(parser)
+    add_malloc_argument(parser)
     args = parser.parse_args(argv)
     for flag, values, allowed in (("--configs", args.configs, CONFIGS), ("--rows", args.rows, ROWS)):
         bad = [v for v in values if v not in allowed]
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"{flag} {value}: allowed an int > 0")
     load_at_start = load_average()
     torch.set_num_threads(args.threads)
+    malloc = apply_malloc(args.malloc)
     # every (config, row) compiles its own graphs in this one process: more than dynamo's default limit of 8
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     results = {}
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {r:<6} {row['call_ms_median']:8.2f} ms/call  first call {row['first_call_s']:7.2f} s{extra}")
     out = {"benchmark": "memory_compiled", "command": "python benchmarks/perf/memory_compiled.py "
            + " ".join(argv if argv is not None else sys.argv[1:]),
-           "machine": machine_info(args.threads, args.note, load_at_start), "configs": results}
+           "machine": machine_info(args.threads, args.note, load_at_start, malloc=malloc), "configs": results}
     write_json(args.out, out)
     print(f"\nwrote {args.out}")
     return out

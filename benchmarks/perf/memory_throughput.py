@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from benchmarks.perf.machine import add_note_argument, load_average, machine_info
+from benchmarks.perf.machine import add_malloc_argument, add_note_argument, apply_malloc, load_average, machine_info
 from titans.io import write_json
 from titans.memory import MemoryConfig, NeuralMemory, chunk, chunk_native
 
@@ -139,14 +139,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--configs", nargs="+", default=[c["name"] for c in CONFIGS])
     parser.add_argument("--out", default="results/perf/memory_throughput.json")
     add_note_argument(parser)
+    add_malloc_argument(parser)
     args = parser.parse_args(argv)
+    malloc = apply_malloc(args.malloc)
     load_at_start = load_average()
     unknown = sorted(set(args.configs) - {c["name"] for c in CONFIGS})
     if unknown:
         raise ValueError(f"--configs {unknown}: allowed {[c['name'] for c in CONFIGS]}")
     peak = matmul_peak()
     results = {
-        "machine": machine_info(torch.get_num_threads(), args.note, load_at_start, matmul_peak_gflops=peak),
+        "machine": machine_info(torch.get_num_threads(), args.note, load_at_start, matmul_peak_gflops=peak,
+                                malloc=malloc),
         "runs": [run_config(c, args.repeats) for c in CONFIGS if c["name"] in args.configs],
     }
     from importlib.metadata import version

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.perf.machine import add_malloc_argument, apply_malloc
 from titans.io import write_json
 
 HERE = Path(__file__).resolve().parent
@@ -41,10 +42,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--segment-len", type=int, default=128)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default="results/perf/profile_mag.json")
+    add_malloc_argument(parser)
     args = parser.parse_args(argv)
     if args.row not in to.ROWS:
         raise ValueError(f"--row {args.row!r}: allowed {list(to.ROWS)}")
     torch.set_num_threads(1)
+    malloc = apply_malloc(args.malloc)
     stepper = to.Stepper(to.build(args.row, "none", args.model), args.segment_len, 2,
                          fused=args.row not in to.AUTOGRAD_ROWS)
     ids = torch.randint(0, 256, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0))
@@ -68,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{e.self_cpu_time_total / max(e.count, 1):>8.1f}")
     result = {"benchmark": "profile_step", "command": "python benchmarks/perf/profile_step.py "
               + " ".join(argv if argv is not None else sys.argv[1:]), "model": args.model, "row": args.row,
-              "seq_len": args.seq_len, "batch": args.batch, "step_s_profiled": seconds, "op_calls": calls,
-              "self_cpu_ms_total": total_us / 1e3, "top": table}
+              "seq_len": args.seq_len, "batch": args.batch, "malloc": malloc, "step_s_profiled": seconds,
+              "op_calls": calls, "self_cpu_ms_total": total_us / 1e3, "top": table}
     print(f"\nwrote {write_json(Path(args.out), result)}")
     return result
 

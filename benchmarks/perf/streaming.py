@@ -59,7 +59,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.perf.machine import add_note_argument, load_average, machine_info
+from benchmarks.perf.machine import add_malloc_argument, add_note_argument, apply_malloc, load_average, machine_info
 from titans.compat import cache_kwargs, output_cache
 from titans.io import write_json
 
@@ -222,6 +222,7 @@ def peak_rss_mb() -> float:
 def run_cell_here(model_name: str, length: int, args: argparse.Namespace) -> dict:
     """One cell in this process (what each subprocess runs; tests call it directly)."""
     torch.set_num_threads(args.threads)
+    apply_malloc(args.malloc)
     _, ftz, prepared_mask = MODELS[model_name]
     model = build(model_name, args.window)
     rss_built = rss_mb()
@@ -240,7 +241,7 @@ def run_cell_subprocess(model_name: str, length: int, args: argparse.Namespace) 
            "--segment-len", str(args.segment_len), "--decode-tokens", str(args.decode_tokens),
            "--window", str(args.window), "--seed", str(args.seed), "--min-time-s", str(args.min_time_s),
            "--warmup-s", str(args.warmup_s),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--malloc", args.malloc]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     timeout = args.timeout_factor * args.budget_s
@@ -351,6 +352,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=1.0,
                         help="stream a short context and decode a few tokens, again, for this long first")
     add_note_argument(parser)
+    add_malloc_argument(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/perf/streaming.json")
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None, run_cell: Callable | None = None) -> dic
     results = {
         "benchmark": "streaming",
         "command": "python benchmarks/perf/streaming.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(args.threads, args.note, load_at_start),
+        "machine": machine_info(args.threads, args.note, load_at_start, malloc=args.malloc),
         "settings": {"model": "conf/model/qwen3_tiny.yaml (random init)",
                      "models": {"mag": f"conf/memory/mag.yaml, window {args.window}, titans.streaming.stream",
                                 "mag_ftz": "mag with torch.set_flush_denormal(True)",

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.perf.machine import add_note_argument, load_average, machine_info
+from benchmarks.perf.machine import add_malloc_argument, add_note_argument, apply_malloc, load_average, machine_info
 from titans.io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -272,6 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/perf/train_overhead.json")
     add_note_argument(parser)
+    add_malloc_argument(parser)
     args = parser.parse_args(argv)
     if args.model not in model_names():
         raise ValueError(f"--model {args.model!r}: allowed a conf/model file, one of {model_names()}")
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     load_at_start = load_average()
     torch.set_num_threads(args.threads)
+    malloc = apply_malloc(args.malloc)
     # the *_compiled rows compile one graph per (config, batch, state layout) in this one process: more than
     # dynamo's default limit of 8 per function, past which it would silently run eager
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {
         "benchmark": "train_overhead",
         "command": "python benchmarks/perf/train_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(args.threads, args.note, load_at_start),
+        "machine": machine_info(args.threads, args.note, load_at_start, malloc=malloc),
         "settings": {"model": f"conf/model/{args.model}.yaml", "rows": {k: list(v) for k, v in ROWS.items()
                                                                                  if k in args.rows},
                      "input": f"random byte ids in [0, 256), seed {args.seed}, loss on every token",

@@ -84,3 +84,9 @@ def test_segment_len_must_be_a_positive_int(tmp_path, value):
     with pytest.raises(ValueError, match=rf"segment_len={value!r} is not allowed; allowed: an int > 0"):
         evaluate(eval_cfg(tmp_path, *MAG, f"segment_len={value!r}" if isinstance(value, str) else
                           f"segment_len={value}"))
+
+
+@pytest.mark.parametrize("value", ["1", "'yes'"], ids=["int", "string"])
+def test_malloc_keep_freed_must_be_a_bool(tmp_path, value):
+    with pytest.raises(ValueError, match=r"malloc_keep_freed=.* is not allowed; allowed: true .* or false"):
+        evaluate(eval_cfg(tmp_path, *MAG, f"malloc_keep_freed={value}"))

@@ -159,7 +159,8 @@ def test_stuck_gate_warns_once_and_counts(caplog):
     (["bptt.bptt_window=0"], ["bptt.bptt_window=0"]),
     (["freeze=memory"], ["freeze='memory'", "memory=mac|mag|mal"]),
     (["trainer.max_steps=0"], ["trainer.max_steps"]),
-], ids=["mac-window", "mac-segment", "strict", "seq-len", "bptt-window", "freeze", "max-steps"])
+    (["malloc_keep_freed=1"], ["malloc_keep_freed=1", "true", "false"]),
+], ids=["mac-window", "mac-segment", "strict", "seq-len", "bptt-window", "freeze", "max-steps", "malloc"])
 def test_bad_config_errors_name_the_key(tiny_cfg, overrides, words):
     with pytest.raises(ValueError) as e:
         train(tiny_cfg(*overrides))
@@ -181,6 +182,30 @@ def test_train_py_entry_point(tmp_path):
                            f"paths.output_dir={out}"], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "metrics.json").read_text())["global_step"] == 1
+
+
+def test_the_allocator_setting_leaves_the_trained_weights_bit_identical(tmp_path):
+    """`malloc_keep_freed` changes where tensors live, not what is computed: two trainings in fresh processes (the
+    allocator is process-wide), with and without it, end with the same bytes in every tensor."""
+    import subprocess
+    import sys
+
+    from tests.training.conftest import TINY
+    from titans.training.checkpoint import read_checkpoint
+
+    root = Path(__file__).resolve().parents[2]
+    states = []
+    for flag in ("true", "false"):
+        out = tmp_path / flag
+        proc = subprocess.run([sys.executable, "train.py", *TINY, "trainer.max_steps=2", "cpu_threads=1", "memory=mag",
+                               *MEM, "memory.window=32", f"malloc_keep_freed={flag}", f"paths.output_dir={out}"],
+                              cwd=root, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        last = json.loads((out / "metrics.json").read_text())["last_ckpt"]
+        states.append(read_checkpoint(Path(last), "last_ckpt")["state_dict"])
+    assert states[0].keys() == states[1].keys() and len(states[0]) > 10
+    for name, value in states[0].items():
+        assert torch.equal(value, states[1][name]), name
 
 
 def test_run_evaluate_scores_a_trained_checkpoint(tiny_cfg, tmp_path):

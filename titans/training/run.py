@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from titans.compat import enable_activation_checkpointing
 from titans.io import write_json
+from titans.memory.malloc import keep_freed_memory
 from titans.training.builders import build_model, memory_options, to_plain
 from titans.training.checkpoint import AtomicCheckpointIO, check_arch, check_checkpoint, read_checkpoint
 from titans.training.data import DataConfig, TitansDataModule
@@ -27,8 +28,9 @@ from titans.training.stages import apply_stage
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"model", "memory", "data", "trainer", "logger", "callbacks", "paths", "bptt", "optimizer", "scheduler",
-            "curriculum", "stage", "seed", "cpu_threads", "gradient_checkpointing", "freeze", "init_from", "ckpt_path",
-            "allow_arch_mismatch", "final_validation", "task_name", "experiment", "debug", "hydra"}
+            "curriculum", "stage", "seed", "cpu_threads", "malloc_keep_freed", "gradient_checkpointing", "freeze",
+            "init_from", "ckpt_path", "allow_arch_mismatch", "final_validation", "task_name", "experiment", "debug",
+            "hydra"}
 
 
 class LitData(pl.LightningDataModule):
@@ -75,6 +77,9 @@ def check_config(cfg: DictConfig) -> None:
                          f"bptt.strict_segments=false.")
     if cfg.get("freeze") not in (None, "memory", "lora", "none"):
         raise ValueError(f"freeze={cfg.freeze!r} is not allowed; allowed: null, memory, lora, none.")
+    if not isinstance(cfg.get("malloc_keep_freed", True), bool):
+        raise ValueError(f"malloc_keep_freed={cfg.malloc_keep_freed!r} is not allowed; allowed: true (glibc keeps "
+                         f"freed memory for reuse, titans.memory.malloc) or false (glibc's default).")
 
 
 def _instantiate_all(group: Any) -> list:
@@ -174,6 +179,8 @@ def train(cfg: DictConfig, extra_callbacks: list | None = None) -> dict[str, Any
         import torch
 
         torch.set_num_threads(int(cfg.cpu_threads))
+    if cfg.get("malloc_keep_freed", True):
+        keep_freed_memory()
     pl.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
 
     # init_from (curriculum chaining) is ignored when resuming: the checkpoint restores everything
