@@ -129,3 +129,20 @@ def test_variant_and_freeze_names_come_from_titans_config():
 
     assert set(options("memory")) == {*MEMORY_VARIANTS, "none"} and set(LAYER_CLASSES) == set(VARIANTS)
     assert builders.MEMORY_VARIANTS is MEMORY_VARIANTS
+
+
+def test_cpu_proof_variants_differ_only_where_their_files_say():
+    """cpu_proof_{mag,mal,mac} share conf/experiment/cpu_proof/common.yaml; what each sets on top is what differs (the
+    variant and its options, MAG's min_lr, the memory in layer 0 for MAG and MAC): the rest of the memory is one."""
+    from omegaconf import OmegaConf
+
+    cfgs = {v: OmegaConf.to_container(compose_train([f"experiment=cpu_proof_{v}"]), resolve=True)
+            for v in ("mag", "mal", "mac")}
+    inner = {v: dict(c["memory"]["memory"]) for v, c in cfgs.items()}
+    assert inner["mag"].pop("min_lr") == 0.005  # MAL and MAC keep MemoryConfig's default
+    assert inner["mal"].pop("min_lr", None) == inner["mac"].pop("min_lr", None) != 0.005
+    assert inner["mag"] == inner["mal"] == inner["mac"] and inner["mag"]["head_dim"] == 256
+    assert [c["memory"]["memory_layers"] for c in cfgs.values()] == [[0], None, [0]]
+    assert {c["memory"]["window"] for c in cfgs.values()} == {64} and {c["cpu_threads"] for c in cfgs.values()} == {1}
+    for key in ("model", "curriculum", "trainer", "bptt", "optimizer", "scheduler", "data"):
+        assert cfgs["mag"][key] == cfgs["mal"][key] == cfgs["mac"][key], key
