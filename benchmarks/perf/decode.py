@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None, in_process: bool = False) -> dict:
     results = {
         "benchmark": "decode",
         "command": "python benchmarks/perf/decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(args.threads, args.note, load_at_start, malloc=args.malloc),
+        "machine": machine_info(args.threads, args.note, load_at_start, malloc=apply_malloc(args.malloc)),
         "settings": {"model": "conf/model/qwen3_tiny.yaml (random init)", "window": args.window,
                      "segment_len": args.segment_len, "decode_tokens": args.decode_tokens, "rows": args.rows,
                      "full_max_length": args.full_max_length, "input": f"random byte ids, seed {args.seed}"},

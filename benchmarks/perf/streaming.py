@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None, run_cell: Callable | None = None) -> dic
     results = {
         "benchmark": "streaming",
         "command": "python benchmarks/perf/streaming.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(args.threads, args.note, load_at_start, malloc=args.malloc),
+        "machine": machine_info(args.threads, args.note, load_at_start, malloc=apply_malloc(args.malloc)),
         "settings": {"model": "conf/model/qwen3_tiny.yaml (random init)",
                      "models": {"mag": f"conf/memory/mag.yaml, window {args.window}, titans.streaming.stream",
                                 "mag_ftz": "mag with torch.set_flush_denormal(True)",
