@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo proof test test-slow lint bench bench-targets clean
+.PHONY: install demo proof test test-slow lint bench bench-targets bench-malloc clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,9 @@ lint: $(STAMP)
 
 bench-targets: $(STAMP)  # every speed target in one run, one table (results/perf/targets.json); ~12 min
 	$(PY) benchmarks/perf/targets.py
+
+bench-malloc: $(STAMP)  # glibc's default allocator vs freed memory kept, alternated (results/perf/malloc_keep.json); ~35 min
+	$(PY) benchmarks/perf/malloc_ab.py
 
 bench: bench-targets  # the tables of docs/performance.md (deep memory speed, decoding); ~40 min on 2 CPU cores
 	$(PY) benchmarks/perf/memory_throughput.py
