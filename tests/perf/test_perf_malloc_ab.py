@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.perf import malloc_ab
-from tests.perf.test_perf_decode import decode, load
-
-streaming = load("streaming")
-train_overhead = load("train_overhead")
+from tests.perf.test_perf_targets import PARSERS
 
 
 def test_bad_flags_name_the_flag():
@@ -23,8 +20,7 @@ def test_bad_flags_name_the_flag():
 
 
 def test_commands_parse_under_each_benchmark(tmp_path):
-    parsers = {"train_overhead.py": train_overhead.parse_args, "decode.py": decode.parse_args,
-               "streaming.py": streaming.parse_args}
+    parsers = PARSERS
     seen = set()
     for section in malloc_ab.SECTIONS:
         for mode in malloc_ab.MODES:
