@@ -64,7 +64,7 @@ lint: $(STAMP)
 bench-targets: $(STAMP)  # every speed target in one run, one table (results/perf/targets.json); ~12 min
 	$(PY) benchmarks/perf/targets.py
 
-bench-malloc: $(STAMP)  # glibc's default allocator vs freed memory kept, alternated (results/perf/malloc_keep.json); ~35 min
+bench-malloc: $(STAMP)  # glibc's default allocator vs freed memory kept, alternated (results/perf/malloc_keep.json); ~12 min
 	$(PY) benchmarks/perf/malloc_ab.py
 
 bench: bench-targets  # the tables of docs/performance.md (deep memory speed, decoding); ~40 min on 2 CPU cores
