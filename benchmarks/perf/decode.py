@@ -44,7 +44,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import streaming  # noqa: E402  (build, make_ids, parse_length, label of the streaming benchmark)
 
-from benchmarks.perf.machine import add_malloc_argument, add_note_argument, apply_malloc, load_average, machine_info  # noqa: E402
+from benchmarks.perf.machine import (  # noqa: E402
+    add_malloc_argument,
+    add_note_argument,
+    apply_malloc,
+    load_average,
+    machine_info,
+)
 from titans.compat import cache_kwargs, output_cache  # noqa: E402
 from titans.io import write_json  # noqa: E402
 

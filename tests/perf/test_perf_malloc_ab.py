@@ -20,17 +20,16 @@ def test_bad_flags_name_the_flag():
 
 
 def test_commands_parse_under_each_benchmark(tmp_path):
-    parsers = PARSERS
     seen = set()
     for section in malloc_ab.SECTIONS:
         for mode in malloc_ab.MODES:
             argv = malloc_ab.command(section, mode, tmp_path / "x.json")
             assert argv[0] == sys.executable and argv[argv.index("--malloc") + 1] == mode
             script = Path(argv[1]).name
-            if script in parsers:
-                assert parsers[script](argv[2:]).malloc == mode
+            if script in PARSERS:
+                assert PARSERS[script](argv[2:]).malloc == mode
                 seen.add(script)
-    assert seen == set(parsers)
+    assert seen == set(PARSERS)
 
 
 def fake(script: str, mode: str) -> dict:

@@ -27,17 +27,16 @@ def test_bad_flags_name_the_flag():
 def test_commands_parse_under_each_benchmark(tmp_path):
     cmds = targets.commands(targets.parse_args(["--note", "shared"]), tmp_path)
     assert list(cmds) == list(targets.SECTIONS)
-    parsers = PARSERS
     seen = set()
     for runs in cmds.values():
         for name, argv in runs:
             assert argv[0] == sys.executable and argv[argv.index("--out") + 1] == str(tmp_path / f"{name}.json")
             script = Path(argv[1]).name
-            if script in parsers:
-                args = parsers[script](argv[2:])
+            if script in PARSERS:
+                args = PARSERS[script](argv[2:])
                 assert args.note == "shared"
                 seen.add(script)
-    assert seen == set(parsers)
+    assert seen == set(PARSERS)
     assert [n for n, _ in cmds["train"]] == ["train_qwen3_tiny", "train_qwen3_0.6b_shape"]
 
 
